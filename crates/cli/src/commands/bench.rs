@@ -1,0 +1,82 @@
+//! `hybrid bench decode`: prefill a prompt of N tokens, then time M single-token decode steps
+//! (batch 1), and print JSON. The prompt is a fixed English text cut to N tokens so that runs
+//! are comparable with scripts/bench-llamacpp.py, which feeds llama.cpp the same token ids.
+use super::ModelArgs;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode speed at batch 1.
+    Decode(DecodeArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Timed repetitions (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+pub const BENCH_TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Before that, books were copied by hand, an expensive and slow process that kept written knowledge in the hands of monasteries, universities and the wealthy. Within fifty years of the first printed Bible, presses operated in more than two hundred European cities, and millions of volumes had been produced. Pamphlets, calendars, scientific treatises and religious tracts spread faster than any authority could control, and historians still argue about how much the press contributed to the Reformation, the scientific revolution and the rise of vernacular languages. What is certain is that the cost of a book fell sharply and literacy rose in the centuries that followed.";
+
+pub fn prompt_ids(m: &model::LoadedModel, n: usize) -> Result<Vec<u32>> {
+    let mut ids = vec![];
+    while ids.len() < n {
+        ids.extend(m.tokenizer.encode(BENCH_TEXT, false)?);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(c: BenchCommand) -> Result<()> {
+    let BenchCommand::Decode(a) = c;
+    if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
+        bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
+    }
+    let m = a.model.load()?;
+    let prompt = prompt_ids(&m, a.prompt_tokens)?;
+    let (mut pre, mut dec) = (vec![], vec![]);
+    for rep in 0..=a.reps {
+        let mut cache = m.model.new_cache();
+        let t0 = Instant::now();
+        let mut logits = m.model.forward(&prompt, &mut cache, false)?;
+        let tp = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..a.gen_tokens {
+            let next = model::sampling::argmax(&logits);
+            logits = m.model.forward(&[next], &mut cache, false)?;
+        }
+        let td = t1.elapsed().as_secs_f64();
+        if rep > 0 {
+            pre.push(a.prompt_tokens as f64 / tp);
+            dec.push(a.gen_tokens as f64 / td);
+        }
+    }
+    let j = serde_json::json!({
+        "bench": "decode",
+        "engine": "hybrid",
+        "model": a.model.model_path()?.display().to_string(),
+        "threads": tensor::num_threads(),
+        "batch": 1,
+        "prompt_tokens": a.prompt_tokens,
+        "gen_tokens": a.gen_tokens,
+        "reps": a.reps,
+        "prefill_tokens_per_s": median(pre),
+        "decode_tokens_per_s": median(dec),
+    });
+    println!("{j}");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+use super::ModelArgs;
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use model::{generate, GenerateOptions, SamplingParams};
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Wrap the prompt in the model's chat template as one user turn.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let m = a.model.load()?;
+    let prompt = m.prompt_tokens(&a.prompt, a.chat)?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: a.sampling.params(),
+        stop: a.sampling.stop.clone(),
+    };
+    match a.format {
+        Format::Text => {
+            let mut out = std::io::stdout();
+            generate(&m, &prompt, &opts, |s| {
+                let _ = out.write_all(s.as_bytes());
+                let _ = out.flush();
+            })?;
+            println!();
+        }
+        Format::Json => {
+            let g = generate(&m, &prompt, &opts, |_| {})?;
+            let j = serde_json::json!({"prompt_tokens": g.prompt_tokens, "tokens": g.tokens, "text": g.text});
+            println!("{j}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `hybrid`: convert full-attention models into hybrids, serve them, measure where each wins.
+//! This file parses the command line and maps every error to one line and a non-zero exit.
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hybrid",
+    version,
+    about = "Hybrid-attention language models: convert, serve, measure"
+)]
+struct Cli {
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into the cache.
+    Fetch,
+    /// Generate a continuation of a prompt.
+    Generate(commands::generate::GenerateArgs),
+    /// Talk to a model interactively (tokens stream as they are generated).
+    Chat(commands::chat::ChatArgs),
+    /// Show a model's architecture, layers, parameters and cache bytes.
+    Inspect(commands::inspect::InspectArgs),
+    /// Benchmarks (JSON on stdout).
+    Bench {
+        #[command(subcommand)]
+        what: commands::bench::BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tensor::init_threads(
+        cli.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    );
+    let result = match cli.command {
+        Command::Fetch => model::fetch::fetch_default_model().map(|p| println!("{}", p.display())),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench { what } => commands::bench::run(what),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Loading a model bundle (weights, tokenizer, chat template) and the generation loop:
+//! prefill the prompt, then sample one token at a time until EOS, a stop string, or the
+//! token budget.
+use crate::chat::{ChatTemplate, Message};
+use crate::gguf::Gguf;
+use crate::llama::Llama;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::Instant;
+
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+impl LoadedModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("model file {} does not exist", path.display());
+        }
+        if path.is_dir() {
+            bail!(
+                "{} is a folder; a GGUF model file is expected",
+                path.display()
+            );
+        }
+        let g = Gguf::open(path)?;
+        let model =
+            Llama::from_gguf(&g).with_context(|| format!("cannot load {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(&g)
+            .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
+        let tok_text =
+            |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+        let template = match g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                &tok_text(tokenizer.bos),
+                &tok_text(tokenizer.eos),
+            )?),
+            None => None,
+        };
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+
+    /// Prompt token ids: raw text (with BOS if the model wants it) or a one-turn chat.
+    pub fn prompt_tokens(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        if !chat {
+            return self.tokenizer.encode(prompt, true);
+        }
+        let t = self
+            .template
+            .as_ref()
+            .context("this model has no chat template (tokenizer.chat_template)")?;
+        let text = t.render(&[Message::new("user", prompt)], true)?;
+        // Templates that write the BOS text themselves must not get a second one.
+        let with_bos = !text.starts_with(&t.bos_token) || t.bos_token.is_empty();
+        self.tokenizer.encode(&text, with_bos)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    pub prompt_tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// "stop" (EOS or a stop string) or "length".
+    pub finish_reason: String,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// Generates after `prompt`; `on_text` receives each new piece of text as it is decided
+/// (text that could still turn into a stop string is held back until it cannot).
+pub fn generate(
+    m: &LoadedModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    opts.sampling.validate()?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let ctx = m.model.config.context_length;
+    if prompt.len() >= ctx {
+        bail!(
+            "the prompt has {} tokens; the model's context is {ctx} tokens",
+            prompt.len()
+        );
+    }
+    let max_tokens = opts.max_tokens.min(ctx - prompt.len());
+    let mut cache = m.model.new_cache();
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let t0 = Instant::now();
+    let mut logits = m.model.forward(prompt, &mut cache, false)?;
+    let prefill_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut tokens = vec![];
+    let mut emitted = 0usize; // bytes of `text` already handed to on_text
+    let mut text = String::new();
+    let mut finish = "length";
+    while tokens.len() < max_tokens {
+        let next = sampler.sample(&logits);
+        if m.tokenizer.is_stop(next) {
+            finish = "stop";
+            break;
+        }
+        tokens.push(next);
+        text = m.tokenizer.decode(&tokens)?;
+        if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+            finish = "stop";
+            break;
+        }
+        // Hold back an incomplete UTF-8 tail and any suffix that may begin a stop string.
+        let mut safe = text.len()
+            - if text.ends_with('\u{FFFD}') {
+                '\u{FFFD}'.len_utf8()
+            } else {
+                0
+            };
+        for s in &opts.stop {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text[..safe].ends_with(&s[..k]) {
+                    safe = safe.min(text[..safe].len() - k);
+                    break;
+                }
+            }
+        }
+        if safe > emitted && text.is_char_boundary(safe) {
+            on_text(&text[emitted..safe]);
+            emitted = safe;
+        }
+        if tokens.len() == max_tokens {
+            break;
+        }
+        logits = m.model.forward(&[next], &mut cache, false)?;
+    }
+    if text.len() > emitted {
+        on_text(&text[emitted..]);
+    }
+    Ok(Generation {
+        prompt_tokens: prompt.to_vec(),
+        tokens,
+        text,
+        finish_reason: finish.into(),
+        prefill_seconds,
+        decode_seconds: t1.elapsed().as_secs_f64(),
+    })
+}

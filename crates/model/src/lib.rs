@@ -1,0 +1,16 @@
+//! `model`: everything between weights on disk and tokens out — GGUF reading, the Llama
+//! architecture, tokenizers, chat templates, sampling and the generation loop.
+
+pub mod chat;
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
+pub mod llama;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat::{ChatTemplate, Message};
+pub use generate::{generate, GenerateOptions, Generation, LoadedModel};
+pub use llama::{KvCache, Llama, LlamaConfig};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;
