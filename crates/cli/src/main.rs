@@ -42,13 +42,13 @@ fn main() -> ExitCode {
         cli.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     );
-    let result = match cli.command {
+    let result = tensor::run_in_pool(|| match cli.command {
         Command::Fetch => model::fetch::fetch_default_model().map(|p| println!("{}", p.display())),
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench { what } => commands::bench::run(what),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -326,6 +326,17 @@ impl Gguf {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The file offset just past the last tensor's data (what follows is padding).
+    pub fn data_end(&self) -> usize {
+        self.data_start
+            + self
+                .tensors
+                .iter()
+                .map(|t| t.offset + t.bytes)
+                .max()
+                .unwrap_or(0)
+    }
+
     /// Raw bytes of a tensor (bounds were checked at open).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         let s = self.data_start + info.offset;

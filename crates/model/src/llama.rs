@@ -100,7 +100,11 @@ impl Llama {
             .get(&k("attention.head_count_kv"))
             .and_then(|v| v.as_u64())
             .unwrap_or(n_heads as u64) as usize;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !n_heads.is_multiple_of(n_kv_heads)
+            || !hidden.is_multiple_of(n_heads)
+        {
             bail!("inconsistent head counts: {n_heads} query heads, {n_kv_heads} key/value heads, width {hidden}");
         }
         let head_dim = g
@@ -130,7 +134,7 @@ impl Llama {
             context_length: g.get_u64(&k("context_length")).unwrap_or(2048) as usize,
             tied_embeddings: g.tensor_info("output.weight").is_none(),
         };
-        if config.rope_dims > head_dim || config.rope_dims % 2 != 0 {
+        if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {
             bail!(
                 "rope dimension count {} does not fit head dim {head_dim}",
                 config.rope_dims

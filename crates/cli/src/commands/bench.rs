@@ -76,6 +76,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         "reps": a.reps,
         "prefill_tokens_per_s": median(pre),
         "decode_tokens_per_s": median(dec),
+        "prompt_ids": prompt,
     });
     println!("{j}");
     Ok(())

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 /// The fetched default model. `make test` fetches it first; a missing model fails loudly
 /// rather than skipping, so that CI cannot pass without running these checks.
+#[allow(dead_code)]
 pub fn smollm2() -> model::LoadedModel {
     let p: PathBuf = model::fetch::default_model_path();
     assert!(

@@ -13,7 +13,7 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, rot_dims: usize, theta: f64) -> Self {
-        assert!(rot_dims <= head_dim && rot_dims % 2 == 0);
+        assert!(rot_dims <= head_dim && rot_dims.is_multiple_of(2));
         let theta_scale = (theta as f32).powf(-2.0 / rot_dims as f32);
         Rope {
             head_dim,

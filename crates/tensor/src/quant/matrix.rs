@@ -66,9 +66,11 @@ impl QMatrix {
         let xq: Vec<Vec<_>> = x.chunks_exact(self.cols).map(quantize_q8).collect();
         let rb = self.row_bytes();
         if t == 1 {
-            out.par_chunks_mut(16).enumerate().for_each(|(c, o)| {
+            // A few chunks per thread: enough to balance, few enough that fork/join is cheap.
+            let chunk = self.rows.div_ceil(4 * rayon::current_num_threads()).max(16);
+            out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
                 for (i, oi) in o.iter_mut().enumerate() {
-                    let r = c * 16 + i;
+                    let r = c * chunk + i;
                     *oi = dot_row(self.ty, &self.data[r * rb..(r + 1) * rb], &xq[0]);
                 }
             });

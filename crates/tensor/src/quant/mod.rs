@@ -90,7 +90,7 @@ impl GgmlType {
 
     /// Bytes of `n` elements, or an error when n is not a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return Err(Error::Msg(format!(
                 "{n} elements are not a whole number of {self:?} blocks of {}",
                 self.block_len()

@@ -1,0 +1,33 @@
+# The two entry points the README starts with: `make demo` (the main job) and `make test`.
+CARGO ?= cargo
+HYBRID := target/release/hybrid
+
+.PHONY: demo test build fetch lint bench-cpu fixtures
+
+build:
+	$(CARGO) build --release
+
+fetch: build
+	$(HYBRID) fetch
+
+# Fetch the default model, build, and run a chat-templated generation.
+demo: fetch
+	$(HYBRID) generate --chat --prompt "Explain in two sentences why the sky is blue." --max-tokens 96
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Unit, property and integration tests (the model-level ones need the fetched model).
+test: fetch
+	$(CARGO) test --release --workspace
+
+# hybrid and llama.cpp side by side (needs llama-cpp-python; see ../shared/peers/README.md).
+bench-cpu: build
+	python3 scripts/bench-llamacpp.py --out bench/decode-cpu.json
+
+# Regenerates the committed test fixtures (needs llama-cpp-python, gguf, safetensors, jinja2).
+fixtures: fetch
+	python3 scripts/make-gguf-fixtures.py
+	python3 scripts/make-llamacpp-fixtures.py
+	HYBRID_FIXTURE_DECODE=1 python3 scripts/make-llamacpp-fixtures.py
