@@ -1,6 +1,16 @@
-//! `mixers`: the token mixers of hybrid models, each as an executable specification
+//! `mixers`: the token mixers of hybrid models, each with an executable specification
 //! (`reference`, f64), a chunked/parallel form for prefill and training, a one-token `step`
 //! for decode, and an explicit backward (the llm.c way: no autograd).
 //!
 //! - [`linear_core`]: the gated (delta-rule) linear recurrence behind GDN, KDA and GLA.
+//! - [`attention_core`]: causal GQA softmax attention with an optional sliding window.
+//! - [`attention`]: the FA / SWA layers; [`linear_mixer`]: the GDN / KDA / GLA layers.
+//! - [`conv`], [`ops`]: short causal conv, norms and activations, each with its backward.
+//! - [`params`]: named parameters (checkpoint names) and dense linear layers.
+pub mod attention;
+pub mod attention_core;
+pub mod conv;
 pub mod linear_core;
+pub mod linear_mixer;
+pub mod ops;
+pub mod params;

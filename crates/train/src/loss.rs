@@ -19,13 +19,17 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Rows per rayon task: enough work per task to hide scheduling even at small V.
 const ROWS_PER_TASK: usize = 4;
 
-/// Log-sum-exp of `x * inv_temp` for one row [V].
+/// Log-sum-exp of `x * inv_temp` for one row [V], split as (max, ln Σ exp(x·inv_temp - max)).
 /// Max-shifted so exp never overflows; the sum runs in f64 so 150k-entry vocabularies keep
-/// their small terms.
-fn log_sum_exp(x: &[f32], inv_temp: f32) -> f32 {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a * inv_temp));
+/// their small terms. Kept split because callers form log-probabilities as
+/// (x·inv_temp - max) - ln_sum: adding the max back first would round away the small part when
+/// logits are large (at 3e4 one f32 ulp is 2e-3).
+fn log_sum_exp(x: &[f32], inv_temp: f32) -> (f32, f32) {
+    let max = x
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &a| m.max(a * inv_temp));
     let sum: f64 = x.iter().map(|&a| ((a * inv_temp - max).exp()) as f64).sum();
-    max + sum.ln() as f32
+    (max, sum.ln() as f32)
 }
 
 /// Mean cross-entropy of `logits` [N, V] against `targets` [N] (ignore index -100).
@@ -34,14 +38,17 @@ fn log_sum_exp(x: &[f32], inv_temp: f32) -> f32 {
 /// is supervised the loss is 0 with a zero gradient (PyTorch would give NaN; a batch of pure
 /// padding should not poison a run).
 pub fn cross_entropy(logits: &[f32], v: usize, targets: &[i64]) -> (f32, Vec<f32>) {
-    assert!(v > 0 && logits.len() == targets.len() * v, "cross_entropy: logits are not [N, V]");
+    assert!(
+        v > 0 && logits.len() == targets.len() * v,
+        "cross_entropy: logits are not [N, V]"
+    );
     let mut grad = vec![0.0f32; logits.len()];
     let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     if count == 0 {
         return (0.0, grad);
     }
     let inv_count = 1.0 / count as f32;
-    let total: f64 = grad
+    let per_row: Vec<f64> = grad
         .par_chunks_mut(v)
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter())
@@ -50,16 +57,22 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[i64]) -> (f32, Vec<f32
             if t == IGNORE_INDEX {
                 return 0.0;
             }
-            assert!(t >= 0 && (t as usize) < v, "cross_entropy: target {t} outside [0, {v})");
+            assert!(
+                t >= 0 && (t as usize) < v,
+                "cross_entropy: target {t} outside [0, {v})"
+            );
             let t = t as usize;
-            let lse = log_sum_exp(x, 1.0);
+            let (max, ln_sum) = log_sum_exp(x, 1.0);
             for (gi, &xi) in g.iter_mut().zip(x) {
-                *gi = (xi - lse).exp() * inv_count;
+                *gi = ((xi - max) - ln_sum).exp() * inv_count;
             }
             g[t] -= inv_count;
-            (lse - x[t]) as f64
+            // -log p_t = ln_sum - (x_t - max)
+            (ln_sum - (x[t] - max)) as f64
         })
-        .sum();
+        .collect();
+    // Summed in row order: a rayon reduction would depend on the thread count.
+    let total: f64 = per_row.iter().sum();
     ((total / count as f64) as f32, grad)
 }
 
@@ -68,8 +81,15 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[i64]) -> (f32, Vec<f32
 /// student, teacher: [N, V]. Gradient wrt the student logits [N, V]: T · (p_s - p_t) / N
 /// (the T² of the loss times the 1/T of the inner softmax).
 pub fn kl_div(student: &[f32], teacher: &[f32], v: usize, temperature: f32) -> (f32, Vec<f32>) {
-    assert!(v > 0 && student.len() % v == 0, "kl_div: logits are not [N, V]");
-    assert_eq!(student.len(), teacher.len(), "kl_div: student and teacher shapes differ");
+    assert!(
+        v > 0 && student.len().is_multiple_of(v),
+        "kl_div: logits are not [N, V]"
+    );
+    assert_eq!(
+        student.len(),
+        teacher.len(),
+        "kl_div: student and teacher shapes differ"
+    );
     assert!(temperature > 0.0, "kl_div: temperature must be positive");
     let n = student.len() / v;
     let mut grad = vec![0.0f32; student.len()];
@@ -78,17 +98,17 @@ pub fn kl_div(student: &[f32], teacher: &[f32], v: usize, temperature: f32) -> (
     }
     let inv_t = 1.0 / temperature;
     let scale = temperature / n as f32;
-    let total: f64 = grad
+    let per_row: Vec<f64> = grad
         .par_chunks_mut(v)
         .zip(student.par_chunks(v).zip(teacher.par_chunks(v)))
         .with_min_len(ROWS_PER_TASK)
         .map(|(g, (s, t))| {
-            let lse_s = log_sum_exp(s, inv_t);
-            let lse_t = log_sum_exp(t, inv_t);
+            let (max_s, ln_sum_s) = log_sum_exp(s, inv_t);
+            let (max_t, ln_sum_t) = log_sum_exp(t, inv_t);
             let mut kl = 0.0f64;
             for ((gi, &si), &ti) in g.iter_mut().zip(s).zip(t) {
-                let log_ps = si * inv_t - lse_s;
-                let log_pt = ti * inv_t - lse_t;
+                let log_ps = (si * inv_t - max_s) - ln_sum_s;
+                let log_pt = (ti * inv_t - max_t) - ln_sum_t;
                 let pt = log_pt.exp();
                 // 0 · log 0 = 0: a teacher probability that underflows contributes nothing,
                 // and must not turn into 0 · -inf = NaN.
@@ -99,7 +119,8 @@ pub fn kl_div(student: &[f32], teacher: &[f32], v: usize, temperature: f32) -> (
             }
             kl
         })
-        .sum();
+        .collect();
+    let total: f64 = per_row.iter().sum();
     let t2 = (temperature as f64) * (temperature as f64);
     ((t2 * total / n as f64) as f32, grad)
 }
@@ -112,7 +133,11 @@ pub fn mse(a: &[f32], b: &[f32]) -> (f32, Vec<f32>) {
         return (0.0, Vec::new());
     }
     let inv_n = 1.0 / a.len() as f64;
-    let sumsq: f64 = a.iter().zip(b).map(|(&x, &y)| ((x - y) as f64).powi(2)).sum();
+    let sumsq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
     let k = (2.0 * inv_n) as f32;
     let grad = a.iter().zip(b).map(|(&x, &y)| k * (x - y)).collect();
     ((sumsq * inv_n) as f32, grad)
@@ -174,7 +199,10 @@ mod tests {
     fn check_grad(x: &[f32], grad: &[f32], f: impl Fn(&[f64]) -> f64) {
         let x64: Vec<f64> = x.iter().map(|&a| a as f64).collect();
         let h = 1e-5;
-        let gmax = grad.iter().fold(0.0f64, |m, &g| m.max(g.abs() as f64)).max(1e-12);
+        let gmax = grad
+            .iter()
+            .fold(0.0f64, |m, &g| m.max(g.abs() as f64))
+            .max(1e-12);
         for i in 0..x.len() {
             let mut xp = x64.clone();
             let mut xm = x64.clone();
@@ -182,7 +210,11 @@ mod tests {
             xm[i] -= h;
             let fd = (f(&xp) - f(&xm)) / (2.0 * h);
             let err = (fd - grad[i] as f64).abs();
-            assert!(err <= 1e-3 * gmax.max(fd.abs()), "entry {i}: analytic {} vs fd {fd}", grad[i]);
+            assert!(
+                err <= 1e-3 * gmax.max(fd.abs()),
+                "entry {i}: analytic {} vs fd {fd}",
+                grad[i]
+            );
         }
     }
 
@@ -228,7 +260,10 @@ mod tests {
             let t64: Vec<f64> = t.iter().map(|&a| a as f64).collect();
             let s64: Vec<f64> = s.iter().map(|&a| a as f64).collect();
             let want = kl64(&s64, &t64, v, temp as f64);
-            assert!((loss as f64 - want).abs() < 1e-5 * want.max(1.0), "T={temp}: {loss} vs {want}");
+            assert!(
+                (loss as f64 - want).abs() < 1e-5 * want.max(1.0),
+                "T={temp}: {loss} vs {want}"
+            );
             check_grad(&s, &grad, |x| kl64(x, &t64, v, temp as f64));
         }
     }

@@ -60,7 +60,9 @@ mod tests {
     #[test]
     fn rises_then_falls_monotonically() {
         let (total, warmup) = (300, 37);
-        let lrs: Vec<f32> = (0..=total + 5).map(|s| lr_at(s, total, warmup, 1e-3, 1e-5)).collect();
+        let lrs: Vec<f32> = (0..=total + 5)
+            .map(|s| lr_at(s, total, warmup, 1e-3, 1e-5))
+            .collect();
         for w in lrs[..warmup].windows(2) {
             assert!(w[1] > w[0], "warmup must rise strictly: {w:?}");
         }

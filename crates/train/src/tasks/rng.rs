@@ -61,9 +61,15 @@ impl SplitMix64 {
     /// weight among those not yet drawn; the law of `np.random.choice(n, k, replace=False, p=w)`.
     /// Weights must be finite and >= 0 with at least `k` of them positive. O(k·n).
     pub fn weighted_choice(&mut self, weights: &[f64], k: usize) -> Vec<usize> {
-        assert!(weights.iter().all(|w| w.is_finite() && *w >= 0.0), "weights must be finite and >= 0");
+        assert!(
+            weights.iter().all(|w| w.is_finite() && *w >= 0.0),
+            "weights must be finite and >= 0"
+        );
         let positive = weights.iter().filter(|&&w| w > 0.0).count();
-        assert!(k <= positive, "cannot choose {k} distinct items from {positive} with positive weight");
+        assert!(
+            k <= positive,
+            "cannot choose {k} distinct items from {positive} with positive weight"
+        );
         let mut w = weights.to_vec();
         let mut out = Vec::with_capacity(k);
         for _ in 0..k {
@@ -72,7 +78,10 @@ impl SplitMix64 {
             let u = self.uniform() * total;
             let mut acc = 0.0;
             // Fallback for rounding at the top end: the last positive weight.
-            let mut pick = w.iter().rposition(|&x| x > 0.0).expect("a positive weight is left");
+            let mut pick = w
+                .iter()
+                .rposition(|&x| x > 0.0)
+                .expect("a positive weight is left");
             for (i, &x) in w.iter().enumerate() {
                 acc += x;
                 if x > 0.0 && u < acc {
@@ -124,7 +133,10 @@ mod tests {
             counts[r.below(6) as usize] += 1;
         }
         // Each bin ~ Binomial(60000, 1/6): mean 10000, sd ~91; 6 sd is a comfortable margin.
-        assert!(counts.iter().all(|&c| (c as i64 - 10_000).abs() < 550), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (c as i64 - 10_000).abs() < 550),
+            "{counts:?}"
+        );
         assert_eq!(r.below(1), 0);
     }
 
