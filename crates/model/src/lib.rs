@@ -5,6 +5,7 @@ pub mod chat;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod hybrid;
 pub mod llama;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,0 +1,206 @@
+//! `config.json` of a hybrid model, in Hugging Face style: one `layer_types` entry per layer
+//! (`full_attention`, `sliding_attention`, `linear_attention`) and `linear_attn_type`
+//! (`gdn` | `kda` | `gla`) for the whole model or per layer, plus per-type hyperparameters.
+use anyhow::{bail, Context, Result};
+use mixers::attention::AttentionConfig;
+use mixers::linear_mixer::{LinearConfig, LinearKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum LinearAttnType {
+    Global(String),
+    PerLayer(Vec<Option<String>>),
+}
+
+fn default_model_type() -> String {
+    "hybrid".into()
+}
+fn default_eps() -> f32 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn one() -> f64 {
+    1.0
+}
+fn four() -> usize {
+    4
+}
+fn sixty_four() -> usize {
+    64
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HybridConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// 0 = no MLP (Zoology's MQAR models are mixer-only).
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f32,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "one")]
+    pub partial_rotary_factor: f64,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub attn_output_gate: bool,
+    pub max_position_embeddings: usize,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    pub layer_types: Vec<String>,
+    #[serde(default)]
+    pub linear_attn_type: Option<LinearAttnType>,
+    #[serde(default)]
+    pub linear_num_key_heads: Option<usize>,
+    #[serde(default)]
+    pub linear_num_value_heads: Option<usize>,
+    #[serde(default)]
+    pub linear_key_head_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_value_head_dim: Option<usize>,
+    #[serde(default = "four")]
+    pub linear_conv_kernel_dim: usize,
+    #[serde(default = "sixty_four")]
+    pub linear_gate_rank: usize,
+    #[serde(default = "sixty_four")]
+    pub linear_chunk_size: usize,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+/// What one layer is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerKind {
+    Attention(AttentionConfig),
+    Linear(LinearConfig),
+}
+
+impl HybridConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let c: HybridConfig = serde_json::from_str(&s).with_context(|| format!("{} is not a valid hybrid config", path.display()))?;
+        c.layers()?;
+        Ok(c)
+    }
+
+    /// The linear mixer kind of layer `i` (None when the layer is attention).
+    fn linear_kind(&self, i: usize) -> Result<LinearKind> {
+        let name = match &self.linear_attn_type {
+            None => "gdn".to_string(),
+            Some(LinearAttnType::Global(s)) => s.clone(),
+            Some(LinearAttnType::PerLayer(v)) => v
+                .get(i)
+                .cloned()
+                .flatten()
+                .with_context(|| format!("linear_attn_type has no entry for linear layer {i}"))?,
+        };
+        LinearKind::parse(&name).with_context(|| format!("unknown linear_attn_type '{name}' (gdn, kda, gla)"))
+    }
+
+    /// Every layer's kind and mixer config; errors name the offending field.
+    pub fn layers(&self) -> Result<Vec<LayerKind>> {
+        if self.layer_types.len() != self.num_hidden_layers {
+            bail!("layer_types has {} entries but num_hidden_layers is {}", self.layer_types.len(), self.num_hidden_layers);
+        }
+        let rot = (self.head_dim as f64 * self.partial_rotary_factor).round() as usize / 2 * 2;
+        let attn = |window| AttentionConfig {
+            hidden: self.hidden_size,
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rope_theta: self.rope_theta,
+            rot_dims: rot,
+            window,
+            output_gate: self.attn_output_gate,
+        };
+        self.layer_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Ok(match t.as_str() {
+                    "full_attention" => LayerKind::Attention(attn(None)),
+                    "sliding_attention" => {
+                        let w = self.sliding_window.context("sliding_attention layers need sliding_window")?;
+                        if w == 0 {
+                            bail!("sliding_window must be at least 1");
+                        }
+                        LayerKind::Attention(attn(Some(w)))
+                    }
+                    "linear_attention" => {
+                        let kind = self.linear_kind(i)?;
+                        let h = self.linear_num_key_heads.unwrap_or(self.num_attention_heads);
+                        let hv = self.linear_num_value_heads.unwrap_or(h);
+                        if h == 0 || hv % h != 0 || (kind == LinearKind::Gla && hv != h) {
+                            bail!("linear heads: {h} key heads and {hv} value heads do not fit {}", kind.name());
+                        }
+                        LayerKind::Linear(LinearConfig {
+                            kind,
+                            hidden: self.hidden_size,
+                            n_heads: h,
+                            n_v_heads: hv,
+                            head_k_dim: self.linear_key_head_dim.unwrap_or(self.head_dim),
+                            head_v_dim: self.linear_value_head_dim.unwrap_or(self.head_dim),
+                            conv_size: self.linear_conv_kernel_dim,
+                            gate_rank: self.linear_gate_rank,
+                            norm_eps: self.rms_norm_eps,
+                            chunk: self.linear_chunk_size.max(1),
+                        })
+                    }
+                    other => bail!("layer {i}: unknown layer type '{other}' (full_attention, sliding_attention, linear_attention)"),
+                })
+            })
+            .collect()
+    }
+
+    /// Short names per layer: FA, SWA, GDN, KDA, GLA.
+    pub fn layer_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .layers()?
+            .iter()
+            .map(|l| match l {
+                LayerKind::Attention(a) if a.window.is_some() => "SWA".to_string(),
+                LayerKind::Attention(_) => "FA".to_string(),
+                LayerKind::Linear(c) => c.kind.name().to_uppercase(),
+            })
+            .collect())
+    }
+}
+
+/// Parses a layout such as `fa,gdn,swa,kda` into (layer_types, linear_attn_type per layer).
+pub fn parse_layout(spec: &str) -> Result<(Vec<String>, Vec<Option<String>>)> {
+    let mut types = vec![];
+    let mut lin = vec![];
+    for (i, s) in spec.split(',').map(str::trim).enumerate() {
+        match s.to_ascii_lowercase().as_str() {
+            "fa" | "full" | "full_attention" => {
+                types.push("full_attention".into());
+                lin.push(None);
+            }
+            "swa" | "sliding" | "sliding_attention" => {
+                types.push("sliding_attention".into());
+                lin.push(None);
+            }
+            k @ ("gdn" | "kda" | "gla") => {
+                types.push("linear_attention".into());
+                lin.push(Some(k.to_string()));
+            }
+            other => bail!("layer {i} of '{spec}': unknown type '{other}' (fa, swa, gdn, kda, gla)"),
+        }
+    }
+    Ok((types, lin))
+}
