@@ -29,6 +29,8 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Show a model's architecture, layers, parameters and cache bytes.
     Inspect(commands::inspect::InspectArgs),
+    /// Train small models from scratch on a synthetic recall task and report accuracy.
+    TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
     /// Benchmarks (JSON on stdout).
     Bench {
         #[command(subcommand)]
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
         Command::Bench { what } => commands::bench::run(what),
     });
     match result {

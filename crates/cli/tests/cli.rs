@@ -166,3 +166,73 @@ fn bad_sampling_and_device() {
         "cuda:0",
     );
 }
+
+#[test]
+fn inspect_shows_each_hybrid_layer_and_its_cache_cost() {
+    use model::hybrid::config::LinearAttnType;
+    use model::hybrid::{parse_layout, HybridConfig, HybridModel};
+    let (layer_types, lin) = parse_layout("fa,swa,gdn,kda,gla").unwrap();
+    let cfg = HybridConfig {
+        model_type: "hybrid".into(),
+        vocab_size: 50,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 5,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 1e4,
+        partial_rotary_factor: 1.0,
+        sliding_window: Some(16),
+        attn_output_gate: false,
+        max_position_embeddings: 4096,
+        tie_word_embeddings: true,
+        layer_types,
+        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
+        linear_num_key_heads: Some(2),
+        linear_num_value_heads: Some(2),
+        linear_key_head_dim: Some(8),
+        linear_value_head_dim: Some(8),
+        linear_conv_kernel_dim: 4,
+        linear_gate_rank: 8,
+        linear_chunk_size: 16,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let dir = std::env::temp_dir().join(format!("hybrid-inspect-{}", std::process::id()));
+    HybridModel::init(cfg, 0).unwrap().save(&dir).unwrap();
+    let out = hybrid(&[
+        "inspect",
+        "--model",
+        dir.to_str().unwrap(),
+        "--json",
+        "--context",
+        "1000",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types: Vec<&str> = j["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["FA", "SWA", "GDN", "KDA", "GLA"]);
+    // FA: K and V, 2 kv heads x 8 dims x 2 bytes per token; SWA: 16 tokens of the same.
+    assert_eq!(j["cache_bytes_per_token"], 2 * 2 * 8 * 2);
+    assert_eq!(
+        j["layers"][1]["cache_bytes_per_sequence"],
+        16 * 2 * 2 * 8 * 2
+    );
+    // GDN state: 2 heads x 8 x 8 f32, plus 3 history rows of q, k, v (2x8 each) at 2 bytes.
+    assert_eq!(
+        j["layers"][2]["cache_bytes_per_sequence"],
+        2 * 8 * 8 * 4 + 3 * (3 * 16) * 2
+    );
+}

@@ -68,16 +68,37 @@ impl Attention {
         let qd = c.n_heads * c.head_dim * if c.output_gate { 2 } else { 1 };
         let kvd = c.n_kv_heads * c.head_dim;
         let mut p = Params::default();
-        p.insert("q_proj.weight", &[qd, c.hidden], rng.normals(qd * c.hidden, 0.02));
-        p.insert("k_proj.weight", &[kvd, c.hidden], rng.normals(kvd * c.hidden, 0.02));
-        p.insert("v_proj.weight", &[kvd, c.hidden], rng.normals(kvd * c.hidden, 0.02));
-        p.insert("o_proj.weight", &[c.hidden, c.n_heads * c.head_dim], rng.normals(c.hidden * c.n_heads * c.head_dim, 0.02));
+        p.insert(
+            "q_proj.weight",
+            &[qd, c.hidden],
+            rng.normals(qd * c.hidden, 0.02),
+        );
+        p.insert(
+            "k_proj.weight",
+            &[kvd, c.hidden],
+            rng.normals(kvd * c.hidden, 0.02),
+        );
+        p.insert(
+            "v_proj.weight",
+            &[kvd, c.hidden],
+            rng.normals(kvd * c.hidden, 0.02),
+        );
+        p.insert(
+            "o_proj.weight",
+            &[c.hidden, c.n_heads * c.head_dim],
+            rng.normals(c.hidden * c.n_heads * c.head_dim, 0.02),
+        );
         Self::new(cfg, p)
     }
 
     pub fn new_state(&self, b: usize) -> AttnState {
         let _ = b;
-        AttnState { k: vec![], v: vec![], kept: 0, pos: 0 }
+        AttnState {
+            k: vec![],
+            v: vec![],
+            kept: 0,
+            pos: 0,
+        }
     }
 
     /// Cache bytes for one sequence at context `n` with `bytes` per element.
@@ -88,23 +109,60 @@ impl Attention {
 
     /// x [B, T, D] -> y [B, T, D]. With `state`, continues after the cached tokens and
     /// updates the cache; without, the call is a whole sequence (training).
-    pub fn forward(&self, x: &[f32], b: usize, t: usize, state: Option<&mut AttnState>) -> (Vec<f32>, AttnSaved) {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        state: Option<&mut AttnState>,
+    ) -> (Vec<f32>, AttnSaved) {
         let c = &self.cfg;
         let (dh, h, hk) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let n = b * t;
-        let qg = linear(x, self.params.get("q_proj.weight"), None, n, h * dh * (1 + c.output_gate as usize), c.hidden);
+        let qg = linear(
+            x,
+            self.params.get("q_proj.weight"),
+            None,
+            n,
+            h * dh * (1 + c.output_gate as usize),
+            c.hidden,
+        );
         let (mut q, gate) = split_gate(&qg, n * h, dh, c.output_gate);
-        let mut k = linear(x, self.params.get("k_proj.weight"), None, n, hk * dh, c.hidden);
-        let v = linear(x, self.params.get("v_proj.weight"), None, n, hk * dh, c.hidden);
+        let mut k = linear(
+            x,
+            self.params.get("k_proj.weight"),
+            None,
+            n,
+            hk * dh,
+            c.hidden,
+        );
+        let v = linear(
+            x,
+            self.params.get("v_proj.weight"),
+            None,
+            n,
+            hk * dh,
+            c.hidden,
+        );
         let pos0 = state.as_ref().map_or(0, |s| s.pos);
         for bi in 0..b {
-            self.rope.apply(&mut q[bi * t * h * dh..(bi + 1) * t * h * dh], h, pos0);
-            self.rope.apply(&mut k[bi * t * hk * dh..(bi + 1) * t * hk * dh], hk, pos0);
+            self.rope
+                .apply(&mut q[bi * t * h * dh..(bi + 1) * t * h * dh], h, pos0);
+            self.rope
+                .apply(&mut k[bi * t * hk * dh..(bi + 1) * t * hk * dh], hk, pos0);
         }
         let (o, lse, saved_k, saved_v) = match state {
             None => {
-                let d = Dims { b, t, s: t, h, hk, d: dh };
-                let (o, lse) = attention_core::forward(d, &q, &k, &v, (dh as f32).powf(-0.5), c.window);
+                let d = Dims {
+                    b,
+                    t,
+                    s: t,
+                    h,
+                    hk,
+                    d: dh,
+                };
+                let (o, lse) =
+                    attention_core::forward(d, &q, &k, &v, (dh as f32).powf(-0.5), c.window);
                 (o, lse, k, v)
             }
             Some(st) => {
@@ -113,17 +171,30 @@ impl Attention {
                 let cat = |old: &[f32], new: &[f32]| -> Vec<f32> {
                     (0..b)
                         .flat_map(|bi| {
-                            old[bi * st.kept * row..(bi + 1) * st.kept * row].iter().chain(&new[bi * t * row..(bi + 1) * t * row]).copied()
+                            old[bi * st.kept * row..(bi + 1) * st.kept * row]
+                                .iter()
+                                .chain(&new[bi * t * row..(bi + 1) * t * row])
+                                .copied()
                         })
                         .collect()
                 };
                 let (kc, vc) = (cat(&st.k, &k), cat(&st.v, &v));
-                let d = Dims { b, t, s, h, hk, d: dh };
-                let (o, lse) = attention_core::forward(d, &q, &kc, &vc, (dh as f32).powf(-0.5), c.window);
+                let d = Dims {
+                    b,
+                    t,
+                    s,
+                    h,
+                    hk,
+                    d: dh,
+                };
+                let (o, lse) =
+                    attention_core::forward(d, &q, &kc, &vc, (dh as f32).powf(-0.5), c.window);
                 // Keep what later tokens can still see: everything (FA) or the last W−1 (SWA).
                 let keep = c.window.map_or(s, |w| s.min(w.saturating_sub(1)));
                 let tail = |all: &[f32]| -> Vec<f32> {
-                    (0..b).flat_map(|bi| all[(bi * s + s - keep) * row..(bi + 1) * s * row].to_vec()).collect()
+                    (0..b)
+                        .flat_map(|bi| all[(bi * s + s - keep) * row..(bi + 1) * s * row].to_vec())
+                        .collect()
                 };
                 st.k = tail(&kc);
                 st.v = tail(&vc);
@@ -136,8 +207,26 @@ impl Attention {
             Some(g) => o.iter().zip(g).map(|(a, z)| a * sigmoid(*z)).collect(),
             None => o.clone(),
         };
-        let y = linear(&og, self.params.get("o_proj.weight"), None, n, c.hidden, h * dh);
-        let saved = AttnSaved { x: x.to_vec(), q, k: saved_k, v: saved_v, o, lse, gate: gate.unwrap_or_default(), b, t, pos0 };
+        let y = linear(
+            &og,
+            self.params.get("o_proj.weight"),
+            None,
+            n,
+            c.hidden,
+            h * dh,
+        );
+        let saved = AttnSaved {
+            x: x.to_vec(),
+            q,
+            k: saved_k,
+            v: saved_v,
+            o,
+            lse,
+            gate: gate.unwrap_or_default(),
+            b,
+            t,
+            pos0,
+        };
         (y, saved)
     }
 
@@ -148,26 +237,98 @@ impl Attention {
         let (dh, h, hk, b, t) = (c.head_dim, c.n_heads, c.n_kv_heads, s.b, s.t);
         let n = b * t;
         assert_eq!(s.pos0, 0, "backward is for whole-sequence forwards");
-        let og: Vec<f32> = if c.output_gate { s.o.iter().zip(&s.gate).map(|(a, z)| a * sigmoid(*z)).collect() } else { s.o.clone() };
-        let dog = linear_backward(&og, self.params.get("o_proj.weight"), dy, n, c.hidden, h * dh, grads.get_mut("o_proj.weight"), None);
+        let og: Vec<f32> = if c.output_gate {
+            s.o.iter()
+                .zip(&s.gate)
+                .map(|(a, z)| a * sigmoid(*z))
+                .collect()
+        } else {
+            s.o.clone()
+        };
+        let dog = linear_backward(
+            &og,
+            self.params.get("o_proj.weight"),
+            dy,
+            n,
+            c.hidden,
+            h * dh,
+            grads.get_mut("o_proj.weight"),
+            None,
+        );
         let (d_o, dgate) = if c.output_gate {
-            let d_o = dog.iter().zip(&s.gate).map(|(g, z)| g * sigmoid(*z)).collect();
-            let dgate: Vec<f32> = dog.iter().zip(s.o.iter().zip(&s.gate)).map(|(g, (o, z))| g * o * sigmoid(*z) * (1.0 - sigmoid(*z))).collect();
+            let d_o = dog
+                .iter()
+                .zip(&s.gate)
+                .map(|(g, z)| g * sigmoid(*z))
+                .collect();
+            let dgate: Vec<f32> = dog
+                .iter()
+                .zip(s.o.iter().zip(&s.gate))
+                .map(|(g, (o, z))| g * o * sigmoid(*z) * (1.0 - sigmoid(*z)))
+                .collect();
             (d_o, Some(dgate))
         } else {
             (dog, None)
         };
-        let d = Dims { b, t, s: t, h, hk, d: dh };
-        let (mut dq, mut dk, dv) = attention_core::backward(d, &s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, (dh as f32).powf(-0.5), c.window);
+        let d = Dims {
+            b,
+            t,
+            s: t,
+            h,
+            hk,
+            d: dh,
+        };
+        let (mut dq, mut dk, dv) = attention_core::backward(
+            d,
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.o,
+            &s.lse,
+            &d_o,
+            (dh as f32).powf(-0.5),
+            c.window,
+        );
         for bi in 0..b {
-            self.rope.apply_backward(&mut dq[bi * t * h * dh..(bi + 1) * t * h * dh], h, 0);
-            self.rope.apply_backward(&mut dk[bi * t * hk * dh..(bi + 1) * t * hk * dh], hk, 0);
+            self.rope
+                .apply_backward(&mut dq[bi * t * h * dh..(bi + 1) * t * h * dh], h, 0);
+            self.rope
+                .apply_backward(&mut dk[bi * t * hk * dh..(bi + 1) * t * hk * dh], hk, 0);
         }
         let dqg = join_gate(&dq, dgate.as_deref(), n * h, dh);
-        let mut dx = linear_backward(&s.x, self.params.get("q_proj.weight"), &dqg, n, dqg.len() / n, c.hidden, grads.get_mut("q_proj.weight"), None);
-        let dxk = linear_backward(&s.x, self.params.get("k_proj.weight"), &dk, n, hk * dh, c.hidden, grads.get_mut("k_proj.weight"), None);
-        let dxv = linear_backward(&s.x, self.params.get("v_proj.weight"), &dv, n, hk * dh, c.hidden, grads.get_mut("v_proj.weight"), None);
-        dx.iter_mut().zip(dxk.iter().zip(&dxv)).for_each(|(a, (b, c))| *a += b + c);
+        let mut dx = linear_backward(
+            &s.x,
+            self.params.get("q_proj.weight"),
+            &dqg,
+            n,
+            dqg.len() / n,
+            c.hidden,
+            grads.get_mut("q_proj.weight"),
+            None,
+        );
+        let dxk = linear_backward(
+            &s.x,
+            self.params.get("k_proj.weight"),
+            &dk,
+            n,
+            hk * dh,
+            c.hidden,
+            grads.get_mut("k_proj.weight"),
+            None,
+        );
+        let dxv = linear_backward(
+            &s.x,
+            self.params.get("v_proj.weight"),
+            &dv,
+            n,
+            hk * dh,
+            c.hidden,
+            grads.get_mut("v_proj.weight"),
+            None,
+        );
+        dx.iter_mut()
+            .zip(dxk.iter().zip(&dxv))
+            .for_each(|(a, (b, c))| *a += b + c);
         dx
     }
 }
@@ -189,6 +350,13 @@ fn split_gate(qg: &[f32], rows: usize, dh: usize, gated: bool) -> (Vec<f32>, Opt
 fn join_gate(dq: &[f32], dgate: Option<&[f32]>, rows: usize, dh: usize) -> Vec<f32> {
     match dgate {
         None => dq.to_vec(),
-        Some(g) => (0..rows).flat_map(|r| dq[r * dh..(r + 1) * dh].iter().chain(&g[r * dh..(r + 1) * dh]).copied()).collect(),
+        Some(g) => (0..rows)
+            .flat_map(|r| {
+                dq[r * dh..(r + 1) * dh]
+                    .iter()
+                    .chain(&g[r * dh..(r + 1) * dh])
+                    .copied()
+            })
+            .collect(),
     }
 }

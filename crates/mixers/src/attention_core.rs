@@ -28,7 +28,10 @@ pub struct Dims {
 
 impl Dims {
     fn rep(&self) -> usize {
-        assert!(self.hk > 0 && self.h % self.hk == 0, "query heads must be a multiple of key/value heads");
+        assert!(
+            self.hk > 0 && self.h % self.hk == 0,
+            "query heads must be a multiple of key/value heads"
+        );
         self.h / self.hk
     }
     /// The key range [first, last] that query row `i` (0-based within this call) may see.
@@ -38,7 +41,14 @@ impl Dims {
     }
 }
 
-pub fn reference(d: Dims, q: &[f64], k: &[f64], v: &[f64], scale: f64, window: Option<usize>) -> Vec<f64> {
+pub fn reference(
+    d: Dims,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    scale: f64,
+    window: Option<usize>,
+) -> Vec<f64> {
     let rep = d.rep();
     let mut o = vec![0.0; d.b * d.t * d.h * d.d];
     for b in 0..d.b {
@@ -48,14 +58,23 @@ pub fn reference(d: Dims, q: &[f64], k: &[f64], v: &[f64], scale: f64, window: O
                 let qi = &q[((b * d.t + i) * d.h + h) * d.d..][..d.d];
                 let (first, last) = d.keys(i, window);
                 let sc: Vec<f64> = (first..=last)
-                    .map(|j| scale * qi.iter().zip(&k[((b * d.s + j) * d.hk + kh) * d.d..][..d.d]).map(|(a, b)| a * b).sum::<f64>())
+                    .map(|j| {
+                        scale
+                            * qi.iter()
+                                .zip(&k[((b * d.s + j) * d.hk + kh) * d.d..][..d.d])
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>()
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                 let out = &mut o[((b * d.t + i) * d.h + h) * d.d..][..d.d];
                 for (x, j) in sc.iter().zip(first..=last) {
                     let p = (x - m).exp() / z;
-                    for (oo, vv) in out.iter_mut().zip(&v[((b * d.s + j) * d.hk + kh) * d.d..][..d.d]) {
+                    for (oo, vv) in out
+                        .iter_mut()
+                        .zip(&v[((b * d.s + j) * d.hk + kh) * d.d..][..d.d])
+                    {
                         *oo += p * vv;
                     }
                 }
@@ -66,37 +85,58 @@ pub fn reference(d: Dims, q: &[f64], k: &[f64], v: &[f64], scale: f64, window: O
 }
 
 /// Returns (o [B,T,H,D], lse [B,T,H]).
-pub fn forward(d: Dims, q: &[f32], k: &[f32], v: &[f32], scale: f32, window: Option<usize>) -> (Vec<f32>, Vec<f32>) {
+pub fn forward(
+    d: Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    window: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
     let rep = d.rep();
     let mut o = vec![0f32; d.b * d.t * d.h * d.d];
     let mut lse = vec![0f32; d.b * d.t * d.h];
-    o.par_chunks_mut(d.d).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (out, l))| {
-        let (b, i, h) = (row / (d.t * d.h), (row / d.h) % d.t, row % d.h);
-        let kh = h / rep;
-        let qi = &q[row * d.d..(row + 1) * d.d];
-        let (first, last) = d.keys(i, window);
-        let mut sc: Vec<f32> =
-            (first..=last).map(|j| scale * tensor::cpu::dot(qi, &k[((b * d.s + j) * d.hk + kh) * d.d..][..d.d])).collect();
-        let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f64;
-        for x in sc.iter_mut() {
-            *x = (*x - m).exp();
-            z += *x as f64;
-        }
-        let inv = (1.0 / z) as f32;
-        out.fill(0.0);
-        for (p, j) in sc.iter().zip(first..=last) {
-            tensor::cpu::axpy(p * inv, &v[((b * d.s + j) * d.hk + kh) * d.d..][..d.d], out);
-        }
-        *l = m + (z as f32).ln();
-    });
+    o.par_chunks_mut(d.d)
+        .zip(lse.par_iter_mut())
+        .enumerate()
+        .for_each(|(row, (out, l))| {
+            let (b, i, h) = (row / (d.t * d.h), (row / d.h) % d.t, row % d.h);
+            let kh = h / rep;
+            let qi = &q[row * d.d..(row + 1) * d.d];
+            let (first, last) = d.keys(i, window);
+            let mut sc: Vec<f32> = (first..=last)
+                .map(|j| {
+                    scale * tensor::cpu::dot(qi, &k[((b * d.s + j) * d.hk + kh) * d.d..][..d.d])
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut z = 0f64;
+            for x in sc.iter_mut() {
+                *x = (*x - m).exp();
+                z += *x as f64;
+            }
+            let inv = (1.0 / z) as f32;
+            out.fill(0.0);
+            for (p, j) in sc.iter().zip(first..=last) {
+                tensor::cpu::axpy(p * inv, &v[((b * d.s + j) * d.hk + kh) * d.d..][..d.d], out);
+            }
+            *l = m + (z as f32).ln();
+        });
     (o, lse)
 }
 
 /// Gradients (dq [B,T,H,D], dk, dv [B,S,Hk,D]) given the forward's o and lse and do.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    d: Dims, q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], d_o: &[f32], scale: f32, window: Option<usize>,
+    d: Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    scale: f32,
+    window: Option<usize>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rep = d.rep();
     let mut dq = vec![0f32; q.len()];
@@ -111,7 +151,11 @@ pub fn backward(
             for h in kh * rep..(kh + 1) * rep {
                 for i in 0..d.t {
                     let row = (b * d.t + i) * d.h + h;
-                    let (qi, oi, doi) = (&q[row * d.d..][..d.d], &o[row * d.d..][..d.d], &d_o[row * d.d..][..d.d]);
+                    let (qi, oi, doi) = (
+                        &q[row * d.d..][..d.d],
+                        &o[row * d.d..][..d.d],
+                        &d_o[row * d.d..][..d.d],
+                    );
                     let delta = tensor::cpu::dot(oi, doi);
                     let (first, last) = d.keys(i, window);
                     let mut dqi = vec![0f32; d.d];

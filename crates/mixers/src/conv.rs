@@ -11,7 +11,15 @@ pub struct ConvOut {
 }
 
 /// Forward over T tokens of B sequences; `state` (if given) is read as history and updated.
-pub fn forward(x: &[f32], weight: &[f32], b: usize, t: usize, c: usize, w: usize, state: Option<&mut [f32]>) -> ConvOut {
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    w: usize,
+    state: Option<&mut [f32]>,
+) -> ConvOut {
     let hist = w - 1;
     let mut pre = vec![0f32; b * t * c];
     let st: Option<&[f32]> = state.as_deref().map(|s| &*s);
@@ -24,7 +32,9 @@ pub fn forward(x: &[f32], weight: &[f32], b: usize, t: usize, c: usize, w: usize
                     let xv = if src >= 0 {
                         x[(bi * t + src as usize) * c + ch]
                     } else {
-                        st.map_or(0.0, |s| s[(bi * hist + (hist as isize + src) as usize) * c + ch])
+                        st.map_or(0.0, |s| {
+                            s[(bi * hist + (hist as isize + src) as usize) * c + ch]
+                        })
                     };
                     acc += weight[ch * w + wi] * xv;
                 }
@@ -53,7 +63,16 @@ pub fn forward(x: &[f32], weight: &[f32], b: usize, t: usize, c: usize, w: usize
 }
 
 /// Backward of [`forward`] (zero initial history): returns (dx, dweight).
-pub fn backward(x: &[f32], weight: &[f32], pre: &[f32], dy: &[f32], b: usize, t: usize, c: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn backward(
+    x: &[f32],
+    weight: &[f32],
+    pre: &[f32],
+    dy: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    w: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let hist = w - 1;
     let dpre: Vec<f32> = pre
         .iter()

@@ -40,7 +40,10 @@ pub struct Dims {
 
 impl Dims {
     fn group(&self) -> usize {
-        assert!(self.h > 0 && self.hv % self.h == 0, "value heads must be a multiple of key heads");
+        assert!(
+            self.h > 0 && self.hv % self.h == 0,
+            "value heads must be a multiple of key heads"
+        );
         self.hv / self.h
     }
     pub fn state_len(&self) -> usize {
@@ -86,7 +89,10 @@ pub fn reference(d: Dims, x: Inputs<f64>, scale: f64, h0: Option<&[f64]>) -> (Ve
             let h = hv / grp;
             let s = &mut st[(b * d.hv + hv) * d.k * d.v..(b * d.hv + hv + 1) * d.k * d.v];
             for t in 0..d.t {
-                let (q, k) = (&x.q[qk_at(&d, b, t, h)..][..d.k], &x.k[qk_at(&d, b, t, h)..][..d.k]);
+                let (q, k) = (
+                    &x.q[qk_at(&d, b, t, h)..][..d.k],
+                    &x.k[qk_at(&d, b, t, h)..][..d.k],
+                );
                 let v = &x.v[v_at(&d, b, t, hv)..][..d.v];
                 let g = &x.g[g_at(&d, b, t, hv)..][..d.k];
                 for (i, gi) in g.iter().enumerate() {
@@ -96,7 +102,11 @@ pub fn reference(d: Dims, x: Inputs<f64>, scale: f64, h0: Option<&[f64]>) -> (Ve
                 let u: Vec<f64> = match x.beta {
                     Some(beta) => {
                         let bt = beta[beta_at(&d, b, t, hv)];
-                        (0..d.v).map(|j| bt * (v[j] - (0..d.k).map(|i| s[i * d.v + j] * k[i]).sum::<f64>())).collect()
+                        (0..d.v)
+                            .map(|j| {
+                                bt * (v[j] - (0..d.k).map(|i| s[i * d.v + j] * k[i]).sum::<f64>())
+                            })
+                            .collect()
                     }
                     None => v.to_vec(),
                 };
@@ -126,7 +136,13 @@ pub struct ChunkedOut {
 
 /// The chunkwise-parallel form (research/mixers.md §3.1), chunk size `chunk` (any ≥ 1; ragged
 /// tails are handled by a shorter last chunk). Work is parallel over (batch, value head).
-pub fn chunked(d: Dims, x: Inputs<f32>, scale: f32, h0: Option<&[f32]>, chunk: usize) -> ChunkedOut {
+pub fn chunked(
+    d: Dims,
+    x: Inputs<f32>,
+    scale: f32,
+    h0: Option<&[f32]>,
+    chunk: usize,
+) -> ChunkedOut {
     assert!(chunk > 0);
     let grp = d.group();
     let nc = d.t.div_ceil(chunk);
@@ -148,7 +164,18 @@ pub fn chunked(d: Dims, x: Inputs<f32>, scale: f32, h0: Option<&[f32]>, chunk: u
                 cs[c * kv..(c + 1) * kv].copy_from_slice(s);
                 let t0 = c * chunk;
                 let n = chunk.min(d.t - t0);
-                chunk_forward(&d, &x, scale, b, h, hv, t0, n, s, &mut out[t0 * d.v..(t0 + n) * d.v]);
+                chunk_forward(
+                    &d,
+                    &x,
+                    scale,
+                    b,
+                    h,
+                    hv,
+                    t0,
+                    n,
+                    s,
+                    &mut out[t0 * d.v..(t0 + n) * d.v],
+                );
             }
             out
         })
@@ -159,14 +186,27 @@ pub fn chunked(d: Dims, x: Inputs<f32>, scale: f32, h0: Option<&[f32]>, chunk: u
             o[v_at(&d, b, t, hv)..][..d.v].copy_from_slice(&out[t * d.v..(t + 1) * d.v]);
         }
     }
-    ChunkedOut { o, state, chunk_states, chunk }
+    ChunkedOut {
+        o,
+        state,
+        chunk_states,
+        chunk,
+    }
 }
 
 /// One chunk of n tokens starting at t0 for (b, hv): updates `s` [K, V] and writes out [n, V].
 #[allow(clippy::too_many_arguments)]
 fn chunk_forward(
-    d: &Dims, x: &Inputs<f32>, scale: f32, b: usize, h: usize, hv: usize, t0: usize, n: usize,
-    s: &mut [f32], out: &mut [f32],
+    d: &Dims,
+    x: &Inputs<f32>,
+    scale: f32,
+    b: usize,
+    h: usize,
+    hv: usize,
+    t0: usize,
+    n: usize,
+    s: &mut [f32],
+    out: &mut [f32],
 ) {
     let (kd, vd) = (d.k, d.v);
     // Gather the chunk: qs (scaled), ks [n, K]; vs [n, V]; cumulative log decay cum [n, K].
@@ -178,7 +218,10 @@ fn chunk_forward(
     for i in 0..n {
         let t = t0 + i;
         let qi = &x.q[qk_at(d, b, t, h)..][..kd];
-        qs[i * kd..(i + 1) * kd].iter_mut().zip(qi).for_each(|(a, q)| *a = q * scale);
+        qs[i * kd..(i + 1) * kd]
+            .iter_mut()
+            .zip(qi)
+            .for_each(|(a, q)| *a = q * scale);
         ks[i * kd..(i + 1) * kd].copy_from_slice(&x.k[qk_at(d, b, t, h)..][..kd]);
         vs[i * vd..(i + 1) * vd].copy_from_slice(&x.v[v_at(d, b, t, hv)..][..vd]);
         let g = &x.g[g_at(d, b, t, hv)..][..kd];
@@ -191,9 +234,14 @@ fn chunk_forward(
     }
     // Pairwise decayed products, every exponent ≤ 0 (never factored; §3.3):
     // decayed_dot(a_i, k_j) = Σ_c a_i[c] k_j[c] exp(cum_i[c] − cum_j[c]) for j ≤ i.
+    // A scalar decay per token (GDN) needs one exp per pair instead of one per channel.
+    let scalar = cum.chunks_exact(kd).all(|r| r.iter().all(|&x| x == r[0]));
     let decayed_dot = |a: &[f32], i: usize, j: usize| -> f32 {
         let (ci, cj) = (&cum[i * kd..(i + 1) * kd], &cum[j * kd..(j + 1) * kd]);
         let (ai, kj) = (&a[i * kd..(i + 1) * kd], &ks[j * kd..(j + 1) * kd]);
+        if scalar {
+            return tensor::cpu::dot(ai, kj) * (ci[0] - cj[0]).exp();
+        }
         let mut acc = 0f32;
         for c in 0..kd {
             acc += ai[c] * kj[c] * (ci[c] - cj[c]).exp();
@@ -224,7 +272,9 @@ fn chunk_forward(
         let mut bv = vs.clone();
         let mut bk = vec![0f32; n * kd];
         for i in 0..n {
-            bv[i * vd..(i + 1) * vd].iter_mut().for_each(|x| *x *= betas[i]);
+            bv[i * vd..(i + 1) * vd]
+                .iter_mut()
+                .for_each(|x| *x *= betas[i]);
             for c in 0..kd {
                 bk[i * kd + c] = betas[i] * cum[i * kd + c].exp() * ks[i * kd + c];
             }
@@ -275,33 +325,38 @@ pub fn step(d: Dims, x: Inputs<f32>, scale: f32, state: &mut [f32]) -> Vec<f32> 
     let grp = d.group();
     let kv = d.k * d.v;
     let mut o = vec![0f32; d.b * d.hv * d.v];
-    o.par_chunks_mut(d.v).zip(state.par_chunks_mut(kv)).enumerate().for_each(|(bh, (out, s))| {
-        let (b, hv) = (bh / d.hv, bh % d.hv);
-        let h = hv / grp;
-        let q = &x.q[qk_at(&d, b, 0, h)..][..d.k];
-        let k = &x.k[qk_at(&d, b, 0, h)..][..d.k];
-        let v = &x.v[v_at(&d, b, 0, hv)..][..d.v];
-        let g = &x.g[g_at(&d, b, 0, hv)..][..d.k];
-        for (c, gc) in g.iter().enumerate() {
-            let a = gc.exp();
-            s[c * d.v..(c + 1) * d.v].iter_mut().for_each(|x| *x *= a);
-        }
-        let mut u = v.to_vec();
-        if let Some(beta) = x.beta {
-            let bt = beta[beta_at(&d, b, 0, hv)];
-            let mut pred = vec![0f32; d.v];
-            for c in 0..d.k {
-                tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
+    o.par_chunks_mut(d.v)
+        .zip(state.par_chunks_mut(kv))
+        .enumerate()
+        .for_each(|(bh, (out, s))| {
+            let (b, hv) = (bh / d.hv, bh % d.hv);
+            let h = hv / grp;
+            let q = &x.q[qk_at(&d, b, 0, h)..][..d.k];
+            let k = &x.k[qk_at(&d, b, 0, h)..][..d.k];
+            let v = &x.v[v_at(&d, b, 0, hv)..][..d.v];
+            let g = &x.g[g_at(&d, b, 0, hv)..][..d.k];
+            for (c, gc) in g.iter().enumerate() {
+                let a = gc.exp();
+                s[c * d.v..(c + 1) * d.v].iter_mut().for_each(|x| *x *= a);
             }
-            u.iter_mut().zip(&pred).for_each(|(x, p)| *x = bt * (*x - p));
-        }
-        out.fill(0.0);
-        for c in 0..d.k {
-            let row = &mut s[c * d.v..(c + 1) * d.v];
-            tensor::cpu::axpy(k[c], &u, row);
-            tensor::cpu::axpy(q[c] * scale, row, out);
-        }
-    });
+            let mut u = v.to_vec();
+            if let Some(beta) = x.beta {
+                let bt = beta[beta_at(&d, b, 0, hv)];
+                let mut pred = vec![0f32; d.v];
+                for c in 0..d.k {
+                    tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
+                }
+                u.iter_mut()
+                    .zip(&pred)
+                    .for_each(|(x, p)| *x = bt * (*x - p));
+            }
+            out.fill(0.0);
+            for c in 0..d.k {
+                let row = &mut s[c * d.v..(c + 1) * d.v];
+                tensor::cpu::axpy(k[c], &u, row);
+                tensor::cpu::axpy(q[c] * scale, row, out);
+            }
+        });
     o
 }
 
@@ -318,7 +373,12 @@ pub struct Grads {
 /// Reverse-mode gradients of [`chunked`] given do [B,T,HV,V] and (optionally) the gradient
 /// of the final state dht [B,HV,K,V]. `fwd` is the forward's result (its chunk-entry states).
 pub fn backward(
-    d: Dims, x: Inputs<f32>, scale: f32, fwd: &ChunkedOut, d_o: &[f32], dht: Option<&[f32]>,
+    d: Dims,
+    x: Inputs<f32>,
+    scale: f32,
+    fwd: &ChunkedOut,
+    d_o: &[f32],
+    dht: Option<&[f32]>,
 ) -> Grads {
     let grp = d.group();
     let kv = d.k * d.v;
@@ -364,7 +424,19 @@ pub fn backward(
                 }
                 for i in (0..n).rev() {
                     let t = t0 + i;
-                    token_backward(&d, &x, scale, b, h, hv, t, &before[i], &d_o[v_at(&d, b, t, hv)..][..d.v], &mut ds, &mut tk);
+                    token_backward(
+                        &d,
+                        &x,
+                        scale,
+                        b,
+                        h,
+                        hv,
+                        t,
+                        &before[i],
+                        &d_o[v_at(&d, b, t, hv)..][..d.v],
+                        &mut ds,
+                        &mut tk,
+                    );
                 }
             }
             tk.dh0 = ds;
@@ -373,7 +445,15 @@ pub fn backward(
         .collect();
 
     /// Forward of one token on s (no output needed during replay).
-    fn token_forward(d: &Dims, x: &Inputs<f32>, b: usize, h: usize, hv: usize, t: usize, s: &mut [f32]) {
+    fn token_forward(
+        d: &Dims,
+        x: &Inputs<f32>,
+        b: usize,
+        h: usize,
+        hv: usize,
+        t: usize,
+        s: &mut [f32],
+    ) {
         let k = &x.k[qk_at(d, b, t, h)..][..d.k];
         let v = &x.v[v_at(d, b, t, hv)..][..d.v];
         let g = &x.g[g_at(d, b, t, hv)..][..d.k];
@@ -388,7 +468,9 @@ pub fn backward(
             for c in 0..d.k {
                 tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
             }
-            u.iter_mut().zip(&pred).for_each(|(x, p)| *x = bt * (*x - p));
+            u.iter_mut()
+                .zip(&pred)
+                .for_each(|(x, p)| *x = bt * (*x - p));
         }
         for c in 0..d.k {
             tensor::cpu::axpy(k[c], &u, &mut s[c * d.v..(c + 1) * d.v]);
@@ -399,8 +481,17 @@ pub fn backward(
     /// after it (updated to the gradient of `prev`).
     #[allow(clippy::too_many_arguments)]
     fn token_backward(
-        d: &Dims, x: &Inputs<f32>, scale: f32, b: usize, h: usize, hv: usize, t: usize, prev: &[f32],
-        d_o: &[f32], ds: &mut [f32], tk: &mut Task,
+        d: &Dims,
+        x: &Inputs<f32>,
+        scale: f32,
+        b: usize,
+        h: usize,
+        hv: usize,
+        t: usize,
+        prev: &[f32],
+        d_o: &[f32],
+        ds: &mut [f32],
+        tk: &mut Task,
     ) {
         let (kd, vd) = (d.k, d.v);
         let q = &x.q[qk_at(d, b, t, h)..][..kd];
@@ -444,7 +535,11 @@ pub fn backward(
         match bt {
             Some(bt) => {
                 // u = β (v − S'ᵀ k)
-                tk.db[t] += du.iter().zip(v.iter().zip(&pred)).map(|(a, (v, p))| a * (v - p)).sum::<f32>();
+                tk.db[t] += du
+                    .iter()
+                    .zip(v.iter().zip(&pred))
+                    .map(|(a, (v, p))| a * (v - p))
+                    .sum::<f32>();
                 for j in 0..vd {
                     tk.dv[t * vd + j] += bt * du[j];
                 }
@@ -486,5 +581,12 @@ pub fn backward(
         }
         dh0[bh * kv..(bh + 1) * kv].copy_from_slice(&tk.dh0);
     }
-    Grads { dq, dk, dv, dg, dbeta, dh0 }
+    Grads {
+        dq,
+        dk,
+        dv,
+        dg,
+        dbeta,
+        dh0,
+    }
 }

@@ -16,10 +16,12 @@
 //! Parameter names are FLA's (`q_proj.weight`, `q_conv1d.weight`, `A_log`, `dt_bias`,
 //! `o_norm.weight`, ...); conv weights are stored [C, W] (checkpoints: [C, 1, W]).
 //! Shapes: x, y [B, T, D]; state: recurrent [B, HV, K, V] f32 plus conv histories.
-use crate::linear_core::{self, Dims, Inputs};
-use crate::ops::{self, gated_rmsnorm, gated_rmsnorm_backward, sigmoid, softplus, softplus_grad, GateAct};
-use crate::params::{linear, linear_backward, InitRng, Params};
 use crate::conv;
+use crate::linear_core::{self, Dims, Inputs};
+use crate::ops::{
+    self, gated_rmsnorm, gated_rmsnorm_backward, sigmoid, softplus, softplus_grad, GateAct,
+};
+use crate::params::{linear, linear_backward, InitRng, Params};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearKind {
@@ -124,16 +126,31 @@ impl LinearMixer {
 
     fn dims(&self, b: usize, t: usize) -> Dims {
         let c = &self.cfg;
-        Dims { b, t, h: c.n_heads, hv: c.n_v_heads, k: c.head_k_dim, v: c.head_v_dim }
+        Dims {
+            b,
+            t,
+            h: c.n_heads,
+            hv: c.n_v_heads,
+            k: c.head_k_dim,
+            v: c.head_v_dim,
+        }
     }
 
     /// FLA-style initialisation: projections normal(0, 0.02); A_log = log U(1, 16);
     /// dt_bias = softplus⁻¹(dt) with dt log-uniform in [1e-3, 0.1]; norm weights 1.
     pub fn init(cfg: LinearConfig, rng: &mut InitRng) -> Self {
         let c = &cfg;
-        let (d, hk, hvv, hvk, r) = (c.hidden, c.n_heads * c.head_k_dim, c.n_v_heads * c.head_v_dim, c.n_v_heads * c.head_k_dim, c.gate_rank);
+        let (d, hk, hvv, hvk, r) = (
+            c.hidden,
+            c.n_heads * c.head_k_dim,
+            c.n_v_heads * c.head_v_dim,
+            c.n_v_heads * c.head_k_dim,
+            c.gate_rank,
+        );
         let mut p = Params::default();
-        let mut lin = |p: &mut Params, name: &str, o: usize, i: usize| p.insert(name, &[o, i], rng.normals(o * i, 0.02));
+        let mut lin = |p: &mut Params, name: &str, o: usize, i: usize| {
+            p.insert(name, &[o, i], rng.normals(o * i, 0.02))
+        };
         lin(&mut p, "q_proj.weight", hk, d);
         lin(&mut p, "k_proj.weight", hk, d);
         lin(&mut p, "v_proj.weight", hvv, d);
@@ -161,17 +178,29 @@ impl LinearMixer {
         }
         if c.conv_size > 0 {
             let w = c.conv_size;
-            for (name, ch) in [("q_conv1d.weight", hk), ("k_conv1d.weight", hk), ("v_conv1d.weight", hvv)] {
+            for (name, ch) in [
+                ("q_conv1d.weight", hk),
+                ("k_conv1d.weight", hk),
+                ("v_conv1d.weight", hvv),
+            ] {
                 p.insert(name, &[ch, w], rng.normals(ch * w, (1.0 / w as f64).sqrt()));
             }
         }
         if c.kind != LinearKind::Gla {
-            let a: Vec<f32> = (0..c.n_v_heads).map(|_| (1.0 + 15.0 * rng.uniform()).ln() as f32).collect();
+            let a: Vec<f32> = (0..c.n_v_heads)
+                .map(|_| (1.0 + 15.0 * rng.uniform()).ln() as f32)
+                .collect();
             p.insert("A_log", &[c.n_v_heads], a);
-            let n_dt = if c.kind == LinearKind::Gdn { c.n_v_heads } else { hvk };
+            let n_dt = if c.kind == LinearKind::Gdn {
+                c.n_v_heads
+            } else {
+                hvk
+            };
             let dt: Vec<f32> = (0..n_dt)
                 .map(|_| {
-                    let dt = (1e-3f64.ln() + rng.uniform() * (0.1f64.ln() - 1e-3f64.ln())).exp().max(1e-4);
+                    let dt = (1e-3f64.ln() + rng.uniform() * (0.1f64.ln() - 1e-3f64.ln()))
+                        .exp()
+                        .max(1e-4);
                     (dt + (-(-dt).exp_m1()).ln()) as f32 // softplus⁻¹(dt) = dt + log(1 − e^−dt)
                 })
                 .collect();
@@ -195,42 +224,87 @@ impl LinearMixer {
     /// State bytes per sequence (recurrent state f32 + conv histories at `bytes`).
     pub fn state_bytes(&self, bytes: usize) -> usize {
         let c = &self.cfg;
-        let conv = c.conv_size.saturating_sub(1) * (2 * c.n_heads * c.head_k_dim + c.n_v_heads * c.head_v_dim) * bytes;
+        let conv = c.conv_size.saturating_sub(1)
+            * (2 * c.n_heads * c.head_k_dim + c.n_v_heads * c.head_v_dim)
+            * bytes;
         c.n_v_heads * c.head_k_dim * c.head_v_dim * 4 + conv
     }
 
     /// x [B, T, D] -> y [B, T, D], continuing `state` if given.
-    pub fn forward(&self, x: &[f32], b: usize, t: usize, mut state: Option<&mut LinearState>) -> (Vec<f32>, LinearSaved) {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        mut state: Option<&mut LinearState>,
+    ) -> (Vec<f32>, LinearSaved) {
         let c = &self.cfg;
         let p = &self.params;
         let (d, n) = (c.hidden, b * t);
-        let (hk, hvv, hvk) = (c.n_heads * c.head_k_dim, c.n_v_heads * c.head_v_dim, c.n_v_heads * c.head_k_dim);
+        let (hk, hvv, hvk) = (
+            c.n_heads * c.head_k_dim,
+            c.n_v_heads * c.head_v_dim,
+            c.n_v_heads * c.head_k_dim,
+        );
         let pre_q = linear(x, p.get("q_proj.weight"), None, n, hk, d);
         let pre_k = linear(x, p.get("k_proj.weight"), None, n, hk, d);
         let pre_v = linear(x, p.get("v_proj.weight"), None, n, hvv, d);
         // Short convs (their SiLU included), or the plain activation without them.
         let mut conv_pre: [Vec<f32>; 3] = Default::default();
-        let mut act = |i: usize, pre: &[f32], ch: usize, name: &str, st: Option<&mut Vec<f32>>| -> Vec<f32> {
-            if c.conv_size > 0 {
-                let out = conv::forward(pre, p.get(name), b, t, ch, c.conv_size, st.map(|s| s.as_mut_slice()));
-                conv_pre[i] = out.pre;
-                out.y
-            } else if c.kind == LinearKind::Gla {
-                pre.to_vec()
-            } else {
-                pre.iter().map(|&v| tensor::cpu::silu(v)).collect()
-            }
-        };
-        let mut q = act(0, &pre_q, hk, "q_conv1d.weight", state.as_deref_mut().map(|s| &mut s.conv_q));
-        let mut k = act(1, &pre_k, hk, "k_conv1d.weight", state.as_deref_mut().map(|s| &mut s.conv_k));
-        let v = act(2, &pre_v, hvv, "v_conv1d.weight", state.as_deref_mut().map(|s| &mut s.conv_v));
+        let mut act =
+            |i: usize, pre: &[f32], ch: usize, name: &str, st: Option<&mut Vec<f32>>| -> Vec<f32> {
+                if c.conv_size > 0 {
+                    let out = conv::forward(
+                        pre,
+                        p.get(name),
+                        b,
+                        t,
+                        ch,
+                        c.conv_size,
+                        st.map(|s| s.as_mut_slice()),
+                    );
+                    conv_pre[i] = out.pre;
+                    out.y
+                } else if c.kind == LinearKind::Gla {
+                    pre.to_vec()
+                } else {
+                    pre.iter().map(|&v| tensor::cpu::silu(v)).collect()
+                }
+            };
+        let mut q = act(
+            0,
+            &pre_q,
+            hk,
+            "q_conv1d.weight",
+            state.as_deref_mut().map(|s| &mut s.conv_q),
+        );
+        let mut k = act(
+            1,
+            &pre_k,
+            hk,
+            "k_conv1d.weight",
+            state.as_deref_mut().map(|s| &mut s.conv_k),
+        );
+        let v = act(
+            2,
+            &pre_v,
+            hvv,
+            "v_conv1d.weight",
+            state.as_deref_mut().map(|s| &mut s.conv_v),
+        );
         let (inv_q, inv_k) = if c.kind.delta_rule() {
-            (ops::l2norm_rows(&mut q, c.head_k_dim), ops::l2norm_rows(&mut k, c.head_k_dim))
+            (
+                ops::l2norm_rows(&mut q, c.head_k_dim),
+                ops::l2norm_rows(&mut k, c.head_k_dim),
+            )
         } else {
             (vec![], vec![])
         };
         let beta: Vec<f32> = if c.kind.delta_rule() {
-            linear(x, p.get("b_proj.weight"), None, n, c.n_v_heads, d).iter().map(|&v| sigmoid(v)).collect()
+            linear(x, p.get("b_proj.weight"), None, n, c.n_v_heads, d)
+                .iter()
+                .map(|&v| sigmoid(v))
+                .collect()
         } else {
             vec![]
         };
@@ -239,11 +313,17 @@ impl LinearMixer {
             LinearKind::Gdn => {
                 let a = linear(x, p.get("a_proj.weight"), None, n, c.n_v_heads, d);
                 let (al, dt) = (p.get("A_log"), p.get("dt_bias"));
-                let gpre: Vec<f32> = a.iter().enumerate().map(|(i, v)| v + dt[i % c.n_v_heads]).collect();
+                let gpre: Vec<f32> = a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + dt[i % c.n_v_heads])
+                    .collect();
                 let g = gpre
                     .iter()
                     .enumerate()
-                    .flat_map(|(i, &u)| std::iter::repeat_n(-al[i % c.n_v_heads].exp() * softplus(u), c.head_k_dim))
+                    .flat_map(|(i, &u)| {
+                        std::iter::repeat_n(-al[i % c.n_v_heads].exp() * softplus(u), c.head_k_dim)
+                    })
                     .collect();
                 (gpre, g, vec![])
             }
@@ -252,24 +332,46 @@ impl LinearMixer {
                 let f = linear(&mid, p.get("f_b_proj.weight"), None, n, hvk, c.gate_rank);
                 let (al, dt) = (p.get("A_log"), p.get("dt_bias"));
                 let gpre: Vec<f32> = f.iter().enumerate().map(|(i, v)| v + dt[i % hvk]).collect();
-                let g = gpre.iter().enumerate().map(|(i, &u)| -al[(i % hvk) / c.head_k_dim].exp() * softplus(u)).collect();
+                let g = gpre
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &u)| -al[(i % hvk) / c.head_k_dim].exp() * softplus(u))
+                    .collect();
                 (gpre, g, mid)
             }
             LinearKind::Gla => {
                 let mid = linear(x, p.get("gk_proj.0.weight"), None, n, c.gate_rank, d);
-                let f = linear(&mid, p.get("gk_proj.1.weight"), Some(p.get("gk_proj.1.bias")), n, hvk, c.gate_rank);
+                let f = linear(
+                    &mid,
+                    p.get("gk_proj.1.weight"),
+                    Some(p.get("gk_proj.1.bias")),
+                    n,
+                    hvk,
+                    c.gate_rank,
+                );
                 let g = f.iter().map(|&u| ops::logsigmoid(u) / 16.0).collect();
                 (f, g, mid)
             }
         };
         let dims = self.dims(b, t);
-        let inputs = Inputs { q: &q, k: &k, v: &v, g: &g, beta: c.kind.delta_rule().then_some(&beta[..]) };
+        let inputs = Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: c.kind.delta_rule().then_some(&beta[..]),
+        };
         let scale = (c.head_k_dim as f32).powf(-0.5);
         let h0 = state.as_deref().map(|s| s.rec.as_slice());
         let core = if t == 1 && state.is_some() {
             let st = state.as_deref_mut().unwrap();
             let o = linear_core::step(dims, inputs, scale, &mut st.rec);
-            linear_core::ChunkedOut { o, state: vec![], chunk_states: vec![], chunk: 1 }
+            linear_core::ChunkedOut {
+                o,
+                state: vec![],
+                chunk_states: vec![],
+                chunk: 1,
+            }
         } else {
             let out = linear_core::chunked(dims, inputs, scale, h0, c.chunk);
             if let Some(st) = state.as_deref_mut() {
@@ -279,7 +381,17 @@ impl LinearMixer {
         };
         let (z, z_mid) = if c.kind == LinearKind::Kda {
             let mid = linear(x, p.get("g_a_proj.weight"), None, n, c.gate_rank, d);
-            (linear(&mid, p.get("g_b_proj.weight"), Some(p.get("g_b_proj.bias")), n, hvv, c.gate_rank), mid)
+            (
+                linear(
+                    &mid,
+                    p.get("g_b_proj.weight"),
+                    Some(p.get("g_b_proj.bias")),
+                    n,
+                    hvv,
+                    c.gate_rank,
+                ),
+                mid,
+            )
         } else {
             (linear(x, p.get("g_proj.weight"), None, n, hvv, d), vec![])
         };
@@ -318,23 +430,100 @@ impl LinearMixer {
         let c = &self.cfg;
         let p = &self.params;
         let (d, n, b, t) = (c.hidden, s.b * s.t, s.b, s.t);
-        let (hk, hvv, hvk) = (c.n_heads * c.head_k_dim, c.n_v_heads * c.head_v_dim, c.n_v_heads * c.head_k_dim);
-        let dyn_ = linear_backward(&s.y, p.get("o_proj.weight"), dy, n, d, hvv, gr.get_mut("o_proj.weight"), None);
-        let (d_o, dz) = gated_rmsnorm_backward(&s.o, &s.z, p.get("o_norm.weight"), &s.rs, &dyn_, c.kind.act(), gr.get_mut("o_norm.weight"));
+        let (hk, hvv, hvk) = (
+            c.n_heads * c.head_k_dim,
+            c.n_v_heads * c.head_v_dim,
+            c.n_v_heads * c.head_k_dim,
+        );
+        let dyn_ = linear_backward(
+            &s.y,
+            p.get("o_proj.weight"),
+            dy,
+            n,
+            d,
+            hvv,
+            gr.get_mut("o_proj.weight"),
+            None,
+        );
+        let (d_o, dz) = gated_rmsnorm_backward(
+            &s.o,
+            &s.z,
+            p.get("o_norm.weight"),
+            &s.rs,
+            &dyn_,
+            c.kind.act(),
+            gr.get_mut("o_norm.weight"),
+        );
         let mut dx = if c.kind == LinearKind::Kda {
             let (w, bias) = gr_pair(gr, "g_b_proj.weight", "g_b_proj.bias");
-            let dmid = linear_backward(&s.z_mid, p.get("g_b_proj.weight"), &dz, n, hvv, c.gate_rank, w, Some(bias));
-            linear_backward(&s.x, p.get("g_a_proj.weight"), &dmid, n, c.gate_rank, d, gr.get_mut("g_a_proj.weight"), None)
+            let dmid = linear_backward(
+                &s.z_mid,
+                p.get("g_b_proj.weight"),
+                &dz,
+                n,
+                hvv,
+                c.gate_rank,
+                w,
+                Some(bias),
+            );
+            linear_backward(
+                &s.x,
+                p.get("g_a_proj.weight"),
+                &dmid,
+                n,
+                c.gate_rank,
+                d,
+                gr.get_mut("g_a_proj.weight"),
+                None,
+            )
         } else {
-            linear_backward(&s.x, p.get("g_proj.weight"), &dz, n, hvv, d, gr.get_mut("g_proj.weight"), None)
+            linear_backward(
+                &s.x,
+                p.get("g_proj.weight"),
+                &dz,
+                n,
+                hvv,
+                d,
+                gr.get_mut("g_proj.weight"),
+                None,
+            )
         };
         let add = |dx: &mut Vec<f32>, e: Vec<f32>| dx.iter_mut().zip(e).for_each(|(a, b)| *a += b);
         let dims = self.dims(b, t);
-        let inputs = Inputs { q: &s.q, k: &s.k, v: &s.v, g: &s.g, beta: c.kind.delta_rule().then_some(&s.beta[..]) };
-        let cg = linear_core::backward(dims, inputs, (c.head_k_dim as f32).powf(-0.5), &s.core, &d_o, None);
+        let inputs = Inputs {
+            q: &s.q,
+            k: &s.k,
+            v: &s.v,
+            g: &s.g,
+            beta: c.kind.delta_rule().then_some(&s.beta[..]),
+        };
+        let cg = linear_core::backward(
+            dims,
+            inputs,
+            (c.head_k_dim as f32).powf(-0.5),
+            &s.core,
+            &d_o,
+            None,
+        );
         if let Some(db) = &cg.dbeta {
-            let dlogit: Vec<f32> = db.iter().zip(&s.beta).map(|(g, b)| g * b * (1.0 - b)).collect();
-            add(&mut dx, linear_backward(&s.x, p.get("b_proj.weight"), &dlogit, n, c.n_v_heads, d, gr.get_mut("b_proj.weight"), None));
+            let dlogit: Vec<f32> = db
+                .iter()
+                .zip(&s.beta)
+                .map(|(g, b)| g * b * (1.0 - b))
+                .collect();
+            add(
+                &mut dx,
+                linear_backward(
+                    &s.x,
+                    p.get("b_proj.weight"),
+                    &dlogit,
+                    n,
+                    c.n_v_heads,
+                    d,
+                    gr.get_mut("b_proj.weight"),
+                    None,
+                ),
+            );
         }
         match c.kind {
             LinearKind::Gdn => {
@@ -352,7 +541,19 @@ impl LinearMixer {
                 }
                 acc(gr.get_mut("A_log"), &dal);
                 acc(gr.get_mut("dt_bias"), &ddt);
-                add(&mut dx, linear_backward(&s.x, p.get("a_proj.weight"), &da, n, c.n_v_heads, d, gr.get_mut("a_proj.weight"), None));
+                add(
+                    &mut dx,
+                    linear_backward(
+                        &s.x,
+                        p.get("a_proj.weight"),
+                        &da,
+                        n,
+                        c.n_v_heads,
+                        d,
+                        gr.get_mut("a_proj.weight"),
+                        None,
+                    ),
+                );
             }
             LinearKind::Kda => {
                 let al = p.get("A_log");
@@ -368,18 +569,68 @@ impl LinearMixer {
                 }
                 acc(gr.get_mut("A_log"), &dal);
                 acc(gr.get_mut("dt_bias"), &ddt);
-                let dmid = linear_backward(&s.f_mid, p.get("f_b_proj.weight"), &df, n, hvk, c.gate_rank, gr.get_mut("f_b_proj.weight"), None);
-                add(&mut dx, linear_backward(&s.x, p.get("f_a_proj.weight"), &dmid, n, c.gate_rank, d, gr.get_mut("f_a_proj.weight"), None));
+                let dmid = linear_backward(
+                    &s.f_mid,
+                    p.get("f_b_proj.weight"),
+                    &df,
+                    n,
+                    hvk,
+                    c.gate_rank,
+                    gr.get_mut("f_b_proj.weight"),
+                    None,
+                );
+                add(
+                    &mut dx,
+                    linear_backward(
+                        &s.x,
+                        p.get("f_a_proj.weight"),
+                        &dmid,
+                        n,
+                        c.gate_rank,
+                        d,
+                        gr.get_mut("f_a_proj.weight"),
+                        None,
+                    ),
+                );
             }
             LinearKind::Gla => {
-                let df: Vec<f32> = cg.dg.iter().zip(&s.gpre).map(|(g, u)| g / 16.0 * (1.0 - sigmoid(*u))).collect();
+                let df: Vec<f32> = cg
+                    .dg
+                    .iter()
+                    .zip(&s.gpre)
+                    .map(|(g, u)| g / 16.0 * (1.0 - sigmoid(*u)))
+                    .collect();
                 let (w, bias) = gr_pair(gr, "gk_proj.1.weight", "gk_proj.1.bias");
-                let dmid = linear_backward(&s.f_mid, p.get("gk_proj.1.weight"), &df, n, hvk, c.gate_rank, w, Some(bias));
-                add(&mut dx, linear_backward(&s.x, p.get("gk_proj.0.weight"), &dmid, n, c.gate_rank, d, gr.get_mut("gk_proj.0.weight"), None));
+                let dmid = linear_backward(
+                    &s.f_mid,
+                    p.get("gk_proj.1.weight"),
+                    &df,
+                    n,
+                    hvk,
+                    c.gate_rank,
+                    w,
+                    Some(bias),
+                );
+                add(
+                    &mut dx,
+                    linear_backward(
+                        &s.x,
+                        p.get("gk_proj.0.weight"),
+                        &dmid,
+                        n,
+                        c.gate_rank,
+                        d,
+                        gr.get_mut("gk_proj.0.weight"),
+                        None,
+                    ),
+                );
             }
         }
         let (dq, dk) = if c.kind.delta_rule() {
-            (ops::l2norm_rows_backward(&s.q, &s.inv_q, &cg.dq, c.head_k_dim), ops::l2norm_rows_backward(&s.k, &s.inv_k, &cg.dk, c.head_k_dim))
+            (
+                ops::l2norm_rows_backward(&s.q, &s.inv_q, &cg.dq, c.head_k_dim),
+                ops::l2norm_rows_backward(&s.k, &s.inv_k, &cg.dk, c.head_k_dim),
+            )
         } else {
             (cg.dq, cg.dk)
         };
@@ -392,7 +643,16 @@ impl LinearMixer {
         .enumerate()
         {
             let dpre = if c.conv_size > 0 {
-                let (dpre, dw) = conv::backward(pre, p.get(conv_name), &s.conv_pre[i], &dpost, b, t, ch, c.conv_size);
+                let (dpre, dw) = conv::backward(
+                    pre,
+                    p.get(conv_name),
+                    &s.conv_pre[i],
+                    &dpost,
+                    b,
+                    t,
+                    ch,
+                    c.conv_size,
+                );
                 acc(gr.get_mut(conv_name), &dw);
                 dpre
             } else if c.kind == LinearKind::Gla {
@@ -407,7 +667,10 @@ impl LinearMixer {
                     })
                     .collect()
             };
-            add(&mut dx, linear_backward(&s.x, p.get(proj), &dpre, n, ch, d, gr.get_mut(proj), None));
+            add(
+                &mut dx,
+                linear_backward(&s.x, p.get(proj), &dpre, n, ch, d, gr.get_mut(proj), None),
+            );
         }
         dx
     }

@@ -42,7 +42,12 @@ pub fn l2norm_rows(x: &mut [f32], w: usize) -> Vec<f32> {
 /// Backward of [`l2norm_rows`]: y = x·inv, dx = inv·(dy − y (y·dy)).
 pub fn l2norm_rows_backward(y: &[f32], inv: &[f32], dy: &[f32], w: usize) -> Vec<f32> {
     let mut dx = vec![0f32; y.len()];
-    for (((yr, dyr), dxr), &n) in y.chunks_exact(w).zip(dy.chunks_exact(w)).zip(dx.chunks_exact_mut(w)).zip(inv) {
+    for (((yr, dyr), dxr), &n) in y
+        .chunks_exact(w)
+        .zip(dy.chunks_exact(w))
+        .zip(dx.chunks_exact_mut(w))
+        .zip(inv)
+    {
         let s = tensor::cpu::dot(yr, dyr);
         for i in 0..w {
             dxr[i] = n * (dyr[i] - yr[i] * s);
@@ -78,11 +83,21 @@ impl GateAct {
 
 /// Gated RMSNorm per row of width w: `y = rmsnorm(o)·weight ⊙ act(z)` (norm before gate,
 /// FLA `FusedRMSNormGated`). Returns y and the per-row inverse RMS.
-pub fn gated_rmsnorm(o: &[f32], z: &[f32], weight: &[f32], eps: f32, act: GateAct) -> (Vec<f32>, Vec<f32>) {
+pub fn gated_rmsnorm(
+    o: &[f32],
+    z: &[f32],
+    weight: &[f32],
+    eps: f32,
+    act: GateAct,
+) -> (Vec<f32>, Vec<f32>) {
     let w = weight.len();
     let mut y = vec![0f32; o.len()];
     let mut rs = Vec::with_capacity(o.len() / w);
-    for ((or, zr), yr) in o.chunks_exact(w).zip(z.chunks_exact(w)).zip(y.chunks_exact_mut(w)) {
+    for ((or, zr), yr) in o
+        .chunks_exact(w)
+        .zip(z.chunks_exact(w))
+        .zip(y.chunks_exact_mut(w))
+    {
         let r = 1.0 / (or.iter().map(|v| v * v).sum::<f32>() / w as f32 + eps).sqrt();
         for i in 0..w {
             yr[i] = or[i] * r * weight[i] * act.f(zr[i]);
@@ -94,7 +109,13 @@ pub fn gated_rmsnorm(o: &[f32], z: &[f32], weight: &[f32], eps: f32, act: GateAc
 
 /// Backward of [`gated_rmsnorm`]: returns (do, dz) and accumulates dweight.
 pub fn gated_rmsnorm_backward(
-    o: &[f32], z: &[f32], weight: &[f32], rs: &[f32], dy: &[f32], act: GateAct, dweight: &mut [f32],
+    o: &[f32],
+    z: &[f32],
+    weight: &[f32],
+    rs: &[f32],
+    dy: &[f32],
+    act: GateAct,
+    dweight: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let w = weight.len();
     let mut d_o = vec![0f32; o.len()];

@@ -15,16 +15,35 @@ pub struct Params {
 
 impl Params {
     pub fn insert(&mut self, name: &str, shape: &[usize], data: Vec<f32>) {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}: shape {shape:?} vs {} values", data.len());
-        self.map.insert(name.to_string(), Param { shape: shape.to_vec(), data });
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "{name}: shape {shape:?} vs {} values",
+            data.len()
+        );
+        self.map.insert(
+            name.to_string(),
+            Param {
+                shape: shape.to_vec(),
+                data,
+            },
+        );
     }
 
     pub fn get(&self, name: &str) -> &[f32] {
-        &self.map.get(name).unwrap_or_else(|| panic!("parameter '{name}' is missing")).data
+        &self
+            .map
+            .get(name)
+            .unwrap_or_else(|| panic!("parameter '{name}' is missing"))
+            .data
     }
 
     pub fn get_mut(&mut self, name: &str) -> &mut [f32] {
-        &mut self.map.get_mut(name).unwrap_or_else(|| panic!("parameter '{name}' is missing")).data
+        &mut self
+            .map
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("parameter '{name}' is missing"))
+            .data
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -34,7 +53,19 @@ impl Params {
     /// Same names and shapes, all zeros (a gradient buffer).
     pub fn zeros_like(&self) -> Params {
         Params {
-            map: self.map.iter().map(|(k, p)| (k.clone(), Param { shape: p.shape.clone(), data: vec![0.0; p.data.len()] })).collect(),
+            map: self
+                .map
+                .iter()
+                .map(|(k, p)| {
+                    (
+                        k.clone(),
+                        Param {
+                            shape: p.shape.clone(),
+                            data: vec![0.0; p.data.len()],
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -52,13 +83,23 @@ impl Params {
 
     /// Prefixes every name (`q_proj.weight` -> `model.layers.3.self_attn.q_proj.weight`).
     pub fn prefixed(self, prefix: &str) -> Params {
-        Params { map: self.map.into_iter().map(|(k, p)| (format!("{prefix}{k}"), p)).collect() }
+        Params {
+            map: self
+                .map
+                .into_iter()
+                .map(|(k, p)| (format!("{prefix}{k}"), p))
+                .collect(),
+        }
     }
 
     /// The entries whose names start with `prefix`, with the prefix removed.
     pub fn strip_prefix(&self, prefix: &str) -> Params {
         Params {
-            map: self.map.iter().filter_map(|(k, p)| k.strip_prefix(prefix).map(|s| (s.to_string(), p.clone()))).collect(),
+            map: self
+                .map
+                .iter()
+                .filter_map(|(k, p)| k.strip_prefix(prefix).map(|s| (s.to_string(), p.clone())))
+                .collect(),
         }
     }
 }
@@ -91,22 +132,38 @@ impl InitRng {
 }
 
 /// `y[N, out] = x[N, in] · Wᵀ` (+ bias).
-pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, out: usize, inp: usize) -> Vec<f32> {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    out: usize,
+    inp: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; n * out];
     tensor::cpu::matmul_nt(x, w, &mut y, n, out, inp, false);
     if let Some(b) = bias {
-        y.chunks_exact_mut(out).for_each(|r| r.iter_mut().zip(b).for_each(|(a, c)| *a += c));
+        y.chunks_exact_mut(out)
+            .for_each(|r| r.iter_mut().zip(b).for_each(|(a, c)| *a += c));
     }
     y
 }
 
 /// Backward of [`linear`]: accumulates dW (and dbias), returns dx.
 pub fn linear_backward(
-    x: &[f32], w: &[f32], dy: &[f32], n: usize, out: usize, inp: usize, dw: &mut [f32], dbias: Option<&mut [f32]>,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    n: usize,
+    out: usize,
+    inp: usize,
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
 ) -> Vec<f32> {
     tensor::cpu::matmul_tn(dy, x, dw, out, inp, n, true);
     if let Some(db) = dbias {
-        dy.chunks_exact(out).for_each(|r| db.iter_mut().zip(r).for_each(|(a, c)| *a += c));
+        dy.chunks_exact(out)
+            .for_each(|r| db.iter_mut().zip(r).for_each(|(a, c)| *a += c));
     }
     let mut dx = vec![0f32; n * inp];
     tensor::cpu::matmul_nn(dy, w, &mut dx, n, inp, out, false);

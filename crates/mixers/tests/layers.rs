@@ -68,25 +68,50 @@ const D: usize = 16;
 fn layers() -> Vec<(&'static str, Layer)> {
     let mut rng = InitRng::new(7);
     let attn = |window, gate, rot, rng: &mut InitRng| {
-        AttentionConfig { hidden: D, n_heads: 4, n_kv_heads: 2, head_dim: 6, rope_theta: 10000.0, rot_dims: rot, window, output_gate: gate }
-            .pipe(|c| Attention::init(c, rng))
+        AttentionConfig {
+            hidden: D,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 6,
+            rope_theta: 10000.0,
+            rot_dims: rot,
+            window,
+            output_gate: gate,
+        }
+        .pipe(|c| Attention::init(c, rng))
     };
     let lin = |kind, hv, rng: &mut InitRng| {
         let mut l = LinearMixer::init(
-            LinearConfig { kind, hidden: D, n_heads: 2, n_v_heads: hv, head_k_dim: 4, head_v_dim: 5, conv_size: 4, gate_rank: 3, norm_eps: 1e-5, chunk: 4 },
+            LinearConfig {
+                kind,
+                hidden: D,
+                n_heads: 2,
+                n_v_heads: hv,
+                head_k_dim: 4,
+                head_v_dim: 5,
+                conv_size: 4,
+                gate_rank: 3,
+                norm_eps: 1e-5,
+                chunk: 4,
+            },
             rng,
         );
         // Larger weights than the 0.02 init so every path carries signal in the checks.
         for p in l.params.map.values_mut() {
             let mut r = Rng::new(p.data.len() as u64);
-            p.data.iter_mut().for_each(|x| *x += 0.3 * r.normal() as f32);
+            p.data
+                .iter_mut()
+                .for_each(|x| *x += 0.3 * r.normal() as f32);
         }
         l
     };
     let mut v = vec![
         ("fa", Layer::A(attn(None, false, 6, &mut rng))),
         ("swa", Layer::A(attn(Some(3), false, 6, &mut rng))),
-        ("fa-gated-partial-rope", Layer::A(attn(None, true, 4, &mut rng))),
+        (
+            "fa-gated-partial-rope",
+            Layer::A(attn(None, true, 4, &mut rng)),
+        ),
         ("gdn", Layer::L(lin(LinearKind::Gdn, 4, &mut rng))),
         ("kda", Layer::L(lin(LinearKind::Kda, 4, &mut rng))),
         ("gla", Layer::L(lin(LinearKind::Gla, 2, &mut rng))),
@@ -95,7 +120,9 @@ fn layers() -> Vec<(&'static str, Layer)> {
         if let Layer::A(_) = l {
             for p in l.params_mut().map.values_mut() {
                 let mut r = Rng::new(p.data.len() as u64 + 1);
-                p.data.iter_mut().for_each(|x| *x += 0.3 * r.normal() as f32);
+                p.data
+                    .iter_mut()
+                    .for_each(|x| *x += 0.3 * r.normal() as f32);
             }
         }
     }
@@ -121,10 +148,19 @@ fn backward_matches_finite_differences_for_every_parameter_and_the_input() {
         let x = r.normals(b * t * D, 1.0);
         let w = r.normals(b * t * D, 1.0);
         let (dx, g) = layer.grads(&x, b, t, &w);
-        let loss = |l: &Layer, x: &[f32]| -> f64 { l.fwd(x, b, t, None).iter().zip(&w).map(|(a, b)| (*a as f64) * (*b as f64)).sum() };
+        let loss = |l: &Layer, x: &[f32]| -> f64 {
+            l.fwd(x, b, t, None)
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
         // The layers run in f32, so the step cannot be tiny: central differences at h and h/2
         // combined by Richardson extrapolation cancel the O(h²) truncation error.
-        let eps: f32 = std::env::var("FD_EPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1e-2);
+        let eps: f32 = std::env::var("FD_EPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1e-2);
         let richardson = |f: &mut dyn FnMut(f32) -> f64, eps: f32| -> f64 {
             let d1 = (f(eps) - f(-eps)) / (2.0 * eps as f64);
             let d2 = (f(eps / 2.0) - f(-eps / 2.0)) / (eps as f64);
@@ -133,14 +169,21 @@ fn backward_matches_finite_differences_for_every_parameter_and_the_input() {
         // the input
         let num: Vec<f64> = (0..x.len())
             .map(|i| {
-                richardson(&mut |h| {
-                    let mut xp = x.clone();
-                    xp[i] += h;
-                    loss(&layer, &xp)
-                }, eps)
+                richardson(
+                    &mut |h| {
+                        let mut xp = x.clone();
+                        xp[i] += h;
+                        loss(&layer, &xp)
+                    },
+                    eps,
+                )
             })
             .collect();
-        assert!(err_ratio32(&num, &dx) < 1e-3, "{name} dx: {}", err_ratio32(&num, &dx));
+        assert!(
+            err_ratio32(&num, &dx) < 1e-3,
+            "{name} dx: {}",
+            err_ratio32(&num, &dx)
+        );
         // Every parameter, along random directions u: the directional derivative u·∇L has a
         // far better signal-to-rounding ratio in f32 than single entries of small gradients.
         let names: Vec<String> = layer.params().map.keys().cloned().collect();
@@ -160,7 +203,9 @@ fn backward_matches_finite_differences_for_every_parameter_and_the_input() {
                         richardson(
                             &mut |h| {
                                 let p = layer.params_mut().get_mut(&pn);
-                                p.iter_mut().zip(orig.iter().zip(&u)).for_each(|(p, (o, u))| *p = o + h * u);
+                                p.iter_mut()
+                                    .zip(orig.iter().zip(&u))
+                                    .for_each(|(p, (o, u))| *p = o + h * u);
                                 let l = loss(&layer, &x);
                                 layer.params_mut().get_mut(&pn).copy_from_slice(&orig);
                                 l
@@ -192,22 +237,29 @@ fn prefill_then_steps_equals_longer_prefill() {
         let mut r = Rng::new(11);
         let x = r.normals(b * (t1 + t2) * D, 1.0);
         let full = layer.fwd(&x, b, t1 + t2, None);
-        let rows = |lo: usize, hi: usize| -> Vec<f32> { (0..b).flat_map(|bi| x[(bi * (t1 + t2) + lo) * D..(bi * (t1 + t2) + hi) * D].to_vec()).collect() };
+        let rows = |lo: usize, hi: usize| -> Vec<f32> {
+            (0..b)
+                .flat_map(|bi| x[(bi * (t1 + t2) + lo) * D..(bi * (t1 + t2) + hi) * D].to_vec())
+                .collect()
+        };
         let mut st = layer.state(b);
         let first = layer.fwd(&rows(0, t1), b, t1, Some(&mut st));
         let mut got = vec![0f32; full.len()];
         for bi in 0..b {
-            got[bi * (t1 + t2) * D..(bi * (t1 + t2) + t1) * D].copy_from_slice(&first[bi * t1 * D..(bi + 1) * t1 * D]);
+            got[bi * (t1 + t2) * D..(bi * (t1 + t2) + t1) * D]
+                .copy_from_slice(&first[bi * t1 * D..(bi + 1) * t1 * D]);
         }
         // then 2 tokens as one chunk (chunked prefill on a cache), then single-token steps
         let two = layer.fwd(&rows(t1, t1 + 2), b, 2, Some(&mut st));
         for bi in 0..b {
-            got[(bi * (t1 + t2) + t1) * D..(bi * (t1 + t2) + t1 + 2) * D].copy_from_slice(&two[bi * 2 * D..(bi + 1) * 2 * D]);
+            got[(bi * (t1 + t2) + t1) * D..(bi * (t1 + t2) + t1 + 2) * D]
+                .copy_from_slice(&two[bi * 2 * D..(bi + 1) * 2 * D]);
         }
         for i in t1 + 2..t1 + t2 {
             let y = layer.fwd(&rows(i, i + 1), b, 1, Some(&mut st));
             for bi in 0..b {
-                got[(bi * (t1 + t2) + i) * D..(bi * (t1 + t2) + i + 1) * D].copy_from_slice(&y[bi * D..(bi + 1) * D]);
+                got[(bi * (t1 + t2) + i) * D..(bi * (t1 + t2) + i + 1) * D]
+                    .copy_from_slice(&y[bi * D..(bi + 1) * D]);
             }
         }
         let e = err_ratio(&to64(&full), &got);

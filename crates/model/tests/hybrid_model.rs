@@ -1,8 +1,8 @@
 //! The hybrid model with all five layer types: save/load round trip, backward through the
 //! whole model (embedding, norms, every mixer, SwiGLU, LM head) against finite differences,
 //! and stateful prefill + decode equal to one whole-sequence forward.
-use model::hybrid::{parse_layout, HybridConfig, HybridModel};
 use model::hybrid::config::LinearAttnType;
+use model::hybrid::{parse_layout, HybridConfig, HybridModel};
 
 fn config(layout: &str, mlp: usize, tied: bool) -> HybridConfig {
     let (layer_types, lin) = parse_layout(layout).unwrap();
@@ -37,7 +37,9 @@ fn config(layout: &str, mlp: usize, tied: bool) -> HybridConfig {
 }
 
 fn tokens(n: usize, seed: u64) -> Vec<u32> {
-    (0..n as u64).map(|i| ((i * 7 + seed * 13 + i * i) % 37) as u32).collect()
+    (0..n as u64)
+        .map(|i| ((i * 7 + seed * 13 + i * i) % 37) as u32)
+        .collect()
 }
 
 /// Larger random weights than the init so every path carries signal.
@@ -46,7 +48,9 @@ fn perturb(m: &mut HybridModel) {
     let mut s: u64 = 99;
     m.visit_params(&g, |_, p, _| {
         for x in p.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *x += ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4;
         }
     });
@@ -76,10 +80,14 @@ fn decode_with_state_equals_whole_sequence_forward() {
     let toks = tokens(b * t, 5);
     let (want, _) = m.forward_train(&toks, b, t).unwrap();
     let mut st = m.new_state(b);
-    let first: Vec<u32> = (0..b).flat_map(|i| toks[i * t..i * t + 6].to_vec()).collect();
+    let first: Vec<u32> = (0..b)
+        .flat_map(|i| toks[i * t..i * t + 6].to_vec())
+        .collect();
     let mut got = m.forward(&first, b, &mut st, true).unwrap();
     let v = 37;
-    let mut rows: Vec<Vec<f32>> = (0..b).map(|i| got[i * 6 * v..(i + 1) * 6 * v].to_vec()).collect();
+    let mut rows: Vec<Vec<f32>> = (0..b)
+        .map(|i| got[i * 6 * v..(i + 1) * 6 * v].to_vec())
+        .collect();
     for p in 6..t {
         let step: Vec<u32> = (0..b).map(|i| toks[i * t + p]).collect();
         got = m.forward(&step, b, &mut st, false).unwrap();
@@ -88,7 +96,11 @@ fn decode_with_state_equals_whole_sequence_forward() {
         }
     }
     let flat: Vec<f32> = rows.concat();
-    let err = want.iter().zip(&flat).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = want
+        .iter()
+        .zip(&flat)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(err < 1e-4, "max abs diff {err}");
 }
 
@@ -100,10 +112,20 @@ fn whole_model_backward_matches_finite_differences() {
         let (b, t) = (2, 6);
         let toks = tokens(b * t, 7);
         let (logits, saved) = m.forward_train(&toks, b, t).unwrap();
-        let w: Vec<f32> = (0..logits.len()).map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0).collect();
+        let w: Vec<f32> = (0..logits.len())
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let mut g = m.zero_grads();
         m.backward(&saved, &w, &mut g);
-        let loss = |m: &HybridModel| -> f64 { m.forward_train(&toks, b, t).unwrap().0.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum() };
+        let loss = |m: &HybridModel| -> f64 {
+            m.forward_train(&toks, b, t)
+                .unwrap()
+                .0
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
+        };
         // Directional derivative along a random unit direction per tensor (see mixers' layer
         // tests for why directions, and why the spread of the estimates is the noise floor).
         let names: Vec<String> = m.named_params().map.keys().cloned().collect();
@@ -118,7 +140,9 @@ fn whole_model_backward_matches_finite_differences() {
             let mut u: Vec<f32> = ga
                 .iter()
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                 })
                 .collect();
@@ -153,7 +177,10 @@ fn whole_model_backward_matches_finite_differences() {
             let gnorm = ga.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
             let denom = ana.abs().max(0.1 * gnorm).max(1e-9);
             let (e, spread) = ((num - ana).abs() / denom, (est[3] - est[0]).abs() / denom);
-            assert!(e < 1e-3 + spread, "{layout}: d{name}: rel err {e} (spread {spread}), numeric {num} analytic {ana}");
+            assert!(
+                e < 1e-3 + spread,
+                "{layout}: d{name}: rel err {e} (spread {spread}), numeric {num} analytic {ana}"
+            );
         }
     }
 }

@@ -11,4 +11,5 @@
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod synthetic;
 pub mod tasks;

@@ -10,6 +10,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Decode speed at batch 1.
     Decode(DecodeArgs),
+    /// One-token decode time of each mixer at several context lengths.
+    Step(super::bench_step::StepArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -42,7 +44,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(c: BenchCommand) -> Result<()> {
-    let BenchCommand::Decode(a) = c;
+    let a = match c {
+        BenchCommand::Decode(a) => a,
+        BenchCommand::Step(s) => return super::bench_step::run(s),
+    };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
     }

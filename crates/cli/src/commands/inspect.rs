@@ -16,6 +16,9 @@ pub struct InspectArgs {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let path = a.model.model_path()?;
+    if path.is_dir() {
+        return inspect_hybrid(&path, &a);
+    }
     let m = a.model.load()?;
     let c = &m.model.config;
     // KV bytes at the f16 precision llama.cpp and serving engines store (this CPU path uses f32).
@@ -68,6 +71,71 @@ pub fn run(a: InspectArgs) -> Result<()> {
         "KV cache    {} bytes/token (f16); {:.1} MiB per sequence at {} tokens",
         kv_tok,
         (kv_tok * a.context) as f64 / (1 << 20) as f64,
+        a.context
+    );
+    Ok(())
+}
+
+/// A hybrid model folder (config.json + model.safetensors): each layer's type and cache cost.
+fn inspect_hybrid(path: &std::path::Path, a: &InspectArgs) -> Result<()> {
+    use model::hybrid::{HybridModel, Mixer};
+    let m = HybridModel::load(path)?;
+    let c = &m.config;
+    let names = c.layer_names()?;
+    // Per layer: bytes that grow with every token (FA K/V), and bytes fixed per sequence
+    // (SWA window K/V, recurrent state + conv history); K/V at 2 bytes, states at 4.
+    let mut per_token = 0;
+    let mut per_seq = 0;
+    let layers: Vec<serde_json::Value> = m
+        .blocks
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (b, name))| {
+            let (tok, seq) = match &b.mixer {
+                Mixer::Attention(at) if at.cfg.window.is_none() => (at.cache_bytes(1, 2), 0),
+                Mixer::Attention(at) => (0, at.cache_bytes(a.context, 2)),
+                Mixer::Linear(l) => (0, l.state_bytes(2)),
+            };
+            per_token += tok;
+            per_seq += seq;
+            serde_json::json!({"layer": i, "type": name, "cache_bytes_per_token": tok, "cache_bytes_per_sequence": seq})
+        })
+        .collect();
+    let total = per_token * a.context + per_seq;
+    let j = serde_json::json!({
+        "path": path.display().to_string(),
+        "architecture": "hybrid",
+        "parameters": m.n_params(),
+        "layers": layers,
+        "cache_bytes_per_token": per_token,
+        "cache_bytes_per_sequence_fixed": per_seq,
+        "context": a.context,
+        "cache_bytes_per_sequence": total,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("model       {}", path.display());
+    println!(
+        "arch        hybrid, {} layers, width {}, MLP {}",
+        c.num_hidden_layers, c.hidden_size, c.intermediate_size
+    );
+    println!("parameters  {:.2} M", m.n_params() as f64 / 1e6);
+    println!(
+        "layers      {}",
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("cache       {per_token} bytes/token (FA K/V, f16) + {per_seq} bytes/sequence (SWA windows, recurrent states)");
+    println!(
+        "            {:.2} MiB per sequence at {} tokens",
+        total as f64 / (1 << 20) as f64,
         a.context
     );
     Ok(())

@@ -1,7 +1,9 @@
 pub mod bench;
+pub mod bench_step;
 pub mod chat;
 pub mod generate;
 pub mod inspect;
+pub mod train_synthetic;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -11,7 +13,7 @@ use tensor::Device;
 /// Options every model-running command shares.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A GGUF model file (default: the fetched SmolLM2-135M-Instruct).
+    /// A GGUF model file or a hybrid model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N (default: cuda when a GPU is usable, else cpu).

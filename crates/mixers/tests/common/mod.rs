@@ -45,28 +45,44 @@ pub fn to64(x: &[f32]) -> Vec<f64> {
 /// FLA's err_ratio: RMSE(ref − out) / RMS(ref).
 pub fn err_ratio(want: &[f64], got: &[f32]) -> f64 {
     assert_eq!(want.len(), got.len());
-    let num: f64 = want.iter().zip(got).map(|(a, &b)| (a - b as f64).powi(2)).sum();
+    let num: f64 = want
+        .iter()
+        .zip(got)
+        .map(|(a, &b)| (a - b as f64).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|a| a * a).sum();
     (num / den.max(1e-300)).sqrt()
 }
 
 pub fn max_rel_err(want: &[f64], got: &[f32]) -> f64 {
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    want.iter().zip(got).map(|(a, &b)| (a - b as f64).abs()).fold(0.0, f64::max) / scale
+    want.iter()
+        .zip(got)
+        .map(|(a, &b)| (a - b as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
-pub fn read_safetensors(path: &std::path::Path) -> std::collections::HashMap<String, (Vec<f32>, Vec<usize>)> {
+pub fn read_safetensors(
+    path: &std::path::Path,
+) -> std::collections::HashMap<String, (Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
         .map(|(name, t)| {
-            let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
             (name, (v, t.shape().to_vec()))
         })
         .collect()
 }
 
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }

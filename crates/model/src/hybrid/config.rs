@@ -92,8 +92,10 @@ pub enum LayerKind {
 
 impl HybridConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let c: HybridConfig = serde_json::from_str(&s).with_context(|| format!("{} is not a valid hybrid config", path.display()))?;
+        let s = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let c: HybridConfig = serde_json::from_str(&s)
+            .with_context(|| format!("{} is not a valid hybrid config", path.display()))?;
         c.layers()?;
         Ok(c)
     }
@@ -103,19 +105,24 @@ impl HybridConfig {
         let name = match &self.linear_attn_type {
             None => "gdn".to_string(),
             Some(LinearAttnType::Global(s)) => s.clone(),
-            Some(LinearAttnType::PerLayer(v)) => v
-                .get(i)
-                .cloned()
-                .flatten()
-                .with_context(|| format!("linear_attn_type has no entry for linear layer {i}"))?,
+            Some(LinearAttnType::PerLayer(v)) => {
+                v.get(i).cloned().flatten().with_context(|| {
+                    format!("linear_attn_type has no entry for linear layer {i}")
+                })?
+            }
         };
-        LinearKind::parse(&name).with_context(|| format!("unknown linear_attn_type '{name}' (gdn, kda, gla)"))
+        LinearKind::parse(&name)
+            .with_context(|| format!("unknown linear_attn_type '{name}' (gdn, kda, gla)"))
     }
 
     /// Every layer's kind and mixer config; errors name the offending field.
     pub fn layers(&self) -> Result<Vec<LayerKind>> {
         if self.layer_types.len() != self.num_hidden_layers {
-            bail!("layer_types has {} entries but num_hidden_layers is {}", self.layer_types.len(), self.num_hidden_layers);
+            bail!(
+                "layer_types has {} entries but num_hidden_layers is {}",
+                self.layer_types.len(),
+                self.num_hidden_layers
+            );
         }
         let rot = (self.head_dim as f64 * self.partial_rotary_factor).round() as usize / 2 * 2;
         let attn = |window| AttentionConfig {
@@ -199,7 +206,9 @@ pub fn parse_layout(spec: &str) -> Result<(Vec<String>, Vec<Option<String>>)> {
                 types.push("linear_attention".into());
                 lin.push(Some(k.to_string()));
             }
-            other => bail!("layer {i} of '{spec}': unknown type '{other}' (fa, swa, gdn, kda, gla)"),
+            other => {
+                bail!("layer {i} of '{spec}': unknown type '{other}' (fa, swa, gdn, kda, gla)")
+            }
         }
     }
     Ok((types, lin))

@@ -15,8 +15,15 @@ impl HybridModel {
     pub fn named_params(&self) -> Params {
         let mut all = self.top.clone();
         for (i, b) in self.blocks.iter().enumerate() {
-            all.map.extend(b.params.clone().prefixed(&format!("model.layers.{i}.")).map);
-            all.map.extend(b.mixer.params().clone().prefixed(&format!("model.layers.{i}.{}", b.mixer.prefix())).map);
+            all.map
+                .extend(b.params.clone().prefixed(&format!("model.layers.{i}.")).map);
+            all.map.extend(
+                b.mixer
+                    .params()
+                    .clone()
+                    .prefixed(&format!("model.layers.{i}.{}", b.mixer.prefix()))
+                    .map,
+            );
         }
         all
     }
@@ -26,21 +33,34 @@ impl HybridModel {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let params = self.named_params();
-        let bytes: BTreeMap<&String, Vec<u8>> = params.map.iter().map(|(k, p)| (k, p.data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+        let bytes: BTreeMap<&String, Vec<u8>> = params
+            .map
+            .iter()
+            .map(|(k, p)| (k, p.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
         let views: Vec<(String, TensorView)> = params
             .map
             .iter()
-            .map(|(k, p)| Ok((k.clone(), TensorView::new(Dtype::F32, p.shape.clone(), &bytes[k])?)))
+            .map(|(k, p)| {
+                Ok((
+                    k.clone(),
+                    TensorView::new(Dtype::F32, p.shape.clone(), &bytes[k])?,
+                ))
+            })
             .collect::<Result<_>>()?;
         let data = safetensors::serialize(views, None)?;
         let write = |name: &str, content: &[u8]| -> Result<()> {
             let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, content).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::write(&tmp, content)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, dir.join(name))?;
             Ok(())
         };
         write("model.safetensors", &data)?;
-        write("config.json", serde_json::to_string_pretty(&self.config)?.as_bytes())?;
+        write(
+            "config.json",
+            serde_json::to_string_pretty(&self.config)?.as_bytes(),
+        )?;
         Ok(())
     }
 
@@ -48,23 +68,48 @@ impl HybridModel {
     pub fn load(dir: &Path) -> Result<Self> {
         let config = HybridConfig::from_file(&dir.join("config.json"))?;
         let path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
         // Start from an initialised model for the names and shapes, then fill every tensor.
         let mut m = HybridModel::init(config, 0)?;
         let fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
-            let t = st.tensor(name).with_context(|| format!("{}: tensor '{name}' is missing", path.display()))?;
+            let t = st
+                .tensor(name)
+                .with_context(|| format!("{}: tensor '{name}' is missing", path.display()))?;
             let shape = t.shape().to_vec();
             // Conv weights may be stored [C, 1, W].
-            let squeezed: Vec<usize> = shape.iter().copied().filter(|&d| d != 1 || p.shape.contains(&1)).collect();
+            let squeezed: Vec<usize> = shape
+                .iter()
+                .copied()
+                .filter(|&d| d != 1 || p.shape.contains(&1))
+                .collect();
             if shape != p.shape && squeezed != p.shape {
-                bail!("tensor '{name}' has shape {shape:?}, expected {:?}", p.shape);
+                bail!(
+                    "tensor '{name}' has shape {shape:?}, expected {:?}",
+                    p.shape
+                );
             }
             p.data = match t.dtype() {
-                Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::BF16 => t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::F16 => t.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                other => bail!("tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)"),
+                Dtype::F32 => t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                Dtype::BF16 => t
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::F16 => t
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    bail!("tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)")
+                }
             };
             Ok(())
         };

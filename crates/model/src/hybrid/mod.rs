@@ -102,9 +102,17 @@ impl HybridModel {
     pub fn init(config: HybridConfig, seed: u64) -> Result<Self> {
         let kinds = config.layers()?;
         let mut rng = InitRng::new(seed);
-        let (v, d, f) = (config.vocab_size, config.hidden_size, config.intermediate_size);
+        let (v, d, f) = (
+            config.vocab_size,
+            config.hidden_size,
+            config.intermediate_size,
+        );
         let mut top = Params::default();
-        top.insert("model.embed_tokens.weight", &[v, d], rng.normals(v * d, 0.02));
+        top.insert(
+            "model.embed_tokens.weight",
+            &[v, d],
+            rng.normals(v * d, 0.02),
+        );
         top.insert("model.norm.weight", &[d], vec![1.0; d]);
         if !config.tie_word_embeddings {
             top.insert("lm_head.weight", &[v, d], rng.normals(v * d, 0.02));
@@ -127,15 +135,31 @@ impl HybridModel {
                 Block { mixer, params: p }
             })
             .collect();
-        Ok(HybridModel { config, top, blocks })
+        Ok(HybridModel {
+            config,
+            top,
+            blocks,
+        })
     }
 
     pub fn n_params(&self) -> usize {
-        self.top.n_params() + self.blocks.iter().map(|b| b.params.n_params() + b.mixer.params().n_params()).sum::<usize>()
+        self.top.n_params()
+            + self
+                .blocks
+                .iter()
+                .map(|b| b.params.n_params() + b.mixer.params().n_params())
+                .sum::<usize>()
     }
 
     pub fn zero_grads(&self) -> Grads {
-        Grads { top: self.top.zeros_like(), blocks: self.blocks.iter().map(|b| (b.params.zeros_like(), b.mixer.params().zeros_like())).collect() }
+        Grads {
+            top: self.top.zeros_like(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| (b.params.zeros_like(), b.mixer.params().zeros_like()))
+                .collect(),
+        }
     }
 
     pub fn new_state(&self, b: usize) -> Vec<LayerState> {
@@ -179,11 +203,23 @@ impl HybridModel {
     }
 
     /// One block; `state` given = inference (no saving of what backward needs beyond this call).
-    fn block_forward(&self, bl: &Block, x: Vec<f32>, b: usize, t: usize, state: Option<&mut LayerState>) -> (Vec<f32>, BlockSaved) {
+    fn block_forward(
+        &self,
+        bl: &Block,
+        x: Vec<f32>,
+        b: usize,
+        t: usize,
+        state: Option<&mut LayerState>,
+    ) -> (Vec<f32>, BlockSaved) {
         let c = &self.config;
         let (d, f, n) = (c.hidden_size, c.intermediate_size, b * t);
         let mut h = vec![0f32; x.len()];
-        cpu::rms_norm(&x, bl.params.get("input_layernorm.weight"), c.rms_norm_eps, &mut h);
+        cpu::rms_norm(
+            &x,
+            bl.params.get("input_layernorm.weight"),
+            c.rms_norm_eps,
+            &mut h,
+        );
         let (y, mixer) = match (&bl.mixer, state) {
             (Mixer::Attention(a), s) => {
                 let st = s.map(|s| match s {
@@ -208,14 +244,33 @@ impl HybridModel {
         let (mut h2, mut gate, mut up, mut act) = (vec![], vec![], vec![], vec![]);
         if f > 0 {
             h2 = vec![0f32; x.len()];
-            cpu::rms_norm(&x_mid, bl.params.get("post_attention_layernorm.weight"), c.rms_norm_eps, &mut h2);
+            cpu::rms_norm(
+                &x_mid,
+                bl.params.get("post_attention_layernorm.weight"),
+                c.rms_norm_eps,
+                &mut h2,
+            );
             gate = linear(&h2, bl.params.get("mlp.gate_proj.weight"), None, n, f, d);
             up = linear(&h2, bl.params.get("mlp.up_proj.weight"), None, n, f, d);
             act = vec![0f32; n * f];
             cpu::swiglu(&gate, &up, &mut act);
-            cpu::add_inplace(&mut out, &linear(&act, bl.params.get("mlp.down_proj.weight"), None, n, d, f));
+            cpu::add_inplace(
+                &mut out,
+                &linear(&act, bl.params.get("mlp.down_proj.weight"), None, n, d, f),
+            );
         }
-        (out, BlockSaved { x, mixer, x_mid, h2, gate, up, act })
+        (
+            out,
+            BlockSaved {
+                x,
+                mixer,
+                x_mid,
+                h2,
+                gate,
+                up,
+                act,
+            },
+        )
     }
 
     /// Training forward over whole sequences: tokens [B, T] -> logits [B·T, V].
@@ -231,30 +286,77 @@ impl HybridModel {
             x = y;
         }
         let (logits, xn) = self.head(&x, b * t);
-        Ok((logits, Saved { b, t, tokens: tokens.to_vec(), blocks: saved, x_final: x, xn }))
+        Ok((
+            logits,
+            Saved {
+                b,
+                t,
+                tokens: tokens.to_vec(),
+                blocks: saved,
+                x_final: x,
+                xn,
+            },
+        ))
     }
 
     fn head(&self, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
         let c = &self.config;
         let mut xn = vec![0f32; x.len()];
-        cpu::rms_norm(x, self.top.get("model.norm.weight"), c.rms_norm_eps, &mut xn);
-        (linear(&xn, self.lm_head(), None, rows, c.vocab_size, c.hidden_size), xn)
+        cpu::rms_norm(
+            x,
+            self.top.get("model.norm.weight"),
+            c.rms_norm_eps,
+            &mut xn,
+        );
+        (
+            linear(&xn, self.lm_head(), None, rows, c.vocab_size, c.hidden_size),
+            xn,
+        )
     }
 
     /// Backward from dlogits [B·T, V]; gradients accumulate into `g`.
     pub fn backward(&self, s: &Saved, dlogits: &[f32], g: &mut Grads) {
         let c = &self.config;
         let (d, f, n) = (c.hidden_size, c.intermediate_size, s.b * s.t);
-        let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let dxn = linear_backward(&s.xn, self.lm_head(), dlogits, n, c.vocab_size, d, g.top.get_mut(head_name), None);
+        let head_name = if c.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let dxn = linear_backward(
+            &s.xn,
+            self.lm_head(),
+            dlogits,
+            n,
+            c.vocab_size,
+            d,
+            g.top.get_mut(head_name),
+            None,
+        );
         let mut dx = vec![0f32; n * d];
-        cpu::rms_norm_backward(&s.x_final, self.top.get("model.norm.weight"), c.rms_norm_eps, &dxn, &mut dx, g.top.get_mut("model.norm.weight"));
+        cpu::rms_norm_backward(
+            &s.x_final,
+            self.top.get("model.norm.weight"),
+            c.rms_norm_eps,
+            &dxn,
+            &mut dx,
+            g.top.get_mut("model.norm.weight"),
+        );
         for (i, (bl, bs)) in self.blocks.iter().zip(&s.blocks).enumerate().rev() {
             let (gp, gm) = &mut g.blocks[i];
             // MLP branch: out = x_mid + down(swiglu(gate(h2), up(h2)))
             let mut dmid = dx.clone();
             if f > 0 {
-                let dact = linear_backward(&bs.act, bl.params.get("mlp.down_proj.weight"), &dx, n, d, f, gp.get_mut("mlp.down_proj.weight"), None);
+                let dact = linear_backward(
+                    &bs.act,
+                    bl.params.get("mlp.down_proj.weight"),
+                    &dx,
+                    n,
+                    d,
+                    f,
+                    gp.get_mut("mlp.down_proj.weight"),
+                    None,
+                );
                 let mut dgate = vec![0f32; n * f];
                 let mut dup = vec![0f32; n * f];
                 for i in 0..n * f {
@@ -263,10 +365,38 @@ impl HybridModel {
                     dup[i] = dact[i] * gv * sg;
                     dgate[i] = dact[i] * u * sg * (1.0 + gv * (1.0 - sg));
                 }
-                let mut dh2 = linear_backward(&bs.h2, bl.params.get("mlp.gate_proj.weight"), &dgate, n, f, d, gp.get_mut("mlp.gate_proj.weight"), None);
-                cpu::add_inplace(&mut dh2, &linear_backward(&bs.h2, bl.params.get("mlp.up_proj.weight"), &dup, n, f, d, gp.get_mut("mlp.up_proj.weight"), None));
+                let mut dh2 = linear_backward(
+                    &bs.h2,
+                    bl.params.get("mlp.gate_proj.weight"),
+                    &dgate,
+                    n,
+                    f,
+                    d,
+                    gp.get_mut("mlp.gate_proj.weight"),
+                    None,
+                );
+                cpu::add_inplace(
+                    &mut dh2,
+                    &linear_backward(
+                        &bs.h2,
+                        bl.params.get("mlp.up_proj.weight"),
+                        &dup,
+                        n,
+                        f,
+                        d,
+                        gp.get_mut("mlp.up_proj.weight"),
+                        None,
+                    ),
+                );
                 let mut dxm = vec![0f32; n * d];
-                cpu::rms_norm_backward(&bs.x_mid, bl.params.get("post_attention_layernorm.weight"), c.rms_norm_eps, &dh2, &mut dxm, gp.get_mut("post_attention_layernorm.weight"));
+                cpu::rms_norm_backward(
+                    &bs.x_mid,
+                    bl.params.get("post_attention_layernorm.weight"),
+                    c.rms_norm_eps,
+                    &dh2,
+                    &mut dxm,
+                    gp.get_mut("post_attention_layernorm.weight"),
+                );
                 cpu::add_inplace(&mut dmid, &dxm);
             }
             // Mixer branch: x_mid = x + mixer(rmsnorm(x))
@@ -276,30 +406,55 @@ impl HybridModel {
                 _ => unreachable!("saved kinds follow layer kinds"),
             };
             let mut dxn = vec![0f32; n * d];
-            cpu::rms_norm_backward(&bs.x, bl.params.get("input_layernorm.weight"), c.rms_norm_eps, &dh, &mut dxn, gp.get_mut("input_layernorm.weight"));
+            cpu::rms_norm_backward(
+                &bs.x,
+                bl.params.get("input_layernorm.weight"),
+                c.rms_norm_eps,
+                &dh,
+                &mut dxn,
+                gp.get_mut("input_layernorm.weight"),
+            );
             dx = dmid;
             cpu::add_inplace(&mut dx, &dxn);
         }
         // Embedding rows receive their tokens' gradients.
         let emb = g.top.get_mut("model.embed_tokens.weight");
         for (row, &tok) in dx.chunks_exact(d).zip(&s.tokens) {
-            emb[tok as usize * d..(tok as usize + 1) * d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            emb[tok as usize * d..(tok as usize + 1) * d]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, b)| *a += b);
         }
     }
 
     /// Inference: runs tokens [B, T] after what `states` hold; returns logits of every token
     /// ([B·T, V]) or of each sequence's last token ([B, V]).
-    pub fn forward(&self, tokens: &[u32], b: usize, states: &mut [LayerState], all_logits: bool) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        states: &mut [LayerState],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
         let t = tokens.len() / b.max(1);
         if t == 0 || tokens.len() != b * t {
-            bail!("{} tokens do not fill a batch of {b} sequences", tokens.len());
+            bail!(
+                "{} tokens do not fill a batch of {b} sequences",
+                tokens.len()
+            );
         }
         let mut x = self.embed(tokens)?;
         for (bl, st) in self.blocks.iter().zip(states.iter_mut()) {
             x = self.block_forward(bl, x, b, t, Some(st)).0;
         }
         let d = self.config.hidden_size;
-        let x = if all_logits { x } else { (0..b).flat_map(|bi| x[((bi + 1) * t - 1) * d..(bi + 1) * t * d].to_vec()).collect() };
+        let x = if all_logits {
+            x
+        } else {
+            (0..b)
+                .flat_map(|bi| x[((bi + 1) * t - 1) * d..(bi + 1) * t * d].to_vec())
+                .collect()
+        };
         let rows = x.len() / d;
         Ok(self.head(&x, rows).0)
     }
@@ -315,8 +470,29 @@ impl HybridModel {
             }
             let pre = bl.mixer.prefix();
             for (k, p) in bl.mixer.params_mut().map.iter_mut() {
-                f(&format!("model.layers.{i}.{pre}{k}"), &mut p.data, gm.get(k));
+                f(
+                    &format!("model.layers.{i}.{pre}{k}"),
+                    &mut p.data,
+                    gm.get(k),
+                );
             }
         }
+    }
+}
+
+impl Grads {
+    /// Every gradient buffer, for global-norm clipping.
+    pub fn slices_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut v: Vec<&mut [f32]> = self
+            .top
+            .map
+            .values_mut()
+            .map(|p| p.data.as_mut_slice())
+            .collect();
+        for (a, b) in self.blocks.iter_mut() {
+            v.extend(a.map.values_mut().map(|p| p.data.as_mut_slice()));
+            v.extend(b.map.values_mut().map(|p| p.data.as_mut_slice()));
+        }
+        v
     }
 }

@@ -1,0 +1,205 @@
+//! Training small hybrid models from scratch on synthetic recall tasks (MQAR, passkey), so
+//! that mixers can be compared on recall (Zoology, arXiv 2312.04927; research/delethink-mqar.md
+//! §3): AdamW, warmup + cosine schedule, gradient clipping, fresh data every step, accuracy on
+//! a fixed held-out set.
+use crate::loss::cross_entropy;
+use crate::optim::{clip_grad_norm, AdamState, AdamW};
+use crate::schedule::lr_at;
+use crate::tasks::mqar::{accuracy, mqar, MqarConfig};
+use anyhow::Result;
+use model::hybrid::config::LinearAttnType;
+use model::hybrid::{parse_layout, HybridConfig, HybridModel};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Comma-separated layer types, e.g. `fa,fa` or `gdn,fa`.
+    pub layout: String,
+    pub d_model: usize,
+    pub heads: usize,
+    pub window: usize,
+    pub task: MqarConfig,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub warmup: usize,
+    pub eval_examples: usize,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    pub config: RunConfig,
+    pub layer_names: Vec<String>,
+    pub parameters: usize,
+    /// Recurrent state or KV cache bytes per sequence at the task's length (f32).
+    pub state_bytes: usize,
+    pub final_loss: f32,
+    pub accuracy: f64,
+    /// (step, held-out accuracy) during training.
+    pub curve: Vec<(usize, f64)>,
+    pub seconds: f64,
+}
+
+/// The model config of a synthetic run: mixer-only blocks (no MLP), as in Zoology's MQAR.
+pub fn model_config(r: &RunConfig) -> Result<HybridConfig> {
+    let (layer_types, lin) = parse_layout(&r.layout)?;
+    let head_dim = r.d_model / r.heads;
+    Ok(HybridConfig {
+        model_type: "hybrid".into(),
+        vocab_size: r.task.vocab_size,
+        hidden_size: r.d_model,
+        intermediate_size: 0,
+        num_hidden_layers: layer_types.len(),
+        num_attention_heads: r.heads,
+        num_key_value_heads: r.heads,
+        head_dim,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        partial_rotary_factor: 1.0,
+        sliding_window: Some(r.window),
+        attn_output_gate: false,
+        max_position_embeddings: r.task.seq_len,
+        tie_word_embeddings: true,
+        layer_types,
+        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
+        linear_num_key_heads: Some(r.heads),
+        linear_num_value_heads: Some(r.heads),
+        linear_key_head_dim: Some(head_dim),
+        linear_value_head_dim: Some(head_dim),
+        linear_conv_kernel_dim: 4,
+        linear_gate_rank: 16,
+        linear_chunk_size: 32,
+        bos_token_id: None,
+        eos_token_id: None,
+    })
+}
+
+/// Parameters that get weight decay: matrices, not norms, biases, conv taps or decay rates.
+fn decays(name: &str) -> bool {
+    name.ends_with(".weight") && !name.contains("norm") && !name.contains("conv1d")
+}
+
+/// Greedy predictions [B·N] of a model on a batch.
+fn predict(m: &HybridModel, inputs: &[u32], b: usize, n: usize) -> Result<Vec<u32>> {
+    let (logits, _) = m.forward_train(inputs, b, n)?;
+    let v = m.config.vocab_size;
+    Ok(logits
+        .chunks_exact(v)
+        .map(model::sampling::argmax)
+        .collect())
+}
+
+pub fn evaluate(m: &HybridModel, r: &RunConfig) -> Result<f64> {
+    let n = r.task.seq_len;
+    let mut acc = 0.0;
+    let mut count = 0;
+    // Held-out data: seeds far from the training stream's.
+    for (i, chunk) in (0..r.eval_examples)
+        .collect::<Vec<_>>()
+        .chunks(r.batch.max(1))
+        .enumerate()
+    {
+        let data = mqar(
+            &r.task,
+            chunk.len(),
+            1_000_000_007 + r.seed * 1000 + i as u64,
+        )?;
+        let pred = predict(m, &data.inputs, chunk.len(), n)?;
+        acc += accuracy(&pred, &data.labels, n) * chunk.len() as f64;
+        count += chunk.len();
+    }
+    Ok(acc / count.max(1) as f64)
+}
+
+/// Trains one model; `progress(step, loss)` is called after every step.
+pub fn run(r: &RunConfig, mut progress: impl FnMut(usize, f32, Option<f64>)) -> Result<RunResult> {
+    r.task.validate()?;
+    anyhow::ensure!(
+        r.heads > 0 && r.d_model % r.heads == 0,
+        "d_model {} is not a multiple of {} heads",
+        r.d_model,
+        r.heads
+    );
+    let cfg = model_config(r)?;
+    let mut m = HybridModel::init(cfg, r.seed)?;
+    let opt = AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: r.weight_decay,
+    };
+    let mut states: HashMap<String, AdamState> = HashMap::new();
+    let n = r.task.seq_len;
+    let t0 = Instant::now();
+    let mut curve = vec![];
+    let mut loss = f32::NAN;
+    let eval_every = (r.steps / 8).max(1);
+    for step in 0..r.steps {
+        let data = mqar(&r.task, r.batch, r.seed * 1_000_003 + step as u64)?;
+        let (logits, saved) = m.forward_train(&data.inputs, r.batch, n)?;
+        let (l, dlogits) = cross_entropy(&logits, m.config.vocab_size, &data.labels);
+        loss = l;
+        let mut g = m.zero_grads();
+        m.backward(&saved, &dlogits, &mut g);
+        clip_grad_norm(&mut g.slices_mut(), 1.0);
+        let lr = lr_at(step, r.steps, r.warmup, r.lr, r.lr * 0.1);
+        m.visit_params(&g, |name, p, gr| {
+            let st = states
+                .entry(name.to_string())
+                .or_insert_with(|| AdamState::new(p.len()));
+            opt.step(p, gr, st, lr, decays(name));
+        });
+        let acc = if (step + 1) % eval_every == 0 || step + 1 == r.steps {
+            let a = evaluate(
+                &m,
+                &RunConfig {
+                    eval_examples: r.eval_examples.min(64),
+                    ..r.clone()
+                },
+            )?;
+            curve.push((step + 1, a));
+            Some(a)
+        } else {
+            None
+        };
+        progress(step, loss, acc);
+    }
+    let accuracy = evaluate(&m, r)?;
+    Ok(RunResult {
+        config: r.clone(),
+        layer_names: m.config.layer_names()?,
+        parameters: m.n_params(),
+        state_bytes: m.cache_bytes(n, 4),
+        final_loss: loss,
+        accuracy,
+        curve,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Markdown table of a set of runs.
+pub fn markdown(results: &[RunResult], title: &str, preamble: &str) -> String {
+    let mut s = format!("# {title}\n\n{preamble}\n\n");
+    s.push_str("| layers | d_model | seq | kv pairs | steps | params | state bytes/seq | final loss | MQAR accuracy | time (s) |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1}% | {:.0} |\n",
+            r.layer_names.join("+"),
+            r.config.d_model,
+            r.config.task.seq_len,
+            r.config.task.num_kv_pairs,
+            r.config.steps,
+            r.parameters,
+            r.state_bytes,
+            r.final_loss,
+            100.0 * r.accuracy,
+            r.seconds
+        ));
+    }
+    s
+}
