@@ -33,9 +33,9 @@ pub struct Attention {
 /// Keys/values carried between calls, for B sequences at the same position.
 #[derive(Clone, Debug)]
 pub struct AttnState {
-    /// [B, kept, Hk, Dh]
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    /// Per sequence: [kept, Hk, Dh]
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
     pub kept: usize,
     /// Absolute position of the next token (RoPE).
     pub pos: usize,
@@ -168,36 +168,25 @@ impl Attention {
             Some(st) => {
                 let s = st.kept + t;
                 let row = hk * dh;
-                let cat = |old: &[f32], new: &[f32]| -> Vec<f32> {
-                    (0..b)
-                        .flat_map(|bi| {
-                            old[bi * st.kept * row..(bi + 1) * st.kept * row]
-                                .iter()
-                                .chain(&new[bi * t * row..(bi + 1) * t * row])
-                                .copied()
-                        })
-                        .collect()
+                // Append this call's keys/values to each sequence's cache in place.
+                for bi in 0..b {
+                    st.k[bi].extend_from_slice(&k[bi * t * row..(bi + 1) * t * row]);
+                    st.v[bi].extend_from_slice(&v[bi * t * row..(bi + 1) * t * row]);
+                }
+                let d = Dims { b, t, s, h, hk, d: dh };
+                let scale = (dh as f32).powf(-0.5);
+                let (o, lse) = if b == 1 {
+                    attention_core::forward(d, &q, &st.k[0], &st.v[0], scale, c.window)
+                } else {
+                    let (kc, vc): (Vec<f32>, Vec<f32>) = (st.k.concat(), st.v.concat());
+                    attention_core::forward(d, &q, &kc, &vc, scale, c.window)
                 };
-                let (kc, vc) = (cat(&st.k, &k), cat(&st.v, &v));
-                let d = Dims {
-                    b,
-                    t,
-                    s,
-                    h,
-                    hk,
-                    d: dh,
-                };
-                let (o, lse) =
-                    attention_core::forward(d, &q, &kc, &vc, (dh as f32).powf(-0.5), c.window);
                 // Keep what later tokens can still see: everything (FA) or the last W−1 (SWA).
                 let keep = c.window.map_or(s, |w| s.min(w.saturating_sub(1)));
-                let tail = |all: &[f32]| -> Vec<f32> {
-                    (0..b)
-                        .flat_map(|bi| all[(bi * s + s - keep) * row..(bi + 1) * s * row].to_vec())
-                        .collect()
-                };
-                st.k = tail(&kc);
-                st.v = tail(&vc);
+                for bi in 0..b {
+                    st.k[bi].drain(..(s - keep) * row);
+                    st.v[bi].drain(..(s - keep) * row);
+                }
                 st.kept = keep;
                 st.pos += t;
                 (o, lse, k, v)

@@ -39,6 +39,9 @@ pub struct TrainSyntheticArgs {
     pub eval_examples: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Comma-separated name patterns of modules not to train (e.g. `embed_tokens,mlp.`).
+    #[arg(long, default_value = "")]
+    pub freeze: String,
     /// Folder for report.md and report.json (written after every finished run, so an
     /// interrupted sweep keeps what it finished and a rerun skips it).
     #[arg(long)]
@@ -76,6 +79,7 @@ pub fn run_cmd(a: TrainSyntheticArgs) -> Result<()> {
                 warmup: (a.steps / 10).max(1),
                 eval_examples: a.eval_examples,
                 seed: a.seed,
+                freeze: train::freeze::Freeze::parse(&a.freeze),
             };
             let same = |x: &RunResult| {
                 serde_json::to_string(&x.config).ok() == serde_json::to_string(&r).ok()
