@@ -173,7 +173,14 @@ impl Attention {
                     st.k[bi].extend_from_slice(&k[bi * t * row..(bi + 1) * t * row]);
                     st.v[bi].extend_from_slice(&v[bi * t * row..(bi + 1) * t * row]);
                 }
-                let d = Dims { b, t, s, h, hk, d: dh };
+                let d = Dims {
+                    b,
+                    t,
+                    s,
+                    h,
+                    hk,
+                    d: dh,
+                };
                 let scale = (dh as f32).powf(-0.5);
                 let (o, lse) = if b == 1 {
                     attention_core::forward(d, &q, &st.k[0], &st.v[0], scale, c.window)

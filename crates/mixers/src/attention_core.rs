@@ -29,7 +29,7 @@ pub struct Dims {
 impl Dims {
     fn rep(&self) -> usize {
         assert!(
-            self.hk > 0 && self.h % self.hk == 0,
+            self.hk > 0 && self.h.is_multiple_of(self.hk),
             "query heads must be a multiple of key/value heads"
         );
         self.h / self.hk
@@ -141,7 +141,9 @@ pub fn backward(
     let rep = d.rep();
     let mut dq = vec![0f32; q.len()];
     // One task per (batch, kv head): it owns dk/dv of that head and the dq rows of its group.
-    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<(usize, Vec<f32>)>)> = (0..d.b * d.hk)
+    // Per task: (dk, dv of its kv head, [(row, dq row)]).
+    type Part = (Vec<f32>, Vec<f32>, Vec<(usize, Vec<f32>)>);
+    let parts: Vec<Part> = (0..d.b * d.hk)
         .into_par_iter()
         .map(|bk| {
             let (b, kh) = (bk / d.hk, bk % d.hk);

@@ -22,7 +22,7 @@ pub fn forward(
 ) -> ConvOut {
     let hist = w - 1;
     let mut pre = vec![0f32; b * t * c];
-    let st: Option<&[f32]> = state.as_deref().map(|s| &*s);
+    let st: Option<&[f32]> = state.as_deref();
     for bi in 0..b {
         for ti in 0..t {
             for ch in 0..c {

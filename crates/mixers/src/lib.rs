@@ -7,6 +7,8 @@
 //! - [`attention`]: the FA / SWA layers; [`linear_mixer`]: the GDN / KDA / GLA layers.
 //! - [`conv`], [`ops`]: short causal conv, norms and activations, each with its backward.
 //! - [`params`]: named parameters (checkpoint names) and dense linear layers.
+#![allow(clippy::too_many_arguments)] // kernels take their shapes explicitly, llm.c style
+
 pub mod attention;
 pub mod attention_core;
 pub mod conv;

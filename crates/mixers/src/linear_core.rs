@@ -19,6 +19,7 @@
 //!   a sequential pass over chunks), f32, for prefill and training; it also returns the
 //!   chunk-entry states that [`backward`] replays from;
 //! - [`step`]: one token on a carried state, for decode.
+//!
 //! [`backward`] is reverse-mode through the recurrence, recomputing each chunk's per-token
 //! states from its entry state (memory O(T/C · K·V) instead of O(T · K·V)).
 //!
@@ -41,7 +42,7 @@ pub struct Dims {
 impl Dims {
     fn group(&self) -> usize {
         assert!(
-            self.h > 0 && self.hv % self.h == 0,
+            self.h > 0 && self.hv.is_multiple_of(self.h),
             "value heads must be a multiple of key heads"
         );
         self.hv / self.h
@@ -540,9 +541,7 @@ pub fn backward(
                     .zip(v.iter().zip(&pred))
                     .map(|(a, (v, p))| a * (v - p))
                     .sum::<f32>();
-                for j in 0..vd {
-                    tk.dv[t * vd + j] += bt * du[j];
-                }
+                tensor::cpu::axpy(bt, &du, &mut tk.dv[t * vd..(t + 1) * vd]);
                 let dpred: Vec<f32> = du.iter().map(|x| -bt * x).collect();
                 for c in 0..kd {
                     tk.dk[t * kd + c] += tensor::cpu::dot(&sp[c * vd..(c + 1) * vd], &dpred);
@@ -550,9 +549,7 @@ pub fn backward(
                 }
             }
             None => {
-                for j in 0..vd {
-                    tk.dv[t * vd + j] += du[j];
-                }
+                tensor::cpu::axpy(1.0, &du, &mut tk.dv[t * vd..(t + 1) * vd]);
             }
         }
         // S' = exp(g) ⊙ prev: dg = Σ_v dS' ⊙ S'; dprev = exp(g) ⊙ dS'.

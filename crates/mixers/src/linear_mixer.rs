@@ -374,7 +374,7 @@ impl LinearMixer {
             }
         } else {
             let out = linear_core::chunked(dims, inputs, scale, h0, c.chunk);
-            if let Some(st) = state.as_deref_mut() {
+            if let Some(st) = state {
                 st.rec.copy_from_slice(&out.state);
             }
             out

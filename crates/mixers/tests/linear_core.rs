@@ -23,6 +23,7 @@ struct Case {
     h0: Vec<f32>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(
     kind: Kind,
     b: usize,

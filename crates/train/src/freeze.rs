@@ -10,7 +10,14 @@ pub struct Freeze {
 impl Freeze {
     /// Parses a comma-separated list; empty entries are ignored.
     pub fn parse(spec: &str) -> Self {
-        Freeze { patterns: spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect() }
+        Freeze {
+            patterns: spec
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
     }
 
     pub fn is_frozen(&self, name: &str) -> bool {

@@ -126,10 +126,13 @@ pub fn run(r: &RunConfig, progress: impl FnMut(usize, f32, Option<f64>)) -> Resu
 }
 
 /// [`run`], also returning the trained model.
-pub fn train(r: &RunConfig, mut progress: impl FnMut(usize, f32, Option<f64>)) -> Result<(RunResult, HybridModel)> {
+pub fn train(
+    r: &RunConfig,
+    mut progress: impl FnMut(usize, f32, Option<f64>),
+) -> Result<(RunResult, HybridModel)> {
     r.task.validate()?;
     anyhow::ensure!(
-        r.heads > 0 && r.d_model % r.heads == 0,
+        r.heads > 0 && r.d_model.is_multiple_of(r.heads),
         "d_model {} is not a multiple of {} heads",
         r.d_model,
         r.heads
@@ -228,7 +231,13 @@ mod tests {
             d_model: 16,
             heads: 2,
             window: 4,
-            task: MqarConfig { vocab_size: 64, seq_len: 32, num_kv_pairs: 4, random_non_queries: false, ..Default::default() },
+            task: MqarConfig {
+                vocab_size: 64,
+                seq_len: 32,
+                num_kv_pairs: 4,
+                random_non_queries: false,
+                ..Default::default()
+            },
             steps: 3,
             batch: 4,
             lr: 1e-2,
@@ -243,7 +252,9 @@ mod tests {
     #[test]
     fn frozen_modules_keep_their_values_and_the_rest_trains() {
         let r = tiny("gdn,fa", "embed_tokens,linear_attn.");
-        let before = HybridModel::init(model_config(&r).unwrap(), r.seed).unwrap().named_params();
+        let before = HybridModel::init(model_config(&r).unwrap(), r.seed)
+            .unwrap()
+            .named_params();
         let (_, m) = train(&r, |_, _, _| {}).unwrap();
         let after = m.named_params();
         for (name, p) in &before.map {

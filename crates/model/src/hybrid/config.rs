@@ -152,7 +152,7 @@ impl HybridConfig {
                         let kind = self.linear_kind(i)?;
                         let h = self.linear_num_key_heads.unwrap_or(self.num_attention_heads);
                         let hv = self.linear_num_value_heads.unwrap_or(h);
-                        if h == 0 || hv % h != 0 || (kind == LinearKind::Gla && hv != h) {
+                        if h == 0 || !hv.is_multiple_of(h) || (kind == LinearKind::Gla && hv != h) {
                             bail!("linear heads: {h} key heads and {hv} value heads do not fit {}", kind.name());
                         }
                         LayerKind::Linear(LinearConfig {

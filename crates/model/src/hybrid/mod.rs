@@ -54,7 +54,7 @@ pub enum LayerState {
 
 enum MixerSaved {
     Attention(AttnSaved),
-    Linear(LinearSaved),
+    Linear(Box<LinearSaved>),
 }
 
 pub struct Block {
@@ -235,7 +235,7 @@ impl HybridModel {
                     _ => unreachable!("state kinds follow layer kinds"),
                 });
                 let (y, sv) = l.forward(&h, b, t, st);
-                (y, MixerSaved::Linear(sv))
+                (y, MixerSaved::Linear(Box::new(sv)))
             }
         };
         let mut x_mid = x.clone();
