@@ -92,10 +92,9 @@ impl Attention {
     }
 
     pub fn new_state(&self, b: usize) -> AttnState {
-        let _ = b;
         AttnState {
-            k: vec![],
-            v: vec![],
+            k: vec![vec![]; b],
+            v: vec![vec![]; b],
             kept: 0,
             pos: 0,
         }
