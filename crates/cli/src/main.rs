@@ -31,6 +31,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
+    /// The NVIDIA libraries and GPU this machine offers (JSON).
+    Device,
     /// Benchmarks (JSON on stdout).
     Bench {
         #[command(subcommand)]
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
+        Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),
     });
     match result {

@@ -10,6 +10,7 @@
 //! Hk key/value heads, Dh head dim, F feed-forward width, V vocabulary.
 
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -76,7 +76,7 @@ pub fn model_config(r: &RunConfig) -> Result<HybridConfig> {
         linear_value_head_dim: Some(head_dim),
         linear_conv_kernel_dim: 4,
         linear_gate_rank: 16,
-        linear_chunk_size: 32,
+        linear_chunk_size: 16,
         bos_token_id: None,
         eos_token_id: None,
     })

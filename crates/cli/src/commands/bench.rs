@@ -12,6 +12,8 @@ pub enum BenchCommand {
     Decode(DecodeArgs),
     /// One-token decode time of each mixer at several context lengths.
     Step(super::bench_step::StepArgs),
+    /// cuBLAS bf16 GEMM throughput on the GPU.
+    Gemm(super::device::GemmArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -47,6 +49,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
     let a = match c {
         BenchCommand::Decode(a) => a,
         BenchCommand::Step(s) => return super::bench_step::run(s),
+        BenchCommand::Gemm(g) => return super::device::bench_gemm(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_step;
 pub mod chat;
+pub mod device;
 pub mod generate;
 pub mod inspect;
 pub mod train_synthetic;
@@ -37,8 +38,13 @@ impl ModelArgs {
 
     pub fn device(&self) -> Result<Device> {
         match self.device {
+            // Models run on the CPU until their CUDA ops land, so the default stays CPU.
             None | Some(Device::Cpu) => Ok(Device::Cpu),
-            Some(d) => bail!("device {d} is not available: this build has no CUDA backend yet (use --device cpu)"),
+            Some(d @ Device::Cuda(n)) => {
+                // Say precisely what is missing when there is no usable GPU at all.
+                tensor::cuda::Gpu::open(n)?;
+                bail!("device {d} was found, but running models on CUDA is not implemented yet (use --device cpu)")
+            }
         }
     }
 

@@ -1,0 +1,245 @@
+//! The CUDA backend: a device context and stream through `cudarc` (libraries opened at run
+//! time, see [`libs`]), cuBLAS for GEMMs (bf16 in, f32 accumulate), and kernels written as
+//! `.cu` files beside this module, compiled by NVRTC for the device's compute capability on
+//! first use and cached on disk (key: source hash, arch, options).
+//!
+//! This is the foundation of the GPU issue; the op set grows kernel by kernel, each tested
+//! against the CPU reference by the `#[ignore]`d tests that scripts/gpu-check runs on a GPU.
+pub mod libs;
+
+use crate::{Error, Result};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use half::bf16;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Kernel sources, compiled together with the shared header.
+const COMMON: &str = include_str!("kernels/common.cuh");
+pub const CONVERT: (&str, &str) = ("convert", include_str!("kernels/convert.cu"));
+pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu"));
+
+fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Msg(format!("CUDA {what} failed: {e:?}"))
+}
+
+/// One GPU: context, stream, cuBLAS handle, and the kernels compiled so far.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_mem: usize,
+    arch: &'static str,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+/// Where compiled kernels are cached: `$HYBRID_CACHE/kernels` (default ~/.cache/hybrid/kernels).
+pub fn kernel_cache_dir() -> PathBuf {
+    let base = std::env::var_os("HYBRID_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".cache")
+                .join("hybrid")
+        });
+    base.join("kernels")
+}
+
+impl Gpu {
+    /// Opens device `ordinal`; every failure is one sentence.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        libs::ensure_loaded().map_err(Error::Msg)?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::Msg(format!("cannot open GPU {ordinal}: {e:?}")))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS init", e))?;
+        let compute_capability = ctx.compute_capability().map_err(|e| cuda_err("query", e))?;
+        let arch: &'static str = Box::leak(
+            format!("sm_{}{}", compute_capability.0, compute_capability.1).into_boxed_str(),
+        );
+        Ok(Gpu {
+            name: ctx.name().map_err(|e| cuda_err("query", e))?,
+            total_mem: ctx.total_mem().map_err(|e| cuda_err("query", e))?,
+            compute_capability,
+            arch,
+            ctx,
+            stream,
+            blas,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn arch(&self) -> &str {
+        self.arch
+    }
+
+    /// PTX of `src` for this device, from the disk cache or compiled by NVRTC now.
+    fn ptx(&self, name: &str, src: &str) -> Result<Ptx> {
+        let full = format!("{COMMON}\n{src}");
+        let options = ["--std=c++17", "--use_fast_math=false"];
+        let mut h = Sha256::new();
+        h.update(full.as_bytes());
+        h.update(self.arch.as_bytes());
+        h.update(options.join(" ").as_bytes());
+        let key = format!("{name}-{}-{:x}.ptx", self.arch, h.finalize());
+        let path = kernel_cache_dir().join(&key);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return Ok(Ptx::from_src(text));
+        }
+        let opts = CompileOptions {
+            arch: Some(self.arch),
+            options: vec!["--std=c++17".into()],
+            name: Some(format!("{name}.cu")),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts)
+            .map_err(|e| Error::Msg(format!("NVRTC could not compile kernels/{name}.cu: {e:?}")))?;
+        // A cache write failure costs a recompile next time, nothing more.
+        if std::fs::create_dir_all(kernel_cache_dir()).is_ok() {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+        Ok(ptx)
+    }
+
+    /// A kernel function from one of the sources above.
+    pub fn function(
+        &self,
+        (name, src): (&'static str, &'static str),
+        func: &str,
+    ) -> Result<CudaFunction> {
+        let module = {
+            let mut m = self.modules.lock().unwrap();
+            match m.get(name) {
+                Some(module) => module.clone(),
+                None => {
+                    let module = self
+                        .ctx
+                        .load_module(self.ptx(name, src)?)
+                        .map_err(|e| cuda_err("module load", e))?;
+                    m.insert(name, module.clone());
+                    module
+                }
+            }
+        };
+        module
+            .load_function(func)
+            .map_err(|e| cuda_err(&format!("loading {func}"), e))
+    }
+
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .map_err(|e| cuda_err("copy to device", e))
+    }
+
+    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(dev)
+            .map_err(|e| cuda_err("copy to host", e))
+    }
+
+    pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(n)
+            .map_err(|e| cuda_err("allocation", e))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_err("synchronize", e))
+    }
+
+    /// RMSNorm of `rows` rows of width `w.len()`, f32.
+    pub fn rmsnorm_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let f = self.function(RMSNORM, "rmsnorm_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let di = d as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(w).arg(y).arg(&di).arg(&eps);
+        // SAFETY: argument types and counts match the kernel signature; sizes checked by callers.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("rmsnorm launch", e))?;
+        Ok(())
+    }
+
+    /// RMSNorm on bf16 activations with f32 weights.
+    pub fn rmsnorm_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let f = self.function(RMSNORM, "rmsnorm_bf16")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let di = d as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(w).arg(y).arg(&di).arg(&eps);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("rmsnorm launch", e))?;
+        Ok(())
+    }
+
+    /// `c[M,N] = a[M,K] · b[N,K]ᵀ` in bf16 with f32 accumulation (cuBLAS), row-major.
+    pub fn matmul_nt_bf16(
+        &self,
+        a: &CudaSlice<bf16>,
+        b: &CudaSlice<bf16>,
+        c: &mut CudaSlice<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        // Row-major C = A Bᵀ is column-major Cᵀ = B Aᵀ: cuBLAS with (op_b = T on B, op_a = N).
+        let cfg = GemmConfig {
+            transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+            transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: bf16::ONE,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: bf16::ZERO,
+            ldc: n as i32,
+        };
+        // SAFETY: the buffers hold m·k, n·k and m·n elements (checked by callers).
+        unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| cuda_err("cuBLAS GEMM", e))
+    }
+}
