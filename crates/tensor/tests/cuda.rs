@@ -112,3 +112,110 @@ fn kernels_are_cached_on_disk() {
         .count();
     assert!(hits >= 1, "no cached rmsnorm PTX in {}", dir.display());
 }
+
+/// The decode-step kernel against the CPU recurrence (mixers::linear_core::step) on the same
+/// bf16-rounded inputs: state to f32 rounding, output to bf16 rounding. GVA and per-channel
+/// (KDA) decays included; several steps so errors would compound.
+#[test]
+#[ignore]
+fn gdn_step_matches_cpu_recurrence() {
+    use mixers::linear_core::{self, Dims, Inputs};
+    use tensor::cuda::StepDims;
+    let gpu = Gpu::open(0).unwrap();
+    for (per_head, b, h, hv, k, v) in [
+        (true, 3, 2, 4, 128, 128),
+        (false, 2, 4, 4, 64, 96),
+        (true, 1, 16, 16, 128, 128),
+    ] {
+        let d = StepDims { b, h, hv, k, v };
+        let round =
+            |x: Vec<f32>| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+        let norm = |mut x: Vec<f32>| -> Vec<f32> {
+            for r in x.chunks_exact_mut(k) {
+                let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+                r.iter_mut().for_each(|v| *v /= n);
+            }
+            x
+        };
+        let mut state = rnd(b * hv * k * v, 9);
+        let mut sd = gpu.upload(&state).unwrap();
+        for step in 0..4u64 {
+            let q = round(norm(rnd(b * h * k, 10 + step)));
+            let kk = round(norm(rnd(b * h * k, 20 + step)));
+            let vv = round(rnd(b * hv * v, 30 + step));
+            let g_head: Vec<f32> = rnd(b * hv, 40 + step)
+                .iter()
+                .map(|x| -0.05 - x.abs())
+                .collect();
+            let g_chan: Vec<f32> = rnd(b * hv * k, 50 + step)
+                .iter()
+                .map(|x| -0.05 - x.abs())
+                .collect();
+            let beta: Vec<f32> = rnd(b * hv, 60 + step).iter().map(|x| 0.5 + x).collect();
+            let g_full: Vec<f32> = if per_head {
+                g_head
+                    .iter()
+                    .flat_map(|&x| std::iter::repeat_n(x, k))
+                    .collect()
+            } else {
+                g_chan.clone()
+            };
+            let dims = Dims {
+                b,
+                t: 1,
+                h,
+                hv,
+                k,
+                v,
+            };
+            let scale = (k as f32).powf(-0.5);
+            let want_o = linear_core::step(
+                dims,
+                Inputs {
+                    q: &q,
+                    k: &kk,
+                    v: &vv,
+                    g: &g_full,
+                    beta: Some(&beta),
+                },
+                scale,
+                &mut state,
+            );
+            let to_bf = |x: &[f32]| x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
+            let gd = gpu
+                .upload(if per_head { &g_head } else { &g_chan })
+                .unwrap();
+            let mut od = gpu.zeros::<bf16>(b * hv * v).unwrap();
+            gpu.gdn_step(
+                d,
+                &gpu.upload(&to_bf(&q)).unwrap(),
+                &gpu.upload(&to_bf(&kk)).unwrap(),
+                &gpu.upload(&to_bf(&vv)).unwrap(),
+                &gd,
+                per_head,
+                &gpu.upload(&beta).unwrap(),
+                &mut sd,
+                &mut od,
+                scale,
+            )
+            .unwrap();
+            let got_o: Vec<f32> = gpu
+                .download(&od)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            let got_s = gpu.download(&sd).unwrap();
+            assert!(
+                rel_err(&state, &got_s) < 1e-5,
+                "{d:?} step {step}: state rel err {}",
+                rel_err(&state, &got_s)
+            );
+            assert!(
+                rel_err(&want_o, &got_o) < 2e-2,
+                "{d:?} step {step}: output rel err {}",
+                rel_err(&want_o, &got_o)
+            );
+        }
+    }
+}

@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Step(super::bench_step::StepArgs),
     /// cuBLAS bf16 GEMM throughput on the GPU.
     Gemm(super::device::GemmArgs),
+    /// GDN one-token decode step on the GPU.
+    GdnStep(super::device::GdnStepArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -50,6 +52,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Decode(a) => a,
         BenchCommand::Step(s) => return super::bench_step::run(s),
         BenchCommand::Gemm(g) => return super::device::bench_gemm(g),
+        BenchCommand::GdnStep(g) => return super::device::bench_gdn_step(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

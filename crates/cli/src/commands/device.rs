@@ -57,3 +57,66 @@ pub fn bench_gemm(a: GemmArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args, Clone, Debug)]
+pub struct GdnStepArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
+    #[arg(long, default_value_t = 500)]
+    pub reps: usize,
+}
+
+/// One-token GDN decode step on the GPU (state f32 [B, H, 128, 128], in place): time per
+/// step and the bytes/s it achieves (state read + written, inputs, output).
+pub fn bench_gdn_step(a: GdnStepArgs) -> Result<()> {
+    use tensor::cuda::StepDims;
+    let gpu = Gpu::open(0)?;
+    let mut rows = vec![];
+    for &b in &a.batch {
+        let (h, k) = (a.heads, a.head_dim);
+        let d = StepDims {
+            b,
+            h,
+            hv: h,
+            k,
+            v: k,
+        };
+        let bf = |n: usize, s: f32| -> Vec<bf16> {
+            (0..n)
+                .map(|i| bf16::from_f32(((i * 7919 % 97) as f32 / 97.0 - 0.5) * s))
+                .collect()
+        };
+        let q = gpu.upload(&bf(b * h * k, 0.2))?;
+        let kk = gpu.upload(&bf(b * h * k, 0.2))?;
+        let v = gpu.upload(&bf(b * h * k, 1.0))?;
+        let g = gpu.upload(&vec![-0.01f32; b * h])?;
+        let beta = gpu.upload(&vec![0.5f32; b * h])?;
+        let init: Vec<f32> = (0..b * h * k * k)
+            .map(|i| ((i % 101) as f32 / 101.0 - 0.5) * 0.1)
+            .collect();
+        let mut state = gpu.upload(&init)?;
+        let mut o = gpu.zeros::<bf16>(b * h * k)?;
+        let scale = (k as f32).powf(-0.5);
+        for _ in 0..20 {
+            gpu.gdn_step(d, &q, &kk, &v, &g, true, &beta, &mut state, &mut o, scale)?;
+        }
+        gpu.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..a.reps {
+            gpu.gdn_step(d, &q, &kk, &v, &g, true, &beta, &mut state, &mut o, scale)?;
+        }
+        gpu.synchronize()?;
+        let s = t.elapsed().as_secs_f64() / a.reps as f64;
+        let bytes = (b * h * k * k * 4 * 2 + b * h * k * 2 * 4 + b * h * 8) as f64;
+        rows.push(serde_json::json!({"batch": b, "us": s * 1e6, "bytes_per_s": bytes / s, "state_mb": (b * h * k * k * 4) as f64 / 1e6}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "gdn_step", "device": gpu.name, "heads": a.heads, "head_dim": a.head_dim, "results": rows})
+    );
+    Ok(())
+}

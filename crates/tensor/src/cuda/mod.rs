@@ -23,6 +23,17 @@ use std::sync::{Arc, Mutex};
 const COMMON: &str = include_str!("kernels/common.cuh");
 pub const CONVERT: (&str, &str) = ("convert", include_str!("kernels/convert.cu"));
 pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu"));
+pub const GDN_STEP: (&str, &str) = ("gdn_step", include_str!("kernels/gdn_step.cu"));
+
+/// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
+#[derive(Clone, Copy, Debug)]
+pub struct StepDims {
+    pub b: usize,
+    pub h: usize,
+    pub hv: usize,
+    pub k: usize,
+    pub v: usize,
+}
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Msg(format!("CUDA {what} failed: {e:?}"))
@@ -213,6 +224,59 @@ impl Gpu {
         b.arg(x).arg(w).arg(y).arg(&di).arg(&eps);
         // SAFETY: as above.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("rmsnorm launch", e))?;
+        Ok(())
+    }
+
+    /// One decode token of the delta rule on an f32 state, in place (GDN: `g_per_head`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gdn_step(
+        &self,
+        d: StepDims,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        g: &CudaSlice<f32>,
+        g_per_head: bool,
+        beta: &CudaSlice<f32>,
+        state: &mut CudaSlice<f32>,
+        o: &mut CudaSlice<bf16>,
+        scale: f32,
+    ) -> Result<()> {
+        if d.k > 256 || d.v % 4 != 0 || d.h == 0 || d.hv % d.h != 0 {
+            return Err(Error::Msg(format!(
+                "gdn_step supports key head dims up to 256, value head dims that are multiples of 4, and value heads a multiple of key heads; got {d:?}"
+            )));
+        }
+        let f = self.function(GDN_STEP, "gdn_step")?;
+        // 16 warps, 128 columns per block: STEP_WARPS in kernels/gdn_step.cu.
+        let cfg = LaunchConfig {
+            grid_dim: ((d.b * d.hv) as u32, d.v.div_ceil(128) as u32, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (h, hv, kd, vd, gph) = (
+            d.h as i32,
+            d.hv as i32,
+            d.k as i32,
+            d.v as i32,
+            g_per_head as i32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(g)
+            .arg(beta)
+            .arg(state)
+            .arg(o)
+            .arg(&h)
+            .arg(&hv)
+            .arg(&kd)
+            .arg(&vd)
+            .arg(&scale)
+            .arg(&gph);
+        // SAFETY: argument list matches the kernel; buffer sizes follow from `d` (callers).
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("gdn_step launch", e))?;
         Ok(())
     }
 
