@@ -219,3 +219,170 @@ fn gdn_step_matches_cpu_recurrence() {
         }
     }
 }
+
+fn to_bf(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn from_bf(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+#[test]
+#[ignore]
+fn embedding_swiglu_rope_match_cpu() {
+    let gpu = Gpu::open(0).unwrap();
+    // embedding: exact
+    let (vocab, d, t) = (50, 64, 9);
+    let table = to_bf(&rnd(vocab * d, 1));
+    let ids: Vec<u32> = (0..t as u32).map(|i| (i * 17) % vocab as u32).collect();
+    let mut out = gpu.zeros::<bf16>(t * d).unwrap();
+    gpu.embedding_bf16(
+        &gpu.upload(&table).unwrap(),
+        &gpu.upload(&ids).unwrap(),
+        &mut out,
+        t,
+        d,
+    )
+    .unwrap();
+    let got = gpu.download(&out).unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            got[i * d..(i + 1) * d],
+            table[id as usize * d..(id as usize + 1) * d]
+        );
+    }
+    // swiglu
+    let n = 1000;
+    let (g, u) = (
+        rnd(n, 2).iter().map(|x| x * 8.0).collect::<Vec<_>>(),
+        rnd(n, 3),
+    );
+    let (g, u) = (from_bf(&to_bf(&g)), from_bf(&to_bf(&u)));
+    let mut want = vec![0f32; n];
+    tensor::cpu::swiglu(&g, &u, &mut want);
+    let mut out = gpu.zeros::<bf16>(n).unwrap();
+    gpu.swiglu_bf16(
+        &gpu.upload(&to_bf(&g)).unwrap(),
+        &gpu.upload(&to_bf(&u)).unwrap(),
+        &mut out,
+        n,
+    )
+    .unwrap();
+    assert!(rel_err(&want, &from_bf(&gpu.download(&out).unwrap())) < 2e-2);
+    // rope, partial rotary, positions offset
+    let (t, nh, dh, rot, pos0) = (7, 3, 16, 12, 1000);
+    let x = from_bf(&to_bf(&rnd(t * nh * dh, 4)));
+    let rope = tensor::cpu::Rope::new(dh, rot, 10000.0);
+    let mut want = x.clone();
+    rope.apply(&mut want, nh, pos0);
+    let inv: Vec<f32> = (0..rot / 2)
+        .map(|i| (10000f64.powf(-2.0 * i as f64 / rot as f64)) as f32)
+        .collect();
+    let mut xd = gpu.upload(&to_bf(&x)).unwrap();
+    gpu.rope_bf16(&mut xd, &gpu.upload(&inv).unwrap(), t, nh, dh, rot, pos0)
+        .unwrap();
+    assert!(rel_err(&want, &from_bf(&gpu.download(&xd).unwrap())) < 2e-2);
+}
+
+#[test]
+#[ignore]
+fn cross_entropy_and_adamw_match_cpu() {
+    let gpu = Gpu::open(0).unwrap();
+    let (n, v) = (6, 1000);
+    let logits: Vec<f32> = rnd(n * v, 5).iter().map(|x| x * 10.0).collect();
+    let targets: Vec<i64> = vec![3, -100, 999, 0, -100, 512];
+    let count = targets.iter().filter(|&&t| t >= 0).count();
+    let mut want_loss = vec![0f32; n];
+    let mut want_d = vec![0f32; n * v];
+    for r in 0..n {
+        if targets[r] < 0 {
+            continue;
+        }
+        let lp = tensor::cpu::log_softmax(&logits[r * v..(r + 1) * v]);
+        want_loss[r] = -lp[targets[r] as usize] / count as f32;
+        for i in 0..v {
+            want_d[r * v + i] =
+                (lp[i].exp() - if i as i64 == targets[r] { 1.0 } else { 0.0 }) / count as f32;
+        }
+    }
+    let mut loss = gpu.zeros::<f32>(n).unwrap();
+    let mut d = gpu.zeros::<f32>(n * v).unwrap();
+    gpu.cross_entropy_f32(
+        &gpu.upload(&logits).unwrap(),
+        &gpu.upload(&targets).unwrap(),
+        &mut loss,
+        &mut d,
+        n,
+        v,
+        count,
+    )
+    .unwrap();
+    assert!(rel_err(&want_loss, &gpu.download(&loss).unwrap()) < 1e-5);
+    assert!(rel_err(&want_d, &gpu.download(&d).unwrap()) < 1e-5);
+    // AdamW, three steps, against the PyTorch update written out
+    let len = 777;
+    let mut p = rnd(len, 6);
+    let (mut m, mut vv) = (vec![0f32; len], vec![0f32; len]);
+    let (mut pd, mut md, mut vd) = (
+        gpu.upload(&p).unwrap(),
+        gpu.zeros::<f32>(len).unwrap(),
+        gpu.zeros::<f32>(len).unwrap(),
+    );
+    let (lr, b1, b2, eps, wd) = (1e-2f32, 0.9f32, 0.999f32, 1e-8f32, 0.1f32);
+    for step in 1..=3u64 {
+        let g = rnd(len, 10 + step);
+        for i in 0..len {
+            p[i] *= 1.0 - lr * wd;
+            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+            vv[i] = b2 * vv[i] + (1.0 - b2) * g[i] * g[i];
+            let (mh, vh) = (
+                m[i] / (1.0 - b1.powi(step as i32)),
+                vv[i] / (1.0 - b2.powi(step as i32)),
+            );
+            p[i] -= lr * mh / (vh.sqrt() + eps);
+        }
+        gpu.adamw_f32(
+            &mut pd,
+            &gpu.upload(&g).unwrap(),
+            &mut md,
+            &mut vd,
+            len,
+            lr,
+            (b1, b2),
+            eps,
+            wd,
+            step,
+        )
+        .unwrap();
+    }
+    assert!(rel_err(&p, &gpu.download(&pd).unwrap()) < 1e-5);
+}
+
+#[test]
+#[ignore]
+fn short_conv_with_history_matches_cpu() {
+    let gpu = Gpu::open(0).unwrap();
+    let (t1, t2, c, kw) = (5, 3, 48, 4);
+    let x = from_bf(&to_bf(&rnd((t1 + t2) * c, 7)));
+    let w = rnd(c * kw, 8);
+    let want = mixers::conv::forward(&x, &w, 1, t1 + t2, c, kw, None).y;
+    let mut hist = gpu.zeros::<f32>((kw - 1) * c).unwrap();
+    let wd = gpu.upload(&w).unwrap();
+    let mut got = vec![];
+    for (lo, hi) in [(0, t1), (t1, t1 + t2)] {
+        let mut y = gpu.zeros::<bf16>((hi - lo) * c).unwrap();
+        gpu.short_conv_bf16(
+            &gpu.upload(&to_bf(&x[lo * c..hi * c])).unwrap(),
+            &mut hist,
+            &wd,
+            &mut y,
+            hi - lo,
+            c,
+            kw,
+        )
+        .unwrap();
+        got.extend(from_bf(&gpu.download(&y).unwrap()));
+    }
+    assert!(rel_err(&want, &got) < 2e-2, "{}", rel_err(&want, &got));
+}

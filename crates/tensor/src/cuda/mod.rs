@@ -6,6 +6,7 @@
 //! This is the foundation of the GPU issue; the op set grows kernel by kernel, each tested
 //! against the CPU reference by the `#[ignore]`d tests that scripts/gpu-check runs on a GPU.
 pub mod libs;
+mod ops;
 
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -24,6 +25,7 @@ const COMMON: &str = include_str!("kernels/common.cuh");
 pub const CONVERT: (&str, &str) = ("convert", include_str!("kernels/convert.cu"));
 pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu"));
 pub const GDN_STEP: (&str, &str) = ("gdn_step", include_str!("kernels/gdn_step.cu"));
+pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elementwise.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,171 @@
+//! Launchers of the small kernels in kernels/elementwise.cu. Shapes are the callers' to check;
+//! each launcher states them.
+use super::{cuda_err, Gpu, ELEMENTWISE};
+use crate::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+fn linear_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Gpu {
+    /// out[T, D] = table[ids[t], :]
+    pub fn embedding_bf16(
+        &self,
+        table: &CudaSlice<bf16>,
+        ids: &CudaSlice<u32>,
+        out: &mut CudaSlice<bf16>,
+        t: usize,
+        d: usize,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "embedding_bf16")?;
+        let (di, n) = (d as i32, (t * d) as i64);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(table).arg(ids).arg(out).arg(&di).arg(&n);
+        // SAFETY: argument list matches the kernel; ids < rows of table (callers).
+        unsafe { b.launch(linear_cfg(t * d)) }.map_err(|e| cuda_err("embedding launch", e))?;
+        Ok(())
+    }
+
+    /// out = silu(gate) ⊙ up, n elements.
+    pub fn swiglu_bf16(
+        &self,
+        gate: &CudaSlice<bf16>,
+        up: &CudaSlice<bf16>,
+        out: &mut CudaSlice<bf16>,
+        n: usize,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "swiglu_bf16")?;
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(gate).arg(up).arg(out).arg(&ni);
+        // SAFETY: as above.
+        unsafe { b.launch(linear_cfg(n)) }.map_err(|e| cuda_err("swiglu launch", e))?;
+        Ok(())
+    }
+
+    /// Rotate-half RoPE in place on x [T, nh, dh], token t at position pos0 + t.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_bf16(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        inv_freq: &CudaSlice<f32>,
+        t: usize,
+        nh: usize,
+        dh: usize,
+        rot: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "rope_bf16")?;
+        let (ti, nhi, dhi, roti, p0) = (t as i32, nh as i32, dh as i32, rot as i32, pos0 as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(inv_freq)
+            .arg(&ti)
+            .arg(&nhi)
+            .arg(&dhi)
+            .arg(&roti)
+            .arg(&p0);
+        // SAFETY: as above.
+        unsafe { b.launch(linear_cfg(t * nh * rot / 2)) }
+            .map_err(|e| cuda_err("rope launch", e))?;
+        Ok(())
+    }
+
+    /// Per-row cross-entropy over logits [N, V]; targets < 0 are ignored. Writes loss[N]
+    /// (each already divided by the count of supervised rows) and dlogits [N, V].
+    pub fn cross_entropy_f32(
+        &self,
+        logits: &CudaSlice<f32>,
+        targets: &CudaSlice<i64>,
+        loss: &mut CudaSlice<f32>,
+        dlogits: &mut CudaSlice<f32>,
+        n: usize,
+        v: usize,
+        count: usize,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "cross_entropy_f32")?;
+        let (vi, inv) = (v as i32, 1.0f32 / count.max(1) as f32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits)
+            .arg(targets)
+            .arg(loss)
+            .arg(dlogits)
+            .arg(&vi)
+            .arg(&inv);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("cross-entropy launch", e))?;
+        Ok(())
+    }
+
+    /// One AdamW step (PyTorch semantics) on f32 parameters with f32 moments; `step` >= 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_f32(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        n: usize,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        wd: f32,
+        step: u64,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "adamw_f32")?;
+        let (bc1, bc2) = (
+            1.0 - betas.0.powi(step as i32),
+            1.0 - betas.1.powi(step as i32),
+        );
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(p)
+            .arg(g)
+            .arg(m)
+            .arg(v)
+            .arg(&ni)
+            .arg(&lr)
+            .arg(&betas.0)
+            .arg(&betas.1)
+            .arg(&eps)
+            .arg(&wd)
+            .arg(&bc1)
+            .arg(&bc2);
+        // SAFETY: as above.
+        unsafe { b.launch(linear_cfg(n)) }.map_err(|e| cuda_err("adamw launch", e))?;
+        Ok(())
+    }
+
+    /// Short causal conv + SiLU over x [T, C] of one sequence, history hist [W−1, C] (updated),
+    /// weight [C, W]; y [T, C].
+    #[allow(clippy::too_many_arguments)]
+    pub fn short_conv_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        hist: &mut CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<bf16>,
+        t: usize,
+        c: usize,
+        kw: usize,
+    ) -> Result<()> {
+        let f = self.function(ELEMENTWISE, "short_conv_bf16")?;
+        let (ti, ci, kwi) = (t as i32, c as i32, kw as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(hist).arg(w).arg(y).arg(&ti).arg(&ci).arg(&kwi);
+        // SAFETY: as above.
+        unsafe { b.launch(linear_cfg(c)) }.map_err(|e| cuda_err("short conv launch", e))?;
+        Ok(())
+    }
+}
