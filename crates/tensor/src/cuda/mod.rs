@@ -5,6 +5,8 @@
 //!
 //! This is the foundation of the GPU issue; the op set grows kernel by kernel, each tested
 //! against the CPU reference by the `#[ignore]`d tests that scripts/gpu-check runs on a GPU.
+#![allow(clippy::too_many_arguments)] // launchers take their shapes explicitly
+
 pub mod libs;
 mod ops;
 
@@ -244,7 +246,7 @@ impl Gpu {
         o: &mut CudaSlice<bf16>,
         scale: f32,
     ) -> Result<()> {
-        if d.k > 256 || d.v % 4 != 0 || d.h == 0 || d.hv % d.h != 0 {
+        if d.k > 256 || !d.v.is_multiple_of(4) || d.h == 0 || !d.hv.is_multiple_of(d.h) {
             return Err(Error::Msg(format!(
                 "gdn_step supports key head dims up to 256, value head dims that are multiples of 4, and value heads a multiple of key heads; got {d:?}"
             )));
