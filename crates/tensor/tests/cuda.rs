@@ -386,3 +386,116 @@ fn short_conv_with_history_matches_cpu() {
     }
     assert!(rel_err(&want, &got) < 2e-2, "{}", rel_err(&want, &got));
 }
+
+/// The KV-cache attention kernel against the CPU core (GQA, window, a cached past, batch 2),
+/// fed through kv_append like a decode loop would; plus add and argmax.
+#[test]
+#[ignore]
+fn cache_attention_matches_cpu() {
+    use mixers::attention_core::{self, Dims};
+    let gpu = Gpu::open(0).unwrap();
+    let (b, h, hk, d, s_max) = (2, 4, 2, 64, 40);
+    for (past, t, window) in [(0, 9, 0), (11, 1, 0), (11, 5, 6), (30, 1, 8)] {
+        let s = past + t;
+        let kall = from_bf(&to_bf(&rnd(b * s * hk * d, 21)));
+        let vall = from_bf(&to_bf(&rnd(b * s * hk * d, 22)));
+        let q = from_bf(&to_bf(&rnd(b * t * h * d, 23)));
+        let w = if window > 0 { Some(window) } else { None };
+        let (want, _) = attention_core::forward(
+            Dims { b, t, s, h, hk, d },
+            &q,
+            &kall,
+            &vall,
+            (d as f32).powf(-0.5),
+            w,
+        );
+        // cache: the past first, then this call's keys through kv_append
+        let mut kc = gpu.zeros::<bf16>(b * s_max * hk * d).unwrap();
+        let mut vc = gpu.zeros::<bf16>(b * s_max * hk * d).unwrap();
+        let row = hk * d;
+        let part = |x: &[f32], lo: usize, hi: usize| -> Vec<bf16> {
+            to_bf(
+                &(0..b)
+                    .flat_map(|bi| x[(bi * s + lo) * row..(bi * s + hi) * row].to_vec())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if past > 0 {
+            gpu.kv_append_bf16(
+                &gpu.upload(&part(&kall, 0, past)).unwrap(),
+                &mut kc,
+                b,
+                past,
+                row,
+                s_max,
+                0,
+            )
+            .unwrap();
+            gpu.kv_append_bf16(
+                &gpu.upload(&part(&vall, 0, past)).unwrap(),
+                &mut vc,
+                b,
+                past,
+                row,
+                s_max,
+                0,
+            )
+            .unwrap();
+        }
+        gpu.kv_append_bf16(
+            &gpu.upload(&part(&kall, past, s)).unwrap(),
+            &mut kc,
+            b,
+            t,
+            row,
+            s_max,
+            past,
+        )
+        .unwrap();
+        gpu.kv_append_bf16(
+            &gpu.upload(&part(&vall, past, s)).unwrap(),
+            &mut vc,
+            b,
+            t,
+            row,
+            s_max,
+            past,
+        )
+        .unwrap();
+        let mut o = gpu.zeros::<bf16>(b * t * h * d).unwrap();
+        gpu.attention_bf16(
+            &gpu.upload(&to_bf(&q)).unwrap(),
+            &kc,
+            &vc,
+            &mut o,
+            (b, t, h, hk, d),
+            s_max,
+            past,
+            window,
+        )
+        .unwrap();
+        let got = from_bf(&gpu.download(&o).unwrap());
+        assert!(
+            rel_err(&want, &got) < 2e-2,
+            "past {past} t {t} window {window}: {}",
+            rel_err(&want, &got)
+        );
+    }
+    // add and argmax
+    let x = rnd(3 * 1000, 30);
+    let y = rnd(3 * 1000, 31);
+    let mut yd = gpu.upload(&to_bf(&y)).unwrap();
+    gpu.add_bf16(&mut yd, &gpu.upload(&to_bf(&x)).unwrap(), 3000)
+        .unwrap();
+    let sum = from_bf(&gpu.download(&yd).unwrap());
+    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert!(rel_err(&want, &sum) < 2e-2);
+    let mut am = gpu.zeros::<u32>(3).unwrap();
+    gpu.argmax_bf16(&yd, &mut am, 3, 1000).unwrap();
+    let got = gpu.download(&am).unwrap();
+    for r in 0..3 {
+        let row = &sum[r * 1000..(r + 1) * 1000];
+        let best = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(row[got[r] as usize], best);
+    }
+}

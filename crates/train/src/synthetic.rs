@@ -198,23 +198,56 @@ pub fn train(
     Ok((res, m))
 }
 
-/// Markdown table of a set of runs.
+/// Markdown report of a set of runs: the best accuracy over learning rates per model and
+/// task (Zoology's protocol), then every run.
 pub fn markdown(results: &[RunResult], title: &str, preamble: &str) -> String {
-    let mut s = format!("# {title}\n\n{preamble}\n\n");
-    s.push_str("| layers | d_model | seq | kv pairs | steps | params | state bytes/seq | final loss | MQAR accuracy | time (s) |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in results {
+    let mut s = format!("# {title}\n\n{preamble}\n\n## Best over learning rates\n\n");
+    s.push_str("| layers | kv pairs | MQAR accuracy | at lr | state bytes/seq | params |\n|---|---|---|---|---|---|\n");
+    let mut keys: Vec<(usize, String)> = results
+        .iter()
+        .map(|r| (r.config.task.num_kv_pairs, r.layer_names.join("+")))
+        .collect();
+    keys.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in keys {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let best = results
+            .iter()
+            .filter(|r| (r.config.task.num_kv_pairs, r.layer_names.join("+")) == key)
+            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+            .expect("key comes from results");
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1}% | {:.0} |\n",
+            "| {} | {} | {:.1}% | {} | {} | {} |\n",
+            key.1,
+            key.0,
+            100.0 * best.accuracy,
+            best.config.lr,
+            best.state_bytes,
+            best.parameters
+        ));
+    }
+    s.push_str("\n## Every run\n\n| layers | d_model | seq | kv pairs | lr | steps | batch | final loss | MQAR accuracy | accuracy during training (step: acc) | time (s) |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let curve: Vec<String> = r
+            .curve
+            .iter()
+            .map(|(st, a)| format!("{st}: {:.0}%", 100.0 * a))
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1}% | {} | {:.0} |\n",
             r.layer_names.join("+"),
             r.config.d_model,
             r.config.task.seq_len,
             r.config.task.num_kv_pairs,
+            r.config.lr,
             r.config.steps,
-            r.parameters,
-            r.state_bytes,
+            r.config.batch,
             r.final_loss,
             100.0 * r.accuracy,
+            curve.join(", "),
             r.seconds
         ));
     }

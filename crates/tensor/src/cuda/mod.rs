@@ -28,6 +28,7 @@ pub const CONVERT: (&str, &str) = ("convert", include_str!("kernels/convert.cu")
 pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu"));
 pub const GDN_STEP: (&str, &str) = ("gdn_step", include_str!("kernels/gdn_step.cu"));
 pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elementwise.cu"));
+pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attention.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]

@@ -1,6 +1,6 @@
 //! Launchers of the small kernels in kernels/elementwise.cu. Shapes are the callers' to check;
 //! each launcher states them.
-use super::{cuda_err, Gpu, ELEMENTWISE};
+use super::{cuda_err, Gpu, ATTENTION, ELEMENTWISE};
 use crate::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -166,6 +166,120 @@ impl Gpu {
         b.arg(x).arg(hist).arg(w).arg(y).arg(&ti).arg(&ci).arg(&kwi);
         // SAFETY: as above.
         unsafe { b.launch(linear_cfg(c)) }.map_err(|e| cuda_err("short conv launch", e))?;
+        Ok(())
+    }
+
+    /// Causal GQA attention of q [B, T, H, D] over the cache [B, S_max, Hk, D] holding
+    /// positions 0 .. past+T−1; `window` = 0 for full attention. o: [B, T, H, D].
+    pub fn attention_bf16(
+        &self,
+        q: &CudaSlice<bf16>,
+        kc: &CudaSlice<bf16>,
+        vc: &CudaSlice<bf16>,
+        o: &mut CudaSlice<bf16>,
+        dims: (usize, usize, usize, usize, usize),
+        s_max: usize,
+        past: usize,
+        window: usize,
+    ) -> Result<()> {
+        let (b, t, h, hk, d) = dims;
+        if d % 32 != 0 || d > 256 || hk == 0 || h % hk != 0 {
+            return Err(crate::Error::Msg(format!("attention_bf16 needs a head dim that is a multiple of 32 up to 256 and H a multiple of Hk; got D={d}, H={h}, Hk={hk}")));
+        }
+        let f = self.function(ATTENTION, "attention_bf16")?;
+        let rows = b * t * h;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ti, hi, hki, di, smi, pi, wi, ri) = (
+            t as i32,
+            h as i32,
+            hk as i32,
+            d as i32,
+            s_max as i32,
+            past as i32,
+            window as i32,
+            rows as i32,
+        );
+        let scale = (d as f32).powf(-0.5);
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(q)
+            .arg(kc)
+            .arg(vc)
+            .arg(o)
+            .arg(&ti)
+            .arg(&hi)
+            .arg(&hki)
+            .arg(&di)
+            .arg(&smi)
+            .arg(&pi)
+            .arg(&wi)
+            .arg(&scale)
+            .arg(&ri);
+        // SAFETY: argument list matches the kernel; the cache holds past + t positions (callers).
+        unsafe { bl.launch(cfg) }.map_err(|e| cuda_err("attention launch", e))?;
+        Ok(())
+    }
+
+    /// Writes src [B, T, row] into cache [B, S_max, row] at positions past .. past+T−1.
+    pub fn kv_append_bf16(
+        &self,
+        src: &CudaSlice<bf16>,
+        cache: &mut CudaSlice<bf16>,
+        b: usize,
+        t: usize,
+        row: usize,
+        s_max: usize,
+        past: usize,
+    ) -> Result<()> {
+        let f = self.function(ATTENTION, "kv_append_bf16")?;
+        let n = b * t * row;
+        let (ti, ri, smi, pi, ni) = (t as i32, row as i32, s_max as i32, past as i32, n as i64);
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(src)
+            .arg(cache)
+            .arg(&ti)
+            .arg(&ri)
+            .arg(&smi)
+            .arg(&pi)
+            .arg(&ni);
+        // SAFETY: as above; past + t <= s_max (callers).
+        unsafe { bl.launch(linear_cfg(n)) }.map_err(|e| cuda_err("kv append launch", e))?;
+        Ok(())
+    }
+
+    /// y += x over n elements.
+    pub fn add_bf16(&self, y: &mut CudaSlice<bf16>, x: &CudaSlice<bf16>, n: usize) -> Result<()> {
+        let f = self.function(ATTENTION, "add_bf16")?;
+        let ni = n as i64;
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(y).arg(x).arg(&ni);
+        // SAFETY: as above.
+        unsafe { bl.launch(linear_cfg(n)) }.map_err(|e| cuda_err("add launch", e))?;
+        Ok(())
+    }
+
+    /// Row-wise argmax of x [rows, n].
+    pub fn argmax_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        out: &mut CudaSlice<u32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let f = self.function(ATTENTION, "argmax_bf16")?;
+        let ni = n as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(x).arg(out).arg(&ni);
+        // SAFETY: as above.
+        unsafe { bl.launch(cfg) }.map_err(|e| cuda_err("argmax launch", e))?;
         Ok(())
     }
 }
