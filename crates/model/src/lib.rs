@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hybrid;
 pub mod llama;
+pub mod llama_gpu;
 pub mod sampling;
 pub mod tokenizer;
 

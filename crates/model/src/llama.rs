@@ -34,25 +34,25 @@ impl LlamaConfig {
     }
 }
 
-struct Block {
-    attn_norm: Vec<f32>,
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
-    o: Matrix,
-    mlp_norm: Vec<f32>,
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
+pub(crate) struct Block {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) q: Matrix,
+    pub(crate) k: Matrix,
+    pub(crate) v: Matrix,
+    pub(crate) o: Matrix,
+    pub(crate) mlp_norm: Vec<f32>,
+    pub(crate) gate: Matrix,
+    pub(crate) up: Matrix,
+    pub(crate) down: Matrix,
 }
 
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: Matrix,
-    blocks: Vec<Block>,
-    norm: Vec<f32>,
+    pub(crate) embed: Matrix,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: Vec<f32>,
     /// None when the LM head is tied to the embedding.
-    lm_head: Option<Matrix>,
+    pub(crate) lm_head: Option<Matrix>,
     rope: Rope,
 }
 

@@ -280,7 +280,7 @@ fn embedding_swiglu_rope_match_cpu() {
         .map(|i| (10000f64.powf(-2.0 * i as f64 / rot as f64)) as f32)
         .collect();
     let mut xd = gpu.upload(&to_bf(&x)).unwrap();
-    gpu.rope_bf16(&mut xd, &gpu.upload(&inv).unwrap(), t, nh, dh, rot, pos0)
+    gpu.rope_bf16(&mut xd, &gpu.upload(&inv).unwrap(), t, nh, dh, rot, pos0, t)
         .unwrap();
     assert!(rel_err(&want, &from_bf(&gpu.download(&xd).unwrap())) < 2e-2);
 }

@@ -49,7 +49,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Rotate-half RoPE in place on x [T, nh, dh], token t at position pos0 + t.
+    /// Rotate-half RoPE in place on x [T, nh, dh] holding sequences of `seq_t` tokens each;
+    /// token t at position pos0 + t % seq_t.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_bf16(
         &self,
@@ -60,9 +61,17 @@ impl Gpu {
         dh: usize,
         rot: usize,
         pos0: usize,
+        seq_t: usize,
     ) -> Result<()> {
         let f = self.function(ELEMENTWISE, "rope_bf16")?;
-        let (ti, nhi, dhi, roti, p0) = (t as i32, nh as i32, dh as i32, rot as i32, pos0 as i32);
+        let (ti, nhi, dhi, roti, p0, st) = (
+            t as i32,
+            nh as i32,
+            dh as i32,
+            rot as i32,
+            pos0 as i32,
+            seq_t.max(1) as i32,
+        );
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
             .arg(inv_freq)
@@ -70,7 +79,8 @@ impl Gpu {
             .arg(&nhi)
             .arg(&dhi)
             .arg(&roti)
-            .arg(&p0);
+            .arg(&p0)
+            .arg(&st);
         // SAFETY: as above.
         unsafe { b.launch(linear_cfg(t * nh * rot / 2)) }
             .map_err(|e| cuda_err("rope launch", e))?;

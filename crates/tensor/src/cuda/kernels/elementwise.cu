@@ -16,16 +16,17 @@ extern "C" __global__ void swiglu_bf16(const bf16_t* gate, const bf16_t* up, bf1
     out[i] = f32_to_bf16(g / (1.0f + __expf(-g)) * bf16_to_f32(up[i]));
 }
 
-// Rotate-half RoPE in place on x: [T, nh, dh] bf16, token t at position pos0 + t; the first
-// rot dims rotate, pair (i, i + rot/2) by angle pos * inv_freq[i]. One thread per pair.
-extern "C" __global__ void rope_bf16(bf16_t* x, const float* inv_freq, int t, int nh, int dh, int rot, int pos0) {
+// Rotate-half RoPE in place on x: [T, nh, dh] bf16 holding sequences of seq_t tokens each;
+// token t sits at position pos0 + t % seq_t; the first rot dims rotate, pair (i, i + rot/2)
+// by angle pos * inv_freq[i]. One thread per pair.
+extern "C" __global__ void rope_bf16(bf16_t* x, const float* inv_freq, int t, int nh, int dh, int rot, int pos0, int seq_t) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int half = rot / 2;
     long total = (long)t * nh * half;
     if (i >= total) return;
     int p = i % half;
     long row = i / half;             // (token, head)
-    int tok = row / nh;
+    int tok = (row / nh) % seq_t;
     float s, c;
     sincosf((float)(pos0 + tok) * inv_freq[p], &s, &c);
     bf16_t* hp = x + row * dh;

@@ -1,0 +1,87 @@
+//! The Llama forward on the GPU against the CPU forward, on a small random-weight GGUF model
+//! (scripts/make-tiny-llama.py): prefill then batched decode steps. `#[ignore]`d: CI has no
+//! GPU; scripts/gpu-check runs it on the device machine.
+mod common;
+
+use model::gguf::Gguf;
+use model::llama::Llama;
+use model::llama_gpu::GpuLlama;
+
+#[test]
+#[ignore]
+fn gpu_forward_matches_cpu_prefill_and_decode() {
+    let g = Gguf::open(&common::fixture("tiny-llama.gguf")).unwrap();
+    let cpu = Llama::from_gguf(&g).unwrap();
+    let gpu = GpuLlama::new(&cpu, 0).unwrap();
+    let v = cpu.config.vocab_size;
+    let b = 3;
+    let (t0, steps) = (11, 6);
+    let seqs: Vec<Vec<u32>> = (0..b)
+        .map(|s| {
+            (0..t0 + steps)
+                .map(|i| ((i * 37 + s * 101 + i * i) % v) as u32)
+                .collect()
+        })
+        .collect();
+    let mut cache = gpu.new_cache(b, 64).unwrap();
+    let prompt: Vec<u32> = seqs.iter().flat_map(|s| s[..t0].to_vec()).collect();
+    let mut got: Vec<Vec<f32>> = vec![vec![]; b];
+    let l = gpu
+        .logits_to_host(&gpu.forward(&prompt, &mut cache).unwrap())
+        .unwrap();
+    for (s, out) in got.iter_mut().enumerate() {
+        out.extend_from_slice(&l[s * t0 * v..(s + 1) * t0 * v]);
+    }
+    for i in t0..t0 + steps {
+        let step: Vec<u32> = seqs.iter().map(|s| s[i]).collect();
+        let l = gpu
+            .logits_to_host(&gpu.forward(&step, &mut cache).unwrap())
+            .unwrap();
+        for (s, out) in got.iter_mut().enumerate() {
+            out.extend_from_slice(&l[s * v..(s + 1) * v]);
+        }
+    }
+    for (s, seq) in seqs.iter().enumerate() {
+        let mut kv = cpu.new_cache();
+        let want = cpu.forward(seq, &mut kv, true).unwrap();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = want
+            .iter()
+            .zip(&got[s])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        // bf16 weights and activations on the GPU against 8-bit activations on the CPU.
+        assert!(err < 5e-2, "sequence {s}: max rel err {err}");
+        let agree = want
+            .chunks(v)
+            .zip(got[s].chunks(v))
+            .filter(|(a, b)| model::sampling::argmax(a) == model::sampling::argmax(b))
+            .count();
+        println!(
+            "sequence {s}: max rel err {err:.4}, argmax agreement {agree}/{}",
+            t0 + steps
+        );
+    }
+}
+
+/// The same model on the CPU: cached decode equals one whole-sequence forward (runs in CI).
+#[test]
+fn tiny_model_cached_decode_equals_whole_forward_on_cpu() {
+    let g = Gguf::open(&common::fixture("tiny-llama.gguf")).unwrap();
+    let cpu = Llama::from_gguf(&g).unwrap();
+    let v = cpu.config.vocab_size;
+    let seq: Vec<u32> = (0..20).map(|i| ((i * 37 + i * i) % v) as u32).collect();
+    let want = cpu.forward(&seq, &mut cpu.new_cache(), true).unwrap();
+    let mut kv = cpu.new_cache();
+    let mut got = cpu.forward(&seq[..12], &mut kv, true).unwrap();
+    for &tok in &seq[12..] {
+        got.extend(cpu.forward(&[tok], &mut kv, false).unwrap());
+    }
+    let err = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
