@@ -83,12 +83,39 @@ pub struct Generation {
     pub decode_seconds: f64,
 }
 
-/// Generates after `prompt`; `on_text` receives each new piece of text as it is decided
-/// (text that could still turn into a stop string is held back until it cannot).
-pub fn generate(
+/// Generates after `prompt` on the CPU; `on_text` receives each new piece of text as it is
+/// decided (text that could still turn into a stop string is held back until it cannot).
+pub fn generate(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str)) -> Result<Generation> {
+    let mut cache = m.model.new_cache();
+    generate_with(m, prompt, opts, |toks| m.model.forward(toks, &mut cache, false), on_text)
+}
+
+/// Generates on a GPU copy of the model (greedy or sampled on the host from the last logits).
+pub fn generate_gpu(
+    m: &LoadedModel, gpu: &crate::llama_gpu::GpuLlama, prompt: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let cap = (prompt.len() + opts.max_tokens + 1).min(m.model.config.context_length);
+    let mut cache = gpu.new_cache(1, cap)?;
+    let v = m.model.config.vocab_size;
+    generate_with(
+        m,
+        prompt,
+        opts,
+        |toks| {
+            let logits = gpu.logits_to_host(&gpu.forward(toks, &mut cache)?)?;
+            Ok(logits[logits.len() - v..].to_vec())
+        },
+        on_text,
+    )
+}
+
+/// The generation loop over any forward function (`forward(tokens)` runs the tokens after
+/// what it has seen and returns the last token's logits).
+pub fn generate_with(
     m: &LoadedModel,
     prompt: &[u32],
     opts: &GenerateOptions,
+    mut forward: impl FnMut(&[u32]) -> Result<Vec<f32>>,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     opts.sampling.validate()?;
@@ -103,10 +130,9 @@ pub fn generate(
         );
     }
     let max_tokens = opts.max_tokens.min(ctx - prompt.len());
-    let mut cache = m.model.new_cache();
     let mut sampler = Sampler::new(opts.sampling.clone());
     let t0 = Instant::now();
-    let mut logits = m.model.forward(prompt, &mut cache, false)?;
+    let mut logits = forward(prompt)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut tokens = vec![];
@@ -148,7 +174,7 @@ pub fn generate(
         if tokens.len() == max_tokens {
             break;
         }
-        logits = m.model.forward(&[next], &mut cache, false)?;
+        logits = forward(&[next])?;
     }
     if text.len() > emitted {
         on_text(&text[emitted..]);

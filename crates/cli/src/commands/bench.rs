@@ -29,6 +29,9 @@ pub struct DecodeArgs {
     /// Timed repetitions (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Sequences decoded together (GPU only; the CPU path is batch 1).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
 }
 
 pub const BENCH_TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Before that, books were copied by hand, an expensive and slow process that kept written knowledge in the hands of monasteries, universities and the wealthy. Within fifty years of the first printed Bible, presses operated in more than two hundred European cities, and millions of volumes had been produced. Pamphlets, calendars, scientific treatises and religious tracts spread faster than any authority could control, and historians still argue about how much the press contributed to the Reformation, the scientific revolution and the rise of vernacular languages. What is certain is that the cost of a book fell sharply and literacy rose in the centuries that followed.";
@@ -57,8 +60,15 @@ pub fn run(c: BenchCommand) -> Result<()> {
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
     }
+    let device = a.model.device()?;
     let m = a.model.load()?;
     let prompt = prompt_ids(&m, a.prompt_tokens)?;
+    if let tensor::Device::Cuda(n) = device {
+        return bench_decode_gpu(&a, &m, &prompt, n);
+    }
+    if a.batch != [1] {
+        bail!("the CPU decode benchmark runs batch 1 only (use --device cuda for larger batches)");
+    }
     let (mut pre, mut dec) = (vec![], vec![]);
     for rep in 0..=a.reps {
         let mut cache = m.model.new_cache();
@@ -88,6 +98,50 @@ pub fn run(c: BenchCommand) -> Result<()> {
         "prefill_tokens_per_s": median(pre),
         "decode_tokens_per_s": median(dec),
         "prompt_ids": prompt,
+    });
+    println!("{j}");
+    Ok(())
+}
+
+/// The same benchmark on a GPU, for each batch size: B copies of the prompt prefilled
+/// together, then greedy decode steps of all B sequences (argmax on the device).
+fn bench_decode_gpu(a: &DecodeArgs, m: &model::LoadedModel, prompt: &[u32], ordinal: usize) -> Result<()> {
+    let gpu = model::llama_gpu::GpuLlama::new(&m.model, ordinal)?;
+    let mut rows = vec![];
+    for &b in &a.batch {
+        let (mut pre, mut dec) = (vec![], vec![]);
+        for rep in 0..=a.reps {
+            let mut cache = gpu.new_cache(b, prompt.len() + a.gen_tokens + 1)?;
+            let toks: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+            gpu.gpu.synchronize()?;
+            let t0 = Instant::now();
+            let logits = gpu.forward(&toks, &mut cache)?;
+            // the last row of each sequence
+            let all = gpu.argmax(&logits, b * prompt.len())?;
+            let mut next: Vec<u32> = (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
+            let tp = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for _ in 0..a.gen_tokens {
+                let logits = gpu.forward(&next, &mut cache)?;
+                next = gpu.argmax(&logits, b)?;
+            }
+            let td = t1.elapsed().as_secs_f64();
+            if rep > 0 {
+                pre.push((b * prompt.len()) as f64 / tp);
+                dec.push((b * a.gen_tokens) as f64 / td);
+            }
+        }
+        rows.push(serde_json::json!({"batch": b, "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+    }
+    let j = serde_json::json!({
+        "bench": "decode",
+        "engine": "hybrid",
+        "device": gpu.gpu.name,
+        "model": a.model.model_path()?.display().to_string(),
+        "prompt_tokens": a.prompt_tokens,
+        "gen_tokens": a.gen_tokens,
+        "reps": a.reps,
+        "results": rows,
     });
     println!("{j}");
     Ok(())

@@ -21,6 +21,7 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
+    a.model.cpu_only("chat")?;
     let m = a.model.load()?;
     let tmpl = m
         .template

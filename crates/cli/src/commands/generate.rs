@@ -58,27 +58,37 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    let device = a.model.device()?;
     let m = a.model.load()?;
+    let gpu = match device {
+        tensor::Device::Cuda(n) => Some(model::llama_gpu::GpuLlama::new(&m.model, n)?),
+        tensor::Device::Cpu => None,
+    };
     let prompt = m.prompt_tokens(&a.prompt, a.chat)?;
-    let opts = GenerateOptions {
-        max_tokens: a.max_tokens,
-        sampling: a.sampling.params(),
-        stop: a.sampling.stop.clone(),
+    let run = |on_text: &mut dyn FnMut(&str)| -> Result<model::Generation> {
+        match &gpu {
+            Some(g) => model::generate_gpu(&m, g, &prompt, &opts_of(&a), on_text),
+            None => generate(&m, &prompt, &opts_of(&a), on_text),
+        }
     };
     match a.format {
         Format::Text => {
             let mut out = std::io::stdout();
-            generate(&m, &prompt, &opts, |s| {
+            run(&mut |s: &str| {
                 let _ = out.write_all(s.as_bytes());
                 let _ = out.flush();
             })?;
             println!();
         }
         Format::Json => {
-            let g = generate(&m, &prompt, &opts, |_| {})?;
+            let g = run(&mut |_: &str| {})?;
             let j = serde_json::json!({"prompt_tokens": g.prompt_tokens, "tokens": g.tokens, "text": g.text});
             println!("{j}");
         }
     }
     Ok(())
+}
+
+fn opts_of(a: &GenerateArgs) -> GenerateOptions {
+    GenerateOptions { max_tokens: a.max_tokens, sampling: a.sampling.params(), stop: a.sampling.stop.clone() }
 }

@@ -36,20 +36,27 @@ impl ModelArgs {
         }
     }
 
+    /// The device asked for. The default stays the CPU until every command runs on CUDA;
+    /// asking for CUDA on a machine without a usable GPU is one sentence saying why.
     pub fn device(&self) -> Result<Device> {
         match self.device {
-            // Models run on the CPU until their CUDA ops land, so the default stays CPU.
             None | Some(Device::Cpu) => Ok(Device::Cpu),
-            Some(d @ Device::Cuda(n)) => {
-                // Say precisely what is missing when there is no usable GPU at all.
-                tensor::cuda::Gpu::open(n)?;
-                bail!("device {d} was found, but running models on CUDA is not implemented yet (use --device cpu)")
+            Some(Device::Cuda(n)) => {
+                tensor::cuda::libs::ensure_loaded().map_err(anyhow::Error::msg)?;
+                Ok(Device::Cuda(n))
             }
         }
     }
 
+    /// For commands that run on the CPU only so far.
+    pub fn cpu_only(&self, command: &str) -> Result<()> {
+        match self.device()? {
+            Device::Cpu => Ok(()),
+            d => bail!("`{command}` does not run on {d} yet (use --device cpu)"),
+        }
+    }
+
     pub fn load(&self) -> Result<model::LoadedModel> {
-        self.device()?;
         model::LoadedModel::load(&self.model_path()?)
     }
 }
