@@ -85,14 +85,29 @@ pub struct Generation {
 
 /// Generates after `prompt` on the CPU; `on_text` receives each new piece of text as it is
 /// decided (text that could still turn into a stop string is held back until it cannot).
-pub fn generate(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str)) -> Result<Generation> {
+pub fn generate(
+    m: &LoadedModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
     let mut cache = m.model.new_cache();
-    generate_with(m, prompt, opts, |toks| m.model.forward(toks, &mut cache, false), on_text)
+    generate_with(
+        m,
+        prompt,
+        opts,
+        |toks| m.model.forward(toks, &mut cache, false),
+        on_text,
+    )
 }
 
 /// Generates on a GPU copy of the model (greedy or sampled on the host from the last logits).
 pub fn generate_gpu(
-    m: &LoadedModel, gpu: &crate::llama_gpu::GpuLlama, prompt: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str),
+    m: &LoadedModel,
+    gpu: &crate::llama_gpu::GpuLlama,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let cap = (prompt.len() + opts.max_tokens + 1).min(m.model.config.context_length);
     let mut cache = gpu.new_cache(1, cap)?;

@@ -12,7 +12,9 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
-pub use generate::{generate, generate_gpu, generate_with, GenerateOptions, Generation, LoadedModel};
+pub use generate::{
+    generate, generate_gpu, generate_with, GenerateOptions, Generation, LoadedModel,
+};
 pub use llama::{KvCache, Llama, LlamaConfig};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -105,7 +105,12 @@ pub fn run(c: BenchCommand) -> Result<()> {
 
 /// The same benchmark on a GPU, for each batch size: B copies of the prompt prefilled
 /// together, then greedy decode steps of all B sequences (argmax on the device).
-fn bench_decode_gpu(a: &DecodeArgs, m: &model::LoadedModel, prompt: &[u32], ordinal: usize) -> Result<()> {
+fn bench_decode_gpu(
+    a: &DecodeArgs,
+    m: &model::LoadedModel,
+    prompt: &[u32],
+    ordinal: usize,
+) -> Result<()> {
     let gpu = model::llama_gpu::GpuLlama::new(&m.model, ordinal)?;
     let mut rows = vec![];
     for &b in &a.batch {

@@ -90,5 +90,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 }
 
 fn opts_of(a: &GenerateArgs) -> GenerateOptions {
-    GenerateOptions { max_tokens: a.max_tokens, sampling: a.sampling.params(), stop: a.sampling.stop.clone() }
+    GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: a.sampling.params(),
+        stop: a.sampling.stop.clone(),
+    }
 }

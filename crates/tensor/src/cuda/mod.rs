@@ -54,6 +54,9 @@ pub struct Gpu {
     pub total_mem: usize,
     arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Loaded kernel handles: looking one up in the module on every launch cost most of a
+    /// batch-1 decode step (≈500 launches a token).
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 /// Where compiled kernels are cached: `$HYBRID_CACHE/kernels` (default ~/.cache/hybrid/kernels).
@@ -76,6 +79,10 @@ impl Gpu {
         libs::ensure_loaded().map_err(Error::Msg)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::Msg(format!("cannot open GPU {ordinal}: {e:?}")))?;
+        // One stream carries all our work, so cudarc's per-argument event tracking (events
+        // recorded on every launch to order work across streams) is pure overhead.
+        // SAFETY: every allocation, copy and launch of this Gpu goes through `stream`.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS init", e))?;
         let compute_capability = ctx.compute_capability().map_err(|e| cuda_err("query", e))?;
@@ -91,6 +98,7 @@ impl Gpu {
             stream,
             blas,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,6 +143,10 @@ impl Gpu {
         (name, src): (&'static str, &'static str),
         func: &str,
     ) -> Result<CudaFunction> {
+        let key = (name, func.to_string());
+        if let Some(f) = self.functions.lock().unwrap().get(&key) {
+            return Ok(f.clone());
+        }
         let module = {
             let mut m = self.modules.lock().unwrap();
             match m.get(name) {
@@ -149,9 +161,11 @@ impl Gpu {
                 }
             }
         };
-        module
+        let f = module
             .load_function(func)
-            .map_err(|e| cuda_err(&format!("loading {func}"), e))
+            .map_err(|e| cuda_err(&format!("loading {func}"), e))?;
+        self.functions.lock().unwrap().insert(key, f.clone());
+        Ok(f)
     }
 
     pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {

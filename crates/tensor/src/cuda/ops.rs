@@ -199,8 +199,8 @@ impl Gpu {
         let f = self.function(ATTENTION, "attention_bf16")?;
         let rows = b * t * h;
         let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(4) as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let (ti, hi, hki, di, smi, pi, wi, ri) = (

@@ -1,16 +1,20 @@
-// Causal GQA attention over a bf16 KV cache, one warp per (sequence, query token, head):
-// online softmax over the keys the query may see (all earlier ones, or the last `window`).
+// Causal GQA attention over a bf16 KV cache, one block of ATT_WARPS warps per
+// (sequence, query token, head): warp w takes keys first + w, first + w + ATT_WARPS, ... with
+// its own online-softmax state, and the warps' states are merged at the end (split-K, as in
+// flash-decoding), so a long context is ATT_WARPS times fewer serial steps.
 // q: [B, T, H, D] bf16 (RoPE applied); cache k, v: [B, S_max, Hk, D] bf16 holding positions
-// 0 .. past + T - 1; o: [B, T, H, D] bf16. D <= 256 (each lane holds D/32 values).
-// Reference-quality (no tiling): used for decode and moderate prefills until the flash kernel.
+// 0 .. past + T - 1; o: [B, T, H, D] bf16. D <= 256, a multiple of 32.
 #define ATT_MAXD 256
+#define ATT_WARPS 8
 
 extern "C" __global__ void attention_bf16(
     const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* o,
     int t, int h, int hk, int d, int s_max, int past, int window, float scale, int rows) {
-    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // (b, ti, hi)
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    __shared__ float sacc[ATT_WARPS][ATT_MAXD];
+    int row = blockIdx.x;  // (b, ti, hi)
     if (row >= rows) return;
-    int lane = threadIdx.x & 31;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     int hi = row % h, ti = (row / h) % t, b = row / (h * t);
     int kh = hi / (h / hk);
     int per = d / 32;
@@ -20,7 +24,7 @@ extern "C" __global__ void attention_bf16(
     int last = past + ti;
     int first = window > 0 ? max(0, last + 1 - window) : 0;
     float m = __int_as_float(0xff800000), l = 0.0f;
-    for (int j = first; j <= last; ++j) {
+    for (int j = first + w; j <= last; j += ATT_WARPS) {
         const bf16_t* kp = kc + (((long)b * s_max + j) * hk + kh) * d + lane * per;
         float s = 0.0f;
         for (int i = 0; i < per; ++i) s += qv[i] * bf16_to_f32(kp[i]);
@@ -32,8 +36,24 @@ extern "C" __global__ void attention_bf16(
         for (int i = 0; i < per; ++i) acc[i] = acc[i] * corr + p * bf16_to_f32(vp[i]);
         m = mn;
     }
-    bf16_t* op = o + (long)row * d + lane * per;
-    for (int i = 0; i < per; ++i) op[i] = f32_to_bf16(acc[i] / l);
+    if (lane == 0) { sm[w] = m; sl[w] = l; }
+    for (int i = 0; i < per; ++i) sacc[w][lane * per + i] = acc[i];
+    __syncthreads();
+    if (w == 0) {
+        float gm = __int_as_float(0xff800000);
+        for (int i = 0; i < ATT_WARPS; ++i) gm = fmaxf(gm, sm[i]);
+        float gl = 0.0f;
+        float out[ATT_MAXD / 32];
+        for (int i = 0; i < per; ++i) out[i] = 0.0f;
+        for (int x = 0; x < ATT_WARPS; ++x) {
+            if (sl[x] == 0.0f) continue;  // a warp that saw no key
+            float c = __expf(sm[x] - gm);
+            gl += sl[x] * c;
+            for (int i = 0; i < per; ++i) out[i] += sacc[x][lane * per + i] * c;
+        }
+        bf16_t* op = o + (long)row * d + lane * per;
+        for (int i = 0; i < per; ++i) op[i] = f32_to_bf16(out[i] / gl);
+    }
 }
 
 // Writes this call's keys/values [B, T, Hk, D] into the cache at positions past .. past+T-1.
