@@ -104,32 +104,9 @@ impl Params {
     }
 }
 
-/// A small deterministic generator for initialisation (SplitMix64 + Box-Muller), so a seed
-/// gives the same weights on every platform.
-pub struct InitRng(u64);
-
-impl InitRng {
-    pub fn new(seed: u64) -> Self {
-        InitRng(seed ^ 0x5DEECE66D)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
-    }
-    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (self.normal() * std) as f32).collect()
-    }
-}
+/// The initialisation RNG: the project's SplitMix64, so a seed gives the same weights on
+/// every platform.
+pub type InitRng = tensor::rng::SplitMix64;
 
 /// `y[N, out] = x[N, in] · Wᵀ` (+ bias).
 pub fn linear(

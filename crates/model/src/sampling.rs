@@ -1,8 +1,8 @@
 //! Token sampling: greedy, temperature, top-k, top-p (nucleus), min-p, with a seeded RNG.
 //!
 //! Order of filters as in llama.cpp's default chain: top-k, top-p, min-p, then temperature.
-//! The RNG is a hand-written SplitMix64 so that a seed gives the same tokens in every build
-//! and on every platform (a crate's generator may change its stream between versions).
+//! The RNG is the project's SplitMix64 (`tensor::rng`), so a seed gives the same tokens in
+//! every build and on every platform.
 
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
@@ -50,30 +50,7 @@ impl SamplingParams {
     }
 }
 
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
+pub use tensor::rng::SplitMix64 as Rng;
 
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

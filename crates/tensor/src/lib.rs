@@ -16,6 +16,7 @@ pub mod dtype;
 pub mod error;
 pub mod ops;
 pub mod quant;
+pub mod rng;
 mod tensor;
 
 pub use device::Device;
