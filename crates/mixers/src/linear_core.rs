@@ -332,33 +332,40 @@ pub fn step(d: Dims, x: Inputs<f32>, scale: f32, state: &mut [f32]) -> Vec<f32> 
         .for_each(|(bh, (out, s))| {
             let (b, hv) = (bh / d.hv, bh % d.hv);
             let h = hv / grp;
+            token_update(&d, &x, b, h, hv, 0, s);
             let q = &x.q[qk_at(&d, b, 0, h)..][..d.k];
-            let k = &x.k[qk_at(&d, b, 0, h)..][..d.k];
-            let v = &x.v[v_at(&d, b, 0, hv)..][..d.v];
-            let g = &x.g[g_at(&d, b, 0, hv)..][..d.k];
-            for (c, gc) in g.iter().enumerate() {
-                let a = gc.exp();
-                s[c * d.v..(c + 1) * d.v].iter_mut().for_each(|x| *x *= a);
-            }
-            let mut u = v.to_vec();
-            if let Some(beta) = x.beta {
-                let bt = beta[beta_at(&d, b, 0, hv)];
-                let mut pred = vec![0f32; d.v];
-                for c in 0..d.k {
-                    tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
-                }
-                u.iter_mut()
-                    .zip(&pred)
-                    .for_each(|(x, p)| *x = bt * (*x - p));
-            }
             out.fill(0.0);
             for c in 0..d.k {
-                let row = &mut s[c * d.v..(c + 1) * d.v];
-                tensor::cpu::axpy(k[c], &u, row);
-                tensor::cpu::axpy(q[c] * scale, row, out);
+                tensor::cpu::axpy(q[c] * scale, &s[c * d.v..(c + 1) * d.v], out);
             }
         });
     o
+}
+
+/// One token of the recurrence on a state `s` [K, V] (decay, delta-rule or plain write),
+/// without the output read: shared by [`step`] and the backward's chunk replay.
+fn token_update(d: &Dims, x: &Inputs<f32>, b: usize, h: usize, hv: usize, t: usize, s: &mut [f32]) {
+    let k = &x.k[qk_at(d, b, t, h)..][..d.k];
+    let v = &x.v[v_at(d, b, t, hv)..][..d.v];
+    let g = &x.g[g_at(d, b, t, hv)..][..d.k];
+    for (c, gc) in g.iter().enumerate() {
+        let a = gc.exp();
+        s[c * d.v..(c + 1) * d.v].iter_mut().for_each(|x| *x *= a);
+    }
+    let mut u = v.to_vec();
+    if let Some(beta) = x.beta {
+        let bt = beta[beta_at(d, b, t, hv)];
+        let mut pred = vec![0f32; d.v];
+        for c in 0..d.k {
+            tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
+        }
+        u.iter_mut()
+            .zip(&pred)
+            .for_each(|(x, p)| *x = bt * (*x - p));
+    }
+    for c in 0..d.k {
+        tensor::cpu::axpy(k[c], &u, &mut s[c * d.v..(c + 1) * d.v]);
+    }
 }
 
 /// Gradients of the core's inputs.
@@ -421,7 +428,7 @@ pub fn backward(
                 let mut before = Vec::with_capacity(n);
                 for i in 0..n {
                     before.push(s.clone());
-                    token_forward(&d, &x, b, h, hv, t0 + i, &mut s);
+                    token_update(&d, &x, b, h, hv, t0 + i, &mut s);
                 }
                 for i in (0..n).rev() {
                     let t = t0 + i;
@@ -444,39 +451,6 @@ pub fn backward(
             tk
         })
         .collect();
-
-    /// Forward of one token on s (no output needed during replay).
-    fn token_forward(
-        d: &Dims,
-        x: &Inputs<f32>,
-        b: usize,
-        h: usize,
-        hv: usize,
-        t: usize,
-        s: &mut [f32],
-    ) {
-        let k = &x.k[qk_at(d, b, t, h)..][..d.k];
-        let v = &x.v[v_at(d, b, t, hv)..][..d.v];
-        let g = &x.g[g_at(d, b, t, hv)..][..d.k];
-        for (c, gc) in g.iter().enumerate() {
-            let a = gc.exp();
-            s[c * d.v..(c + 1) * d.v].iter_mut().for_each(|x| *x *= a);
-        }
-        let mut u = v.to_vec();
-        if let Some(beta) = x.beta {
-            let bt = beta[beta_at(d, b, t, hv)];
-            let mut pred = vec![0f32; d.v];
-            for c in 0..d.k {
-                tensor::cpu::axpy(k[c], &s[c * d.v..(c + 1) * d.v], &mut pred);
-            }
-            u.iter_mut()
-                .zip(&pred)
-                .for_each(|(x, p)| *x = bt * (*x - p));
-        }
-        for c in 0..d.k {
-            tensor::cpu::axpy(k[c], &u, &mut s[c * d.v..(c + 1) * d.v]);
-        }
-    }
 
     /// Backward of one token: `prev` is the state before it, `ds` the gradient of the state
     /// after it (updated to the gradient of `prev`).

@@ -198,7 +198,7 @@ impl Gpu {
             .map_err(|e| cuda_err("synchronize", e))
     }
 
-    /// RMSNorm of `rows` rows of width `w.len()`, f32.
+    /// RMSNorm of `rows` rows of width `d`, f32 activations.
     pub fn rmsnorm_f32(
         &self,
         x: &CudaSlice<f32>,
@@ -208,18 +208,7 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        let f = self.function(RMSNORM, "rmsnorm_f32")?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let di = d as i32;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x).arg(w).arg(y).arg(&di).arg(&eps);
-        // SAFETY: argument types and counts match the kernel signature; sizes checked by callers.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("rmsnorm launch", e))?;
-        Ok(())
+        self.rmsnorm("rmsnorm_f32", x, w, y, rows, d, eps)
     }
 
     /// RMSNorm on bf16 activations with f32 weights.
@@ -232,7 +221,21 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        let f = self.function(RMSNORM, "rmsnorm_bf16")?;
+        self.rmsnorm("rmsnorm_bf16", x, w, y, rows, d, eps)
+    }
+
+    /// One block of 256 threads per row (kernels/rmsnorm.cu).
+    fn rmsnorm<T: cudarc::driver::DeviceRepr>(
+        &self,
+        func: &str,
+        x: &CudaSlice<T>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<T>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let f = self.function(RMSNORM, func)?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -241,7 +244,7 @@ impl Gpu {
         let di = d as i32;
         let mut b = self.stream.launch_builder(&f);
         b.arg(x).arg(w).arg(y).arg(&di).arg(&eps);
-        // SAFETY: as above.
+        // SAFETY: argument types and counts match the kernel signature; sizes checked by callers.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("rmsnorm launch", e))?;
         Ok(())
     }
