@@ -1,5 +1,5 @@
 //! Weight matrices as a linear layer sees them: dense f32, or GGML-quantized rows.
-use super::q8dot::{dot_row, quantize_q8};
+use super::q8dot::{dot_row, dot_rows4, quantize_q8};
 use super::{dequantize, GgmlType};
 use crate::{cpu, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -83,8 +83,15 @@ impl QMatrix {
             for (i, orow) in o.chunks_exact_mut(t).enumerate() {
                 let r = c * 8 + i;
                 let w = &self.data[r * rb..(r + 1) * rb];
-                for (ti, v) in orow.iter_mut().enumerate() {
-                    *v = dot_row(self.ty, w, &xq[ti]);
+                // Four tokens per pass over the weight row (its blocks unpacked once).
+                let full = t / 4 * 4;
+                for t0 in (0..full).step_by(4) {
+                    let four =
+                        dot_rows4(self.ty, w, [&xq[t0], &xq[t0 + 1], &xq[t0 + 2], &xq[t0 + 3]]);
+                    orow[t0..t0 + 4].copy_from_slice(&four);
+                }
+                for ti in full..t {
+                    orow[ti] = dot_row(self.ty, w, &xq[ti]);
                 }
             }
         });

@@ -51,6 +51,20 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[Q8Block]) -> f32 {
     dot_row_scalar(ty, row, x)
 }
 
+/// Four dots of one weight row with four tokens' activations: the weight blocks are unpacked
+/// once for all four (prefill). Each result equals [`dot_row`] of that token exactly.
+#[inline]
+pub fn dot_rows4(ty: GgmlType, row: &[u8], x: [&[Q8Block]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C presence checked at run time just above.
+            return unsafe { avx2::dot_rows4(ty, row, x) };
+        }
+    }
+    x.map(|xi| dot_row_scalar(ty, row, xi))
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
@@ -181,6 +195,53 @@ mod avx2 {
         }
         hsum(acc) + offs
     }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows4(ty: GgmlType, row: &[u8], x: [&[Q8Block]; 4]) -> [f32; 4] {
+        let bb = ty.block_bytes();
+        let nb = row.len() / bb;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offs = [0f32; 4];
+        let ones = _mm256_set1_epi16(1);
+        for i in 0..nb {
+            let b = row.get_unchecked(i * bb..(i + 1) * bb);
+            let dw = f16_at(b, 0);
+            // Unpack the weight block once; the sign trick's |w| is shared too.
+            let (w, aw, q41) = match ty {
+                GgmlType::Q4_0 => {
+                    let w = _mm256_sub_epi8(nibbles(b.as_ptr().add(2)), _mm256_set1_epi8(8));
+                    (w, _mm256_sign_epi8(w, w), false)
+                }
+                GgmlType::Q4_1 => {
+                    let w = nibbles(b.as_ptr().add(4));
+                    (w, w, true)
+                }
+                GgmlType::Q8_0 => {
+                    let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+                    (w, _mm256_sign_epi8(w, w), false)
+                }
+                _ => unreachable!("dot_rows4 is only built for Q4_0, Q4_1 and Q8_0 weights"),
+            };
+            for j in 0..4 {
+                let xb = x[j].get_unchecked(i);
+                let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                let sumi = if q41 {
+                    offs[j] += f16_at(b, 2) * xb.s;
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones)
+                } else {
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq, w)), ones)
+                };
+                acc[j] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw * xb.d), acc[j]);
+            }
+        }
+        [
+            hsum(acc[0]) + offs[0],
+            hsum(acc[1]) + offs[1],
+            hsum(acc[2]) + offs[2],
+            hsum(acc[3]) + offs[3],
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +269,33 @@ mod tests {
             blk[0..2].copy_from_slice(&d);
             if ty == GgmlType::Q4_1 {
                 blk[2..4].copy_from_slice(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn four_token_dots_equal_single_dots_exactly() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let n = 32 * 7;
+            let mut w = bytes(ty.bytes_for(n).unwrap(), 3);
+            fix_scales(ty, &mut w);
+            let xs: Vec<Vec<Q8Block>> = (0..4)
+                .map(|k| {
+                    quantize_q8(
+                        &bytes(n, 10 + k)
+                            .iter()
+                            .map(|&b| (b as f32 - 128.0) / 40.0)
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let four = dot_rows4(ty, &w, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+            for k in 0..4 {
+                assert_eq!(
+                    four[k].to_bits(),
+                    dot_row(ty, &w, &xs[k]).to_bits(),
+                    "{ty:?} token {k}"
+                );
             }
         }
     }
