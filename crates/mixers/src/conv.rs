@@ -77,10 +77,7 @@ pub fn backward(
     let dpre: Vec<f32> = pre
         .iter()
         .zip(dy)
-        .map(|(&p, &g)| {
-            let s = 1.0 / (1.0 + (-p).exp());
-            g * s * (1.0 + p * (1.0 - s))
-        })
+        .map(|(&p, &g)| g * tensor::cpu::silu_grad(p))
         .collect();
     let mut dx = vec![0f32; x.len()];
     let mut dw = vec![0f32; weight.len()];

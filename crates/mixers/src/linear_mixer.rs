@@ -113,7 +113,6 @@ pub struct LinearSaved {
     f_mid: Vec<f32>,
     z_mid: Vec<f32>,
     core: linear_core::ChunkedOut,
-    o: Vec<f32>,
     z: Vec<f32>,
     rs: Vec<f32>,
     y: Vec<f32>,
@@ -395,8 +394,13 @@ impl LinearMixer {
         } else {
             (linear(x, p.get("g_proj.weight"), None, n, hvv, d), vec![])
         };
-        let o = core.o.clone();
-        let (y, rs) = gated_rmsnorm(&o, &z, p.get("o_norm.weight"), c.norm_eps, c.kind.act());
+        let (y, rs) = gated_rmsnorm(
+            &core.o,
+            &z,
+            p.get("o_norm.weight"),
+            c.norm_eps,
+            c.kind.act(),
+        );
         let out = linear(&y, p.get("o_proj.weight"), None, n, d, hvv);
         let saved = LinearSaved {
             b,
@@ -417,7 +421,6 @@ impl LinearMixer {
             f_mid,
             z_mid,
             core,
-            o,
             z,
             rs,
             y,
@@ -446,7 +449,7 @@ impl LinearMixer {
             None,
         );
         let (d_o, dz) = gated_rmsnorm_backward(
-            &s.o,
+            &s.core.o,
             &s.z,
             p.get("o_norm.weight"),
             &s.rs,
@@ -661,10 +664,7 @@ impl LinearMixer {
                 dpost
                     .iter()
                     .zip(pre.iter())
-                    .map(|(g, &u)| {
-                        let sg = sigmoid(u);
-                        g * sg * (1.0 + u * (1.0 - sg))
-                    })
+                    .map(|(g, &u)| g * tensor::cpu::silu_grad(u))
                     .collect()
             };
             add(

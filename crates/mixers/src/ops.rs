@@ -73,10 +73,9 @@ impl GateAct {
         }
     }
     fn df(self, z: f32) -> f32 {
-        let s = sigmoid(z);
         match self {
-            GateAct::Silu => s * (1.0 + z * (1.0 - s)),
-            GateAct::Sigmoid => s * (1.0 - s),
+            GateAct::Silu => tensor::cpu::silu_grad(z),
+            GateAct::Sigmoid => sigmoid(z) * (1.0 - sigmoid(z)),
         }
     }
 }

@@ -69,20 +69,11 @@ impl Tokenizer {
         inner.add_special_tokens(&specials);
         let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
         let eos = id("tokenizer.ggml.eos_token_id");
-        let mut extra_stops: Vec<u32> =
-            ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-                .iter()
-                .filter_map(|k| id(k))
-                .collect();
-        // Chat models whose EOS differs from the end-of-turn token still stop at end of turn.
-        for t in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
-            if let Some(i) = tokens.iter().position(|s| s == t) {
-                extra_stops.push(i as u32);
-            }
-        }
-        extra_stops.retain(|t| Some(*t) != eos);
-        extra_stops.sort_unstable();
-        extra_stops.dedup();
+        let extra_stops: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
+        let extra_stops = end_of_turn_stops(&inner, eos, extra_stops);
         Ok(Tokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
@@ -106,14 +97,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let vocab_size = inner.get_vocab_size(true);
-        let mut extra_stops = vec![];
-        for t in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
-            if let Some(i) = inner.token_to_id(t) {
-                if Some(i) != eos {
-                    extra_stops.push(i);
-                }
-            }
-        }
+        let extra_stops = end_of_turn_stops(&inner, eos, vec![]);
         Ok(Tokenizer {
             inner,
             bos,
@@ -155,6 +139,22 @@ impl Tokenizer {
     pub fn is_stop(&self, id: u32) -> bool {
         Some(id) == self.eos || self.extra_stops.contains(&id)
     }
+}
+
+/// Stop tokens besides EOS: those the metadata names plus the usual end-of-turn tokens the
+/// vocabulary has, so chat models whose EOS differs from end-of-turn still stop at a turn's end.
+fn end_of_turn_stops(
+    inner: &tokenizers::Tokenizer,
+    eos: Option<u32>,
+    mut stops: Vec<u32>,
+) -> Vec<u32> {
+    for t in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+        stops.extend(inner.token_to_id(t));
+    }
+    stops.retain(|t| Some(*t) != eos);
+    stops.sort_unstable();
+    stops.dedup();
+    stops
 }
 
 fn string_array(g: &Gguf, key: &str) -> Result<Vec<String>> {

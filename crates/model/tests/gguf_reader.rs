@@ -100,17 +100,14 @@ fn corrupted_bytes_never_panic() {
     let dir = std::env::temp_dir().join(format!("hybrid-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.gguf");
-    let mut s: u64 = 12345;
+    let mut r = tensor::rng::SplitMix64::new(12345);
     let mut errors = 0;
     for _ in 0..400 {
         let mut b = full.clone();
         for _ in 0..4 {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
             // Header and metadata are where corruption changes control flow.
-            let at = (s >> 33) as usize % 1500;
-            b[at] ^= 1 << ((s >> 20) % 8);
+            let at = r.below(1500) as usize;
+            b[at] ^= 1 << r.below(8);
         }
         std::fs::write(&path, &b).unwrap();
         if let Ok(g) = Gguf::open(&path) {

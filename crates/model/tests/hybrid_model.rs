@@ -45,13 +45,10 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
 /// Larger random weights than the init so every path carries signal.
 fn perturb(m: &mut HybridModel) {
     let g = m.zero_grads();
-    let mut s: u64 = 99;
+    let mut r = tensor::rng::SplitMix64::new(99);
     m.visit_params(&g, |_, p, _| {
         for x in p.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *x += ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4;
+            *x += (r.uniform() as f32 - 0.5) * 0.4;
         }
     });
 }
@@ -134,18 +131,10 @@ fn whole_model_backward_matches_finite_differences() {
         mm.visit_params(&g, |k, _, gr| {
             grads.insert(k.to_string(), gr.to_vec());
         });
-        let mut s: u64 = 1;
+        let mut r = tensor::rng::SplitMix64::new(1);
         for name in names {
             let ga = &grads[&name];
-            let mut u: Vec<f32> = ga
-                .iter()
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
+            let mut u: Vec<f32> = ga.iter().map(|_| r.uniform() as f32 - 0.5).collect();
             let un = u.iter().map(|v| v * v).sum::<f32>().sqrt();
             u.iter_mut().for_each(|v| *v /= un);
             let ana: f64 = u.iter().zip(ga).map(|(a, b)| *a as f64 * *b as f64).sum();

@@ -361,9 +361,8 @@ impl HybridModel {
                 let mut dup = vec![0f32; n * f];
                 for i in 0..n * f {
                     let (gv, u) = (bs.gate[i], bs.up[i]);
-                    let sg = 1.0 / (1.0 + (-gv).exp());
-                    dup[i] = dact[i] * gv * sg;
-                    dgate[i] = dact[i] * u * sg * (1.0 + gv * (1.0 - sg));
+                    dup[i] = dact[i] * cpu::silu(gv);
+                    dgate[i] = dact[i] * u * cpu::silu_grad(gv);
                 }
                 let mut dh2 = linear_backward(
                     &bs.h2,

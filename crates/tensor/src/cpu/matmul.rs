@@ -112,15 +112,8 @@ mod tests {
     }
 
     fn rnd(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
+        let mut r = crate::rng::SplitMix64::new(seed);
+        (0..n).map(|_| r.uniform() as f32 - 0.5).collect()
     }
 
     #[test]

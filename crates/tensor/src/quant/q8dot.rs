@@ -250,15 +250,8 @@ mod tests {
     use crate::quant::dequantize;
 
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 56) as u8
-            })
-            .collect()
+        let mut r = crate::rng::SplitMix64::new(seed);
+        (0..n).map(|_| (r.next_u64() >> 56) as u8).collect()
     }
 
     /// Fills the f16 scale fields of each block with sane values (random bytes can be NaN).
