@@ -16,6 +16,10 @@ pub enum BenchCommand {
     Gemm(super::device::GemmArgs),
     /// GDN one-token decode step on the GPU.
     GdnStep(super::device::GdnStepArgs),
+    /// Causal flash attention forward (and backward) on the GPU.
+    Attention(super::bench_attention::AttentionArgs),
+    /// Chunked GDN / KDA / GLA forward on the GPU (prefill and training shapes).
+    ChunkLinear(super::bench_linear::ChunkLinearArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -56,6 +60,8 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Step(s) => return super::bench_step::run(s),
         BenchCommand::Gemm(g) => return super::device::bench_gemm(g),
         BenchCommand::GdnStep(g) => return super::device::bench_gdn_step(g),
+        BenchCommand::Attention(g) => return super::bench_attention::run(g),
+        BenchCommand::ChunkLinear(g) => return super::bench_linear::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

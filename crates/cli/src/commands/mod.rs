@@ -1,4 +1,6 @@
 pub mod bench;
+pub mod bench_attention;
+pub mod bench_linear;
 pub mod bench_step;
 pub mod chat;
 pub mod device;

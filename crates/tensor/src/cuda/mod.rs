@@ -7,8 +7,12 @@
 //! against the CPU reference by the `#[ignore]`d tests that scripts/gpu-check runs on a GPU.
 #![allow(clippy::too_many_arguments)] // launchers take their shapes explicitly
 
+mod chunk_linear;
+pub mod flash;
 pub mod libs;
 mod ops;
+
+pub use chunk_linear::{ChunkDims, ChunkScratch};
 
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -29,6 +33,8 @@ pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu")
 pub const GDN_STEP: (&str, &str) = ("gdn_step", include_str!("kernels/gdn_step.cu"));
 pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elementwise.cu"));
 pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attention.cu"));
+pub const FLASH_ATTN: (&str, &str) = ("flash_attn", include_str!("kernels/flash_attn.cu"));
+pub const CHUNK_LINEAR: (&str, &str) = ("chunk_linear", include_str!("kernels/chunk_linear.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,91 @@
+//! `hybrid bench chunk-linear`: the chunked GDN / KDA forward on the GPU at batch 1 (the shapes
+//! of ../shared/peers/gpu_anchors.py: 16 heads, head dim 128, T = 4K, 16K, 64K), JSON out.
+//! Inputs follow the peer's recipe: q random, k L2-normalised, β = sigmoid(U(0,1)),
+//! g = logsigmoid(U(0,1)) per head (GDN) or per channel (KDA).
+use anyhow::{bail, Result};
+use clap::Args;
+use half::bf16;
+use std::time::Instant;
+use tensor::cuda::{ChunkDims, Gpu};
+
+#[derive(Args, Clone, Debug)]
+pub struct ChunkLinearArgs {
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384,65536")]
+    pub t: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
+    /// gdn, kda, gla (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gdn,kda")]
+    pub kind: Vec<String>,
+    #[arg(long, default_value_t = 20)]
+    pub reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(a: ChunkLinearArgs) -> Result<()> {
+    for k in &a.kind {
+        if !["gdn", "kda", "gla"].contains(&k.as_str()) {
+            bail!("--kind takes gdn, kda or gla; got {k:?}");
+        }
+    }
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let gpu = Gpu::open(0)?;
+    let (h, dk) = (a.heads, a.head_dim);
+    let mut rows = vec![];
+    let mut rng = tensor::rng::SplitMix64::new(7);
+    for &t in &a.t {
+        let n = t * h * dk;
+        let q: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.normal() as f32)).collect();
+        let mut k: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        for row in k.chunks_exact_mut(dk) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        let k: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
+        let v: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.normal() as f32)).collect();
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let beta: Vec<f32> = (0..t * h).map(|_| sig(rng.uniform()) as f32).collect();
+        let (qd, kd, vd, bd) = (gpu.upload(&q)?, gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&beta)?);
+        let d = ChunkDims { b: 1, t, h, hv: h, k: dk, v: dk };
+        let mut scratch = gpu.chunk_linear_scratch(d)?;
+        let mut state = gpu.zeros::<f32>(h * dk * dk)?;
+        let mut o = gpu.zeros::<bf16>(n)?;
+        for kind in &a.kind {
+            let per_head = kind == "gdn";
+            let gn = if per_head { t * h } else { n };
+            let g: Vec<f32> = (0..gn).map(|_| sig(rng.uniform()).ln() as f32).collect();
+            let gd = gpu.upload(&g)?;
+            let beta_arg = (kind != "gla").then_some(&bd);
+            let scale = (dk as f32).powf(-0.5);
+            let mut once = |state: &mut _, o: &mut _| {
+                gpu.chunk_linear_fwd(d, &qd, &kd, &vd, &gd, per_head, beta_arg, scale, state, o, &mut scratch)
+            };
+            for _ in 0..3 {
+                once(&mut state, &mut o)?;
+            }
+            gpu.synchronize()?;
+            let mut times = vec![];
+            for _ in 0..a.reps {
+                let t0 = Instant::now();
+                once(&mut state, &mut o)?;
+                gpu.synchronize()?;
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let ms = median(times);
+            rows.push(serde_json::json!({"kind": kind, "t": t, "ms": ms, "mtok_per_s": t as f64 / ms / 1e3}));
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "chunk_linear_fwd", "device": gpu.name, "heads": h, "head_dim": dk, "batch": 1, "results": rows})
+    );
+    Ok(())
+}

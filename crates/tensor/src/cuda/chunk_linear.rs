@@ -1,0 +1,217 @@
+//! Launchers of kernels/chunk_linear.cu: the chunked forward of GDN / KDA / GLA on tensor
+//! cores (layouts as in mixers::linear_core, which is its specification).
+use super::{cuda_err, Gpu, CHUNK_LINEAR};
+use crate::{Error, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Tokens per chunk and value columns per state block (CH and BV in the kernel).
+const CHUNK: usize = 64;
+const BV: usize = 16;
+const PAD: usize = 8;
+
+/// Shapes of a chunked call: q, k [B, T, H, K]; v, o [B, T, HV, V]; g [B, T, HV] (scalar
+/// decay, GDN) or [B, T, HV, K]; beta [B, T, HV]; state [B, HV, K, V] f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkDims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub hv: usize,
+    pub k: usize,
+    pub v: usize,
+}
+
+impl ChunkDims {
+    fn chunks(&self) -> usize {
+        self.t.div_ceil(CHUNK)
+    }
+    /// Key dims padded to the kernel's instantiation (64 or 128).
+    fn kp(&self) -> usize {
+        if self.k <= 64 {
+            64
+        } else {
+            128
+        }
+    }
+    fn vp(&self) -> usize {
+        self.v.div_ceil(BV) * BV
+    }
+    fn check(&self) -> Result<()> {
+        if self.k == 0 || self.k > 128 || self.v == 0 || !self.v.is_multiple_of(2) {
+            return Err(Error::Msg(format!(
+                "the chunked linear kernels take key head dims 1..=128 and even value head dims; got k={} v={}",
+                self.k, self.v
+            )));
+        }
+        if self.h == 0 || !self.hv.is_multiple_of(self.h) || self.t == 0 || self.b == 0 {
+            return Err(Error::Msg(format!(
+                "value heads must be a multiple of key heads and B, T nonzero; got {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-chunk operands written by the first kernel and streamed by the second (see the .cu).
+pub struct ChunkScratch {
+    dims: ChunkDims,
+    w: CudaSlice<bf16>,
+    u: CudaSlice<bf16>,
+    qg: CudaSlice<bf16>,
+    kt: CudaSlice<bf16>,
+    aqk: CudaSlice<bf16>,
+    el: CudaSlice<f32>,
+}
+
+impl ChunkScratch {
+    /// Bytes held (≈ 5 bf16 values per token, head and channel).
+    pub fn bytes(&self) -> usize {
+        2 * (self.w.len() + self.u.len() + self.qg.len() + self.kt.len() + self.aqk.len())
+            + 4 * self.el.len()
+    }
+}
+
+impl Gpu {
+    /// Scratch for [`Gpu::chunk_linear_fwd`] at these shapes; reusable across calls.
+    pub fn chunk_linear_scratch(&self, d: ChunkDims) -> Result<ChunkScratch> {
+        d.check()?;
+        let blocks = d.b * d.hv * d.chunks();
+        let (kp, vp) = (d.kp(), d.vp());
+        Ok(ChunkScratch {
+            dims: d,
+            w: self.zeros(blocks * CHUNK * kp)?,
+            u: self.zeros(blocks * CHUNK * vp)?,
+            qg: self.zeros(blocks * CHUNK * kp)?,
+            kt: self.zeros(blocks * CHUNK * kp)?,
+            aqk: self.zeros(blocks * CHUNK * CHUNK)?,
+            el: self.zeros(blocks * kp)?,
+        })
+    }
+
+    /// Chunked forward of the linear recurrence: writes o and advances `state` (initial state
+    /// in, final state out). `beta` None is the plain form (GLA); `g_per_head` says g holds one
+    /// log decay per (token, value head) instead of one per key channel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn chunk_linear_fwd(
+        &self,
+        d: ChunkDims,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        g: &CudaSlice<f32>,
+        g_per_head: bool,
+        beta: Option<&CudaSlice<f32>>,
+        scale: f32,
+        state: &mut CudaSlice<f32>,
+        o: &mut CudaSlice<bf16>,
+        scratch: &mut ChunkScratch,
+    ) -> Result<()> {
+        d.check()?;
+        if scratch.dims != d {
+            return Err(Error::Msg(format!(
+                "chunk scratch was made for {:?}, not {d:?}",
+                scratch.dims
+            )));
+        }
+        let qk_len = d.b * d.t * d.h * d.k;
+        let v_len = d.b * d.t * d.hv * d.v;
+        let g_len = d.b * d.t * d.hv * if g_per_head { 1 } else { d.k };
+        let sizes = [
+            ("q", q.len(), qk_len),
+            ("k", k.len(), qk_len),
+            ("v", v.len(), v_len),
+            ("o", o.len(), v_len),
+            ("g", g.len(), g_len),
+            ("state", state.len(), d.b * d.hv * d.k * d.v),
+            ("beta", beta.map_or(d.b * d.t * d.hv, |x| x.len()), d.b * d.t * d.hv),
+        ];
+        if let Some((name, got, want)) = sizes.iter().find(|(_, got, want)| got < want) {
+            return Err(Error::Msg(format!(
+                "chunk_linear_fwd: {name} holds {got} values, the shapes {d:?} need {want}"
+            )));
+        }
+        let (kp, vp, nc) = (d.kp(), d.vp(), d.chunks());
+        let (ldk, ldc) = (kp + PAD, CHUNK + PAD);
+        let prep_smem = 2 * CHUNK * ldk
+            + 2 * (CHUNK * ldk).max(kp * ldc)
+            + 4 * CHUNK * kp
+            + 4 * CHUNK
+            + 4 * CHUNK * (CHUNK + 1)
+            + 2 * CHUNK * ldc;
+        let stage = 2 * (2 * CHUNK * ldk + kp * ldc + CHUNK * ldc + CHUNK * (BV + PAD)) + 4 * kp;
+        let state_smem = 2 * stage + 2 * BV * ldk + 2 * BV * ldc;
+        let prep = self.function(CHUNK_LINEAR, &format!("chunk_prep_k{kp}"))?;
+        let run = self.function(CHUNK_LINEAR, &format!("chunk_state_k{kp}"))?;
+        for (f, bytes) in [(&prep, prep_smem), (&run, state_smem)] {
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| cuda_err("shared memory attribute", e))?;
+        }
+        let (t, h, hv, kd, vd, vpi) = (
+            d.t as i32,
+            d.h as i32,
+            d.hv as i32,
+            d.k as i32,
+            d.v as i32,
+            vp as i32,
+        );
+        let (gph, delta) = (g_per_head as i32, beta.is_some() as i32);
+        let beta_arg = beta.unwrap_or(g); // never read in the plain form
+        let s = scratch;
+        let mut b = self.stream.launch_builder(&prep);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(g)
+            .arg(beta_arg)
+            .arg(&mut s.w)
+            .arg(&mut s.u)
+            .arg(&mut s.qg)
+            .arg(&mut s.kt)
+            .arg(&mut s.aqk)
+            .arg(&mut s.el)
+            .arg(&t)
+            .arg(&h)
+            .arg(&hv)
+            .arg(&kd)
+            .arg(&vd)
+            .arg(&vpi)
+            .arg(&scale)
+            .arg(&gph)
+            .arg(&delta);
+        let cfg = LaunchConfig {
+            grid_dim: (nc as u32, (d.b * d.hv) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: prep_smem as u32,
+        };
+        // SAFETY: argument list matches chunk_prep; sizes checked above and by the scratch.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("chunk_prep launch", e))?;
+        let mut b = self.stream.launch_builder(&run);
+        b.arg(&s.w)
+            .arg(&s.u)
+            .arg(&s.qg)
+            .arg(&s.kt)
+            .arg(&s.aqk)
+            .arg(&s.el)
+            .arg(state)
+            .arg(o)
+            .arg(&t)
+            .arg(&hv)
+            .arg(&kd)
+            .arg(&vd)
+            .arg(&vpi)
+            .arg(&delta);
+        let cfg = LaunchConfig {
+            grid_dim: ((vp / BV) as u32, (d.b * d.hv) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: state_smem as u32,
+        };
+        // SAFETY: as above, for chunk_state.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("chunk_state launch", e))?;
+        Ok(())
+    }
+}
