@@ -1,0 +1,335 @@
+//! Launchers of kernels/flash_attn.cu: FlashAttention-2 forward and backward on tensor cores,
+//! with the semantics of `mixers::attention_core` (causal with `past = s − t` earlier keys, GQA,
+//! optional sliding window). Layouts: q, o [B, T, H, D]; k, v [B, S, Hk, D]; lse [B, H, T] f32.
+use super::{cuda_err, Gpu, FLASH_ATTN};
+use crate::{Error, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Shapes of one attention call (as `mixers::attention_core::Dims`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashDims {
+    pub b: usize,
+    /// Query tokens of this call.
+    pub t: usize,
+    /// Key tokens: `s − t` earlier ones, then this call's.
+    pub s: usize,
+    pub h: usize,
+    pub hk: usize,
+    pub d: usize,
+}
+
+/// A forward tiling: query rows per CTA, keys per step, warps per CTA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwdTiling {
+    pub bm: usize,
+    pub bn: usize,
+    pub warps: usize,
+}
+
+impl FwdTiling {
+    /// The tilings compiled for head dim `d` (the first is the default).
+    pub fn available(d: usize) -> &'static [FwdTiling] {
+        const T64: &[FwdTiling] = &[
+            FwdTiling {
+                bm: 128,
+                bn: 64,
+                warps: 8,
+            },
+            FwdTiling {
+                bm: 64,
+                bn: 64,
+                warps: 4,
+            },
+            FwdTiling {
+                bm: 128,
+                bn: 64,
+                warps: 4,
+            },
+        ];
+        const T128: &[FwdTiling] = &[
+            FwdTiling {
+                bm: 128,
+                bn: 64,
+                warps: 4,
+            },
+            FwdTiling {
+                bm: 128,
+                bn: 64,
+                warps: 8,
+            },
+            FwdTiling {
+                bm: 64,
+                bn: 64,
+                warps: 4,
+            },
+            FwdTiling {
+                bm: 128,
+                bn: 32,
+                warps: 4,
+            },
+        ];
+        match d {
+            64 => T64,
+            128 => T128,
+            _ => &[],
+        }
+    }
+    fn name(&self, d: usize) -> String {
+        format!("flash_fwd_d{d}_m{}n{}w{}", self.bm, self.bn, self.warps)
+    }
+}
+
+/// Backward tile: 64 keys per CTA, 64 queries per step, 4 warps (kernels/flash_attn.cu).
+const BWD_TILE: usize = 64;
+const BWD_WARPS: usize = 4;
+
+impl FlashDims {
+    fn check(&self) -> Result<()> {
+        let ok = (self.d == 64 || self.d == 128)
+            && self.hk > 0
+            && self.h.is_multiple_of(self.hk)
+            && self.t > 0
+            && self.t <= self.s
+            && self.b > 0
+            && self.s < i32::MAX as usize;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Msg(format!(
+                "flash attention needs head dim 64 or 128, H a multiple of Hk and 0 < T <= S; got {self:?}"
+            )))
+        }
+    }
+    fn q_len(&self) -> usize {
+        self.b * self.t * self.h * self.d
+    }
+    fn kv_len(&self) -> usize {
+        self.b * self.s * self.hk * self.d
+    }
+    fn rows(&self) -> usize {
+        self.b * self.t * self.h
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return Err(Error::Msg(format!(
+            "flash attention: {what} holds {got} elements, the shapes need {want}"
+        )));
+    }
+    Ok(())
+}
+
+fn window_arg(window: Option<usize>) -> i32 {
+    window.map_or(0, |w| w.clamp(1, i32::MAX as usize) as i32)
+}
+
+impl Gpu {
+    /// Loads `func` and allows it `smem` bytes of dynamic shared memory.
+    fn flash_function(&self, func: &str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
+        let f = self.function(FLASH_ATTN, func)?;
+        f.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| cuda_err("setting shared memory size", e))?;
+        Ok(f)
+    }
+
+    /// Causal (GQA, optionally sliding-window) attention forward: o = softmax(scale·q kᵀ) v and
+    /// the natural-log log-sum-exp of each row's scaled scores, lse [B, H, T].
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_fwd_bf16(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Result<()> {
+        let tiling = *FwdTiling::available(dims.d).first().ok_or_else(|| {
+            Error::Msg(format!(
+                "flash attention needs head dim 64 or 128, got {}",
+                dims.d
+            ))
+        })?;
+        self.flash_attn_fwd_bf16_tiled(q, k, v, o, lse, dims, scale, window, tiling)
+    }
+
+    /// [`Gpu::flash_attn_fwd_bf16`] with an explicit tiling from [`FwdTiling::available`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_fwd_bf16_tiled(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+        tiling: FwdTiling,
+    ) -> Result<()> {
+        dims.check()?;
+        if !FwdTiling::available(dims.d).contains(&tiling) {
+            return Err(Error::Msg(format!(
+                "no flash forward kernel for {tiling:?} at head dim {}",
+                dims.d
+            )));
+        }
+        check_len("q", q.len(), dims.q_len())?;
+        check_len("o", o.len(), dims.q_len())?;
+        check_len("k", k.len(), dims.kv_len())?;
+        check_len("v", v.len(), dims.kv_len())?;
+        check_len("lse", lse.len(), dims.rows())?;
+        let smem = (tiling.bm + 2 * tiling.bn) * (dims.d + 8) * 2;
+        let f = self.flash_function(&tiling.name(dims.d), smem)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (dims.b * dims.h) as u32,
+                dims.t.div_ceil(tiling.bm) as u32,
+                1,
+            ),
+            block_dim: ((tiling.warps * 32) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let (t, s, h, hk, w) = (
+            dims.t as i32,
+            dims.s as i32,
+            dims.h as i32,
+            dims.hk as i32,
+            window_arg(window),
+        );
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(o)
+            .arg(lse)
+            .arg(&t)
+            .arg(&s)
+            .arg(&h)
+            .arg(&hk)
+            .arg(&w)
+            .arg(&scale_log2);
+        // SAFETY: the argument list matches FA_FWD's kernels; every buffer was checked above to
+        // hold what `dims` addresses, and the tiling names a compiled kernel whose shared
+        // memory is the `smem` allowed and passed.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash forward launch", e))?;
+        Ok(())
+    }
+
+    /// Gradients of [`Gpu::flash_attn_fwd_bf16`] given its o and lse and the output gradient
+    /// d_o: dq [B, T, H, D], dk, dv [B, S, Hk, D] (summed over the query heads of a group).
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_bwd_bf16(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &CudaSlice<bf16>,
+        d_o: &CudaSlice<bf16>,
+        lse: &CudaSlice<f32>,
+        dq: &mut CudaSlice<bf16>,
+        dk: &mut CudaSlice<bf16>,
+        dv: &mut CudaSlice<bf16>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Result<()> {
+        dims.check()?;
+        for (what, len) in [("q", q.len()), ("o", o.len()), ("d_o", d_o.len())] {
+            check_len(what, len, dims.q_len())?;
+        }
+        check_len("dq", dq.len(), dims.q_len())?;
+        check_len("k", k.len(), dims.kv_len())?;
+        check_len("v", v.len(), dims.kv_len())?;
+        check_len("dk", dk.len(), dims.kv_len())?;
+        check_len("dv", dv.len(), dims.kv_len())?;
+        check_len("lse", lse.len(), dims.rows())?;
+        let rows = dims.rows();
+        let mut delta = self.zeros::<f32>(rows)?;
+        let mut dq_acc = self.zeros::<f32>(dims.q_len())?;
+        let (t, s, h, hk, d, w) = (
+            dims.t as i32,
+            dims.s as i32,
+            dims.h as i32,
+            dims.hk as i32,
+            dims.d as i32,
+            window_arg(window),
+        );
+
+        let pre = self.function(FLASH_ATTN, "flash_bwd_pre")?;
+        let rows_i = rows as i64;
+        let mut b = self.stream.launch_builder(&pre);
+        b.arg(o)
+            .arg(d_o)
+            .arg(&mut delta)
+            .arg(&t)
+            .arg(&h)
+            .arg(&d)
+            .arg(&rows_i);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: o and d_o hold `rows` rows of d (checked), delta was allocated with `rows`.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward pre-pass launch", e))?;
+
+        let smem =
+            4 * BWD_TILE * (dims.d + 8) * 2 + BWD_TILE * (BWD_TILE + 8) * 2 + 2 * BWD_TILE * 4;
+        let f = self.flash_function(&format!("flash_bwd_d{}_w{BWD_WARPS}", dims.d), smem)?;
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (dims.b * dims.hk) as u32,
+                dims.s.div_ceil(BWD_TILE) as u32,
+                1,
+            ),
+            block_dim: ((BWD_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(d_o)
+            .arg(lse)
+            .arg(&delta)
+            .arg(&mut dq_acc)
+            .arg(dk)
+            .arg(dv)
+            .arg(&t)
+            .arg(&s)
+            .arg(&h)
+            .arg(&hk)
+            .arg(&w)
+            .arg(&scale)
+            .arg(&scale_log2);
+        // SAFETY: the argument list matches FA_BWD's kernels; the buffers were checked against
+        // `dims` above (dq_acc and delta allocated here), shared memory as laid out in
+        // flash_bwd (K, V, Q, dO tiles, the dS tile, lse and delta rows).
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward launch", e))?;
+
+        let conv = self.function(FLASH_ATTN, "flash_bwd_dq")?;
+        let n = dims.q_len();
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&conv);
+        b.arg(&dq_acc).arg(dq).arg(&scale).arg(&ni);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: dq_acc and dq hold n elements.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward dq launch", e))?;
+        Ok(())
+    }
+}
