@@ -4,7 +4,7 @@
 //! scripts/gpu-check runs them on the device machine with `--ignored`.
 use half::bf16;
 use mixers::attention_core::{self, Dims};
-use tensor::cuda::flash::{FlashDims, FwdTiling};
+use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling};
 use tensor::cuda::Gpu;
 
 /// Normal values of standard deviation `std`, rounded to bf16 (the kernels' input precision).
@@ -193,35 +193,38 @@ fn flash_backward_matches_attention_core() {
             c.window,
         )
         .unwrap();
-        let mut dqd = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
-        let mut dkd = gpu.upload(&vec![NAN_BF16; k.len()]).unwrap();
-        let mut dvd = gpu.upload(&vec![NAN_BF16; v.len()]).unwrap();
-        gpu.flash_attn_bwd_bf16(
-            &qd,
-            &kd,
-            &vd,
-            &od,
-            &dod,
-            &ld,
-            &mut dqd,
-            &mut dkd,
-            &mut dvd,
-            flash_dims(d),
-            scale,
-            c.window,
-        )
-        .unwrap();
-        let eq = rel_err(&want_dq, &from_bf(&gpu.download(&dqd).unwrap()));
-        let ek = rel_err(&want_dk, &from_bf(&gpu.download(&dkd).unwrap()));
-        let ev = rel_err(&want_dv, &from_bf(&gpu.download(&dvd).unwrap()));
-        println!(
-            "{d:?} window {:?}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}",
-            c.window
-        );
-        assert!(
-            eq < 2e-2 && ek < 2e-2 && ev < 2e-2,
-            "rel errs dq {eq} dk {ek} dv {ev} for {d:?} window {:?}",
-            c.window
-        );
+        for &tiling in BwdTiling::available(d.d) {
+            let mut dqd = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
+            let mut dkd = gpu.upload(&vec![NAN_BF16; k.len()]).unwrap();
+            let mut dvd = gpu.upload(&vec![NAN_BF16; v.len()]).unwrap();
+            gpu.flash_attn_bwd_bf16_tiled(
+                &qd,
+                &kd,
+                &vd,
+                &od,
+                &dod,
+                &ld,
+                &mut dqd,
+                &mut dkd,
+                &mut dvd,
+                flash_dims(d),
+                scale,
+                c.window,
+                tiling,
+            )
+            .unwrap();
+            let eq = rel_err(&want_dq, &from_bf(&gpu.download(&dqd).unwrap()));
+            let ek = rel_err(&want_dk, &from_bf(&gpu.download(&dkd).unwrap()));
+            let ev = rel_err(&want_dv, &from_bf(&gpu.download(&dvd).unwrap()));
+            println!(
+                "{d:?} window {:?} {tiling:?}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}",
+                c.window
+            );
+            assert!(
+                eq < 2e-2 && ek < 2e-2 && ev < 2e-2,
+                "rel errs dq {eq} dk {ek} dv {ev} for {d:?} window {:?} {tiling:?}",
+                c.window
+            );
+        }
     }
 }

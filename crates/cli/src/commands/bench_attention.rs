@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
 use std::time::Instant;
-use tensor::cuda::flash::{FlashDims, FwdTiling};
+use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling};
 use tensor::cuda::Gpu;
 
 #[derive(Args, Clone, Debug)]
@@ -117,15 +117,32 @@ pub fn run(a: AttentionArgs) -> Result<()> {
             let mut dq = gpu.zeros::<bf16>(n)?;
             let mut dk = gpu.zeros::<bf16>(n)?;
             let mut dv = gpu.zeros::<bf16>(n)?;
-            let s = time(&gpu, || {
-                gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
-                Ok(gpu.flash_attn_bwd_bf16(
-                    &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
-                )?)
-            })?;
-            row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
-            row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
-            row["bwd_tflops"] = serde_json::json!(2.5 * flops / (s - fwd_s) / 1e12);
+            let bdefault = BwdTiling::available(d)[0];
+            let btilings: Vec<BwdTiling> = if a.tilings {
+                BwdTiling::available(d).to_vec()
+            } else {
+                vec![bdefault]
+            };
+            let mut per_tiling = vec![];
+            for tiling in btilings {
+                let s = time(&gpu, || {
+                    gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
+                    Ok(gpu.flash_attn_bwd_bf16_tiled(
+                        &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
+                        tiling,
+                    )?)
+                })?;
+                let bwd_tflops = 2.5 * flops / (s - fwd_s) / 1e12;
+                if tiling == bdefault {
+                    row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
+                    row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
+                    row["bwd_tflops"] = serde_json::json!(bwd_tflops);
+                }
+                per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwdbwd_ms": s * 1e3, "bwd_tflops": bwd_tflops}));
+            }
+            if a.tilings {
+                row["bwd_tilings"] = serde_json::json!(per_tiling);
+            }
         }
         rows.push(row);
     }

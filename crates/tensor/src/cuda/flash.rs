@@ -81,9 +81,45 @@ impl FwdTiling {
     }
 }
 
-/// Backward tile: 64 keys per CTA, 64 queries per step, 4 warps (kernels/flash_attn.cu).
-const BWD_TILE: usize = 64;
-const BWD_WARPS: usize = 4;
+/// A backward tiling: keys per CTA (16 per warp), query rows per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BwdTiling {
+    pub bm: usize,
+    pub bn: usize,
+    pub warps: usize,
+}
+
+impl BwdTiling {
+    /// The tilings compiled (the same for head dims 64 and 128; the first is the default).
+    pub fn available(d: usize) -> &'static [BwdTiling] {
+        const ALL: &[BwdTiling] = &[
+            BwdTiling {
+                bm: 64,
+                bn: 128,
+                warps: 8,
+            },
+            BwdTiling {
+                bm: 64,
+                bn: 64,
+                warps: 4,
+            },
+        ];
+        match d {
+            64 | 128 => ALL,
+            _ => &[],
+        }
+    }
+    fn name(&self, d: usize) -> String {
+        format!("flash_bwd_d{d}_m{}n{}w{}", self.bm, self.bn, self.warps)
+    }
+    /// K, V tiles; two buffers of Q, dO, lse and delta; the dS tile (kernels/flash_attn.cu).
+    fn smem(&self, d: usize) -> usize {
+        2 * self.bn * (d + 8) * 2
+            + 4 * self.bm * (d + 8) * 2
+            + self.bn * (self.bm + 8) * 2
+            + 4 * self.bm * 4
+    }
+}
 
 impl FlashDims {
     fn check(&self) -> Result<()> {
@@ -243,7 +279,42 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
+        let tiling = *BwdTiling::available(dims.d).first().ok_or_else(|| {
+            Error::Msg(format!(
+                "flash attention needs head dim 64 or 128, got {}",
+                dims.d
+            ))
+        })?;
+        self.flash_attn_bwd_bf16_tiled(
+            q, k, v, o, d_o, lse, dq, dk, dv, dims, scale, window, tiling,
+        )
+    }
+
+    /// [`Gpu::flash_attn_bwd_bf16`] with an explicit tiling from [`BwdTiling::available`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_bwd_bf16_tiled(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &CudaSlice<bf16>,
+        d_o: &CudaSlice<bf16>,
+        lse: &CudaSlice<f32>,
+        dq: &mut CudaSlice<bf16>,
+        dk: &mut CudaSlice<bf16>,
+        dv: &mut CudaSlice<bf16>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+        tiling: BwdTiling,
+    ) -> Result<()> {
         dims.check()?;
+        if !BwdTiling::available(dims.d).contains(&tiling) {
+            return Err(Error::Msg(format!(
+                "no flash backward kernel for {tiling:?} at head dim {}",
+                dims.d
+            )));
+        }
         for (what, len) in [("q", q.len()), ("o", o.len()), ("d_o", d_o.len())] {
             check_len(what, len, dims.q_len())?;
         }
@@ -283,17 +354,16 @@ impl Gpu {
         // SAFETY: o and d_o hold `rows` rows of d (checked), delta was allocated with `rows`.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward pre-pass launch", e))?;
 
-        let smem =
-            4 * BWD_TILE * (dims.d + 8) * 2 + BWD_TILE * (BWD_TILE + 8) * 2 + 2 * BWD_TILE * 4;
-        let f = self.flash_function(&format!("flash_bwd_d{}_w{BWD_WARPS}", dims.d), smem)?;
+        let smem = tiling.smem(dims.d);
+        let f = self.flash_function(&tiling.name(dims.d), smem)?;
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let cfg = LaunchConfig {
             grid_dim: (
                 (dims.b * dims.hk) as u32,
-                dims.s.div_ceil(BWD_TILE) as u32,
+                dims.s.div_ceil(tiling.bn) as u32,
                 1,
             ),
-            block_dim: ((BWD_WARPS * 32) as u32, 1, 1),
+            block_dim: ((tiling.warps * 32) as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let mut b = self.stream.launch_builder(&f);
@@ -314,8 +384,8 @@ impl Gpu {
             .arg(&scale)
             .arg(&scale_log2);
         // SAFETY: the argument list matches FA_BWD's kernels; the buffers were checked against
-        // `dims` above (dq_acc and delta allocated here), shared memory as laid out in
-        // flash_bwd (K, V, Q, dO tiles, the dS tile, lse and delta rows).
+        // `dims` above (dq_acc and delta allocated here); the tiling names a compiled kernel
+        // and `smem` is its layout in flash_bwd.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward launch", e))?;
 
         let conv = self.function(FLASH_ATTN, "flash_bwd_dq")?;

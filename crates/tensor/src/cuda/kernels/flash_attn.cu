@@ -300,9 +300,11 @@ extern "C" __global__ void flash_bwd_dq(const float* acc, bf16_t* dq, float scal
 
 // Main pass. One CTA of NW warps per (key tile of BN = 16 NW keys, kv head, batch); warp w owns
 // keys n0 + 16w .. +15 and keeps their dK, dV in registers while the CTA walks the query heads
-// of its group and, for each, the query tiles of BM = 16 NW rows that see any of its keys:
-//   S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T,
-//   dS^T = P^T ∘ (dP^T - delta), dK += dS^T Q, dQ += dS K (f32 atomics, warps split queries).
+// of its group and, for each, the query tiles of BM rows that see any of its keys:
+//   S^T = K Q^T, P^T = exp(S^T scale - lse), dP^T = V dO^T, dS^T = P^T ∘ (dP^T - delta),
+//   dV += P^T dO, dK += dS^T Q, dQ += dS K (dS^T through shared memory; the warps split dQ's
+//   BM x D tile and add it to the f32 accumulator with 16-byte reductions).
+// Q, dO, lse and delta tiles are double-buffered: the next tile loads while this one computes.
 template <int D, int BM, int BN, int NW>
 __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                                           const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o,
@@ -312,15 +314,18 @@ __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf
                                           float scale, float scale_log2) {
     constexpr int NT = NW * 32, SD = D + 8, SB = BM + 8;
     constexpr int NQ = BM / 8, ND = D / 8;
-    static_assert(BN == 16 * NW && BM == 16 * NW, "one m16 tile per warp in both phases");
+    constexpr int QW = BM / 16;       // query m16 tiles of the dQ phase
+    constexpr int DW = NW / QW;       // warps sharing one of them, each D / DW columns
+    constexpr int NDW = ND / DW;      // n8 tiles of dQ per warp
+    static_assert(BN == 16 * NW && NW % QW == 0 && NDW % 2 == 0, "tile shapes");
     extern __shared__ __align__(16) unsigned char fa_sm[];
     bf16_t* sK = (bf16_t*)fa_sm;
     bf16_t* sV = sK + BN * SD;
-    bf16_t* sQ = sV + BN * SD;
-    bf16_t* sdO = sQ + BM * SD;
-    bf16_t* sdS = sdO + BM * SD;  // [BN keys][BM queries + 8]
-    float* sL = (float*)(sdS + BN * SB);
-    float* sDi = sL + BM;
+    bf16_t* sQ0 = sV + BN * SD;      // [2][BM][SD]
+    bf16_t* sdO0 = sQ0 + 2 * BM * SD;  // [2][BM][SD]
+    bf16_t* sdS = sdO0 + 2 * BM * SD;  // [BN keys][BM queries + 8]
+    float* sL0 = (float*)(sdS + BN * SB);  // [2][BM]
+    float* sDi0 = sL0 + 2 * BM;            // [2][BM]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int nb = gridDim.y - 1 - blockIdx.y;
     const int kh = blockIdx.x % hk, b = blockIdx.x / hk, rep = h / hk;
@@ -329,13 +334,33 @@ __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf
     const bf16_t* kb = k + ((long)b * s * hk + kh) * D;
     const bf16_t* vb = v + ((long)b * s * hk + kh) * D;
 
-    fa_load_tile<BN, D, NT>(sK, kb, kld, n0, s, tid);
-    fa_load_tile<BN, D, NT>(sV, vb, kld, n0, s, tid);
-    fa_commit();
-
-    // Query rows that see any key of this tile.
+    // Query rows that see any key of this tile; the (head, query tile) steps of the CTA.
     const int i_first = max(0, n0 - past);
     const int i_last = window > 0 ? min(t - 1, n0 + BN - 1 + window - 1 - past) : t - 1;
+    const int mb_first = i_first / BM;
+    const int nmb = i_first <= i_last ? i_last / BM - mb_first + 1 : 0;
+    const int steps = rep * nmb;
+
+    auto load_step = [&](int step, int buf) {
+        const int hq = kh * rep + step / nmb, m0 = (mb_first + step % nmb) * BM;
+        fa_load_tile<BM, D, NT>(sQ0 + buf * BM * SD, q + ((long)b * t * h + hq) * D, qld, m0, t, tid);
+        fa_load_tile<BM, D, NT>(sdO0 + buf * BM * SD, d_o + ((long)b * t * h + hq) * D, qld, m0, t, tid);
+        const float* lb = lse + ((long)b * h + hq) * t;
+        const float* db = delta + ((long)b * h + hq) * t;
+        for (int c = tid; c < 2 * BM; c += NT) {
+            int r = c % BM;
+            bool ok = m0 + r < t;
+            const float* src = c < BM ? lb : db;
+            float* dst = (c < BM ? sL0 : sDi0) + buf * BM + r;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(fa_smem(dst)),
+                         "l"(ok ? src + m0 + r : src), "r"(ok ? 4 : 0));
+        }
+    };
+
+    fa_load_tile<BN, D, NT>(sK, kb, kld, n0, s, tid);
+    fa_load_tile<BN, D, NT>(sV, vb, kld, n0, s, tid);
+    if (steps > 0) load_step(0, 0);
+    fa_commit();
 
     float dkacc[ND][4], dvacc[ND][4];
 #pragma unroll
@@ -344,125 +369,123 @@ __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf
         for (int e = 0; e < 4; ++e) dkacc[nd][e] = dvacc[nd][e] = 0.0f;
     const int wk = warp * 16;  // this warp's keys within the tile
 
-    for (int hq = kh * rep; hq < (kh + 1) * rep && i_first <= i_last; ++hq) {
-        const bf16_t* qb = q + ((long)b * t * h + hq) * D;
-        const bf16_t* gb = d_o + ((long)b * t * h + hq) * D;
-        const float* lb = lse + ((long)b * h + hq) * t;
-        const float* db = delta + ((long)b * h + hq) * t;
-        for (int mb = i_first / BM; mb <= i_last / BM; ++mb) {
-            const int m0 = mb * BM;
-            __syncthreads();  // previous tile's readers are done
-            fa_load_tile<BM, D, NT>(sQ, qb, qld, m0, t, tid);
-            fa_load_tile<BM, D, NT>(sdO, gb, qld, m0, t, tid);
-            fa_commit();
-            for (int c = tid; c < BM; c += NT) {
-                bool ok = m0 + c < t;
-                sL[c] = ok ? lb[m0 + c] * FA_LOG2E : 0.0f;
-                sDi[c] = ok ? db[m0 + c] : 0.0f;
-            }
-            fa_wait<0>();
-            __syncthreads();
+    for (int step = 0; step < steps; ++step) {
+        const int buf = step & 1;
+        const int hq = kh * rep + step / nmb, m0 = (mb_first + step % nmb) * BM;
+        // The other buffer was last read before the previous step's middle barrier.
+        if (step + 1 < steps) load_step(step + 1, buf ^ 1);
+        fa_commit();
+        fa_wait<1>();
+        __syncthreads();
+        const bf16_t* sQ = sQ0 + buf * BM * SD;
+        const bf16_t* sdO = sdO0 + buf * BM * SD;
+        const float* sL = sL0 + buf * BM;
+        const float* sDi = sDi0 + buf * BM;
 
-            // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BM queries.
-            float sacc[NQ][4], pacc[NQ][4];
+        // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BM queries.
+        float sacc[NQ][4], pacc[NQ][4];
 #pragma unroll
-            for (int nq = 0; nq < NQ; ++nq)
+        for (int nq = 0; nq < NQ; ++nq)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) sacc[nq][e] = pacc[nq][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) sacc[nq][e] = pacc[nq][e] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                unsigned a0, a1, a2, a3, c0, c1, c2, c3;
-                fa_ldsm(fa_smem(sK + (wk + (lane & 15)) * SD + kk * 16 + (lane >> 4) * 8), a0, a1, a2, a3);
-                fa_ldsm(fa_smem(sV + (wk + (lane & 15)) * SD + kk * 16 + (lane >> 4) * 8), c0, c1, c2, c3);
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned a0, a1, a2, a3, c0, c1, c2, c3;
+            fa_ldsm(fa_smem(sK + (wk + (lane & 15)) * SD + kk * 16 + (lane >> 4) * 8), a0, a1, a2, a3);
+            fa_ldsm(fa_smem(sV + (wk + (lane & 15)) * SD + kk * 16 + (lane >> 4) * 8), c0, c1, c2, c3);
 #pragma unroll
-                for (int qp = 0; qp < NQ / 2; ++qp) {
-                    unsigned b0, b1, b2, b3;
-                    int off = (qp * 16 + (lane & 7) + (lane >> 4) * 8) * SD + kk * 16 + ((lane >> 3) & 1) * 8;
-                    fa_ldsm(fa_smem(sQ + off), b0, b1, b2, b3);
-                    fa_mma(sacc[2 * qp], a0, a1, a2, a3, b0, b1);
-                    fa_mma(sacc[2 * qp + 1], a0, a1, a2, a3, b2, b3);
-                    fa_ldsm(fa_smem(sdO + off), b0, b1, b2, b3);
-                    fa_mma(pacc[2 * qp], c0, c1, c2, c3, b0, b1);
-                    fa_mma(pacc[2 * qp + 1], c0, c1, c2, c3, b2, b3);
-                }
+            for (int qp = 0; qp < NQ / 2; ++qp) {
+                unsigned b0, b1, b2, b3;
+                int off = (qp * 16 + (lane & 7) + (lane >> 4) * 8) * SD + kk * 16 + ((lane >> 3) & 1) * 8;
+                fa_ldsm(fa_smem(sQ + off), b0, b1, b2, b3);
+                fa_mma(sacc[2 * qp], a0, a1, a2, a3, b0, b1);
+                fa_mma(sacc[2 * qp + 1], a0, a1, a2, a3, b2, b3);
+                fa_ldsm(fa_smem(sdO + off), b0, b1, b2, b3);
+                fa_mma(pacc[2 * qp], c0, c1, c2, c3, b0, b1);
+                fa_mma(pacc[2 * qp + 1], c0, c1, c2, c3, b2, b3);
             }
-            // P^T and dS^T (unscaled; dK and dQ take `scale` at the end).
-            const bool full = m0 + BM <= t && n0 + BN <= s && n0 + BN - 1 <= past + m0 &&
-                              (window <= 0 || n0 >= past + m0 + BM - window);
+        }
+        // P^T and dS^T (unscaled; dK and dQ take `scale` at the end).
+        const bool full = m0 + BM <= t && n0 + BN <= s && n0 + BN - 1 <= past + m0 &&
+                          (window <= 0 || n0 >= past + m0 + BM - window);
 #pragma unroll
-            for (int nq = 0; nq < NQ; ++nq)
+        for (int nq = 0; nq < NQ; ++nq)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int il = nq * 8 + (lane & 3) * 2 + (e & 1);
-                    int j = n0 + wk + (lane >> 2) + (e >> 1) * 8;
-                    float p = fa_exp2(sacc[nq][e] * scale_log2 - sL[il]);
-                    if (!full && !fa_visible(m0 + il, j, t, s, past, window)) p = 0.0f;
-                    sacc[nq][e] = p;
-                    pacc[nq][e] = p * (pacc[nq][e] - sDi[il]);
-                }
-            // dV += P^T dO, dK += dS^T Q (A operands straight from the accumulators).
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk) {
-                unsigned p0 = fa_pack(sacc[2 * kk][0], sacc[2 * kk][1]);
-                unsigned p1 = fa_pack(sacc[2 * kk][2], sacc[2 * kk][3]);
-                unsigned p2 = fa_pack(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-                unsigned p3 = fa_pack(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
-                unsigned g0 = fa_pack(pacc[2 * kk][0], pacc[2 * kk][1]);
-                unsigned g1 = fa_pack(pacc[2 * kk][2], pacc[2 * kk][3]);
-                unsigned g2 = fa_pack(pacc[2 * kk + 1][0], pacc[2 * kk + 1][1]);
-                unsigned g3 = fa_pack(pacc[2 * kk + 1][2], pacc[2 * kk + 1][3]);
-                // dS^T to shared for the dQ phase: rows = keys, cols = queries.
-                int kr = wk + (lane >> 2), qc = kk * 16 + (lane & 3) * 2;
-                *(unsigned*)(sdS + kr * SB + qc) = g0;
-                *(unsigned*)(sdS + (kr + 8) * SB + qc) = g1;
-                *(unsigned*)(sdS + kr * SB + qc + 8) = g2;
-                *(unsigned*)(sdS + (kr + 8) * SB + qc + 8) = g3;
-#pragma unroll
-                for (int dp = 0; dp < ND / 2; ++dp) {
-                    unsigned b0, b1, b2, b3;
-                    int off = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 + (lane >> 4) * 8;
-                    fa_ldsm_t(fa_smem(sdO + off), b0, b1, b2, b3);
-                    fa_mma(dvacc[2 * dp], p0, p1, p2, p3, b0, b1);
-                    fa_mma(dvacc[2 * dp + 1], p0, p1, p2, p3, b2, b3);
-                    fa_ldsm_t(fa_smem(sQ + off), b0, b1, b2, b3);
-                    fa_mma(dkacc[2 * dp], g0, g1, g2, g3, b0, b1);
-                    fa_mma(dkacc[2 * dp + 1], g0, g1, g2, g3, b2, b3);
-                }
+            for (int e = 0; e < 4; ++e) {
+                int il = nq * 8 + (lane & 3) * 2 + (e & 1);
+                int j = n0 + wk + (lane >> 2) + (e >> 1) * 8;
+                float p = fa_exp2(sacc[nq][e] * scale_log2 - sL[il] * FA_LOG2E);
+                if (!full && !fa_visible(m0 + il, j, t, s, past, window)) p = 0.0f;
+                sacc[nq][e] = p;
+                pacc[nq][e] = p * (pacc[nq][e] - sDi[il]);
             }
-            __syncthreads();  // dS^T complete
+        // dV += P^T dO, dK += dS^T Q (A operands straight from the accumulators).
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            unsigned p0 = fa_pack(sacc[2 * kk][0], sacc[2 * kk][1]);
+            unsigned p1 = fa_pack(sacc[2 * kk][2], sacc[2 * kk][3]);
+            unsigned p2 = fa_pack(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+            unsigned p3 = fa_pack(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+            unsigned g0 = fa_pack(pacc[2 * kk][0], pacc[2 * kk][1]);
+            unsigned g1 = fa_pack(pacc[2 * kk][2], pacc[2 * kk][3]);
+            unsigned g2 = fa_pack(pacc[2 * kk + 1][0], pacc[2 * kk + 1][1]);
+            unsigned g3 = fa_pack(pacc[2 * kk + 1][2], pacc[2 * kk + 1][3]);
+            // dS^T to shared for the dQ phase: rows = keys, cols = queries.
+            int kr = wk + (lane >> 2), qc = kk * 16 + (lane & 3) * 2;
+            *(unsigned*)(sdS + kr * SB + qc) = g0;
+            *(unsigned*)(sdS + (kr + 8) * SB + qc) = g1;
+            *(unsigned*)(sdS + kr * SB + qc + 8) = g2;
+            *(unsigned*)(sdS + (kr + 8) * SB + qc + 8) = g3;
+#pragma unroll
+            for (int dp = 0; dp < ND / 2; ++dp) {
+                unsigned b0, b1, b2, b3;
+                int off = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 + (lane >> 4) * 8;
+                fa_ldsm_t(fa_smem(sdO + off), b0, b1, b2, b3);
+                fa_mma(dvacc[2 * dp], p0, p1, p2, p3, b0, b1);
+                fa_mma(dvacc[2 * dp + 1], p0, p1, p2, p3, b2, b3);
+                fa_ldsm_t(fa_smem(sQ + off), b0, b1, b2, b3);
+                fa_mma(dkacc[2 * dp], g0, g1, g2, g3, b0, b1);
+                fa_mma(dkacc[2 * dp + 1], g0, g1, g2, g3, b2, b3);
+            }
+        }
+        __syncthreads();  // dS^T complete; this step's Q and dO buffers are free
 
-            // dQ[BM x D] += dS K: warp w takes queries 16w .. 16w + 15.
-            float qacc[ND][4];
+        // dQ[BM x D] += dS K: warp w takes query tile w % QW, columns (w / QW) · D / DW.
+        const int qt = warp % QW, dc = (warp / QW) * (D / DW);
+        float qacc[NDW][4];
 #pragma unroll
-            for (int nd = 0; nd < ND; ++nd)
+        for (int nd = 0; nd < NDW; ++nd)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) qacc[nd][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) qacc[nd][e] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                unsigned a0, a1, a2, a3;
-                fa_ldsm_t(fa_smem(sdS + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * SB + warp * 16 + ((lane >> 3) & 1) * 8),
-                          a0, a1, a2, a3);
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned a0, a1, a2, a3;
+            fa_ldsm_t(fa_smem(sdS + (kk * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * SB + qt * 16 + ((lane >> 3) & 1) * 8),
+                      a0, a1, a2, a3);
 #pragma unroll
-                for (int dp = 0; dp < ND / 2; ++dp) {
-                    unsigned b0, b1, b2, b3;
-                    fa_ldsm_t(fa_smem(sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 + (lane >> 4) * 8),
-                              b0, b1, b2, b3);
-                    fa_mma(qacc[2 * dp], a0, a1, a2, a3, b0, b1);
-                    fa_mma(qacc[2 * dp + 1], a0, a1, a2, a3, b2, b3);
-                }
+            for (int dp = 0; dp < NDW / 2; ++dp) {
+                unsigned b0, b1, b2, b3;
+                fa_ldsm_t(fa_smem(sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dc + dp * 16 + (lane >> 4) * 8),
+                          b0, b1, b2, b3);
+                fa_mma(qacc[2 * dp], a0, a1, a2, a3, b0, b1);
+                fa_mma(qacc[2 * dp + 1], a0, a1, a2, a3, b2, b3);
             }
+        }
+        // 16-byte reductions: even lanes of a pair add 4 columns of row r, odd lanes of row r + 8.
+        const bool odd = lane & 1;
+        const int i = m0 + qt * 16 + (lane >> 2) + (odd ? 8 : 0);
+        float* dst = dq_acc + (((long)b * t + i) * h + hq) * D + dc + ((lane & 3) >> 1) * 4;
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                int i = m0 + warp * 16 + (lane >> 2) + r * 8;
-                if (i < t) {
-                    float* dst = dq_acc + (((long)b * t + i) * h + hq) * D + (lane & 3) * 2;
-#pragma unroll
-                    for (int nd = 0; nd < ND; ++nd) {
-                        atomicAdd(dst + nd * 8, qacc[nd][2 * r]);
-                        atomicAdd(dst + nd * 8 + 1, qacc[nd][2 * r + 1]);
-                    }
-                }
-            }
+        for (int nd = 0; nd < NDW; ++nd) {
+            float x = odd ? qacc[nd][0] : qacc[nd][2];
+            float y = odd ? qacc[nd][1] : qacc[nd][3];
+            float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
+            float w0 = odd ? rx : qacc[nd][0], w1 = odd ? ry : qacc[nd][1];
+            float w2 = odd ? qacc[nd][2] : rx, w3 = odd ? qacc[nd][3] : ry;
+            if (i < t)
+                asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + nd * 8), "f"(w0),
+                             "f"(w1), "f"(w2), "f"(w3)
+                             : "memory");
         }
     }
     fa_wait<0>();
@@ -490,5 +513,7 @@ __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf
         flash_bwd<D, BM, BN, NW>(q, k, v, d_o, lse, delta, dq_acc, dk, dv, t, s, h, hk, window, scale,    \
                                  scale_log2);                                                            \
     }
-FA_BWD(flash_bwd_d64_w4, 64, 64, 64, 4)
-FA_BWD(flash_bwd_d128_w4, 128, 64, 64, 4)
+FA_BWD(flash_bwd_d64_m64n64w4, 64, 64, 64, 4)
+FA_BWD(flash_bwd_d64_m64n128w8, 64, 64, 128, 8)
+FA_BWD(flash_bwd_d128_m64n64w4, 128, 64, 64, 4)
+FA_BWD(flash_bwd_d128_m64n128w8, 128, 64, 128, 8)
