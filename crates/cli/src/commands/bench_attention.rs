@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
 use std::time::Instant;
-use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling};
+use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
 use tensor::cuda::Gpu;
 
 #[derive(Args, Clone, Debug)]
@@ -24,6 +24,9 @@ pub struct AttentionArgs {
     /// Time every compiled forward tiling, not only the default.
     #[arg(long)]
     pub tilings: bool,
+    /// Also time the wgmma forward (Hopper, head dim 128; not yet validated on a GPU).
+    #[arg(long)]
+    pub wgmma: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -112,6 +115,23 @@ pub fn run(a: AttentionArgs) -> Result<()> {
             serde_json::json!({"t": t, "fwd_ms": fwd_s * 1e3, "fwd_tflops": flops / fwd_s / 1e12});
         if a.tilings {
             row["tilings"] = serde_json::json!(per_tiling);
+        }
+        if a.wgmma {
+            let s = time(&gpu, || {
+                Ok(gpu.flash_attn_fwd_bf16_wgmma(
+                    &q,
+                    &k,
+                    &v,
+                    &mut o,
+                    &mut lse,
+                    dims,
+                    scale,
+                    None,
+                    WGMMA_V_STRIDES,
+                )?)
+            })?;
+            row["wgmma_fwd_ms"] = serde_json::json!(s * 1e3);
+            row["wgmma_fwd_tflops"] = serde_json::json!(flops / s / 1e12);
         }
         if a.backward {
             let mut dq = gpu.zeros::<bf16>(n)?;

@@ -1,11 +1,15 @@
 //! Launchers of kernels/flash_attn.cu: FlashAttention-2 forward and backward on tensor cores,
 //! with the semantics of `mixers::attention_core` (causal with `past = s − t` earlier keys, GQA,
 //! optional sliding window). Layouts: q, o [B, T, H, D]; k, v [B, S, Hk, D]; lse [B, H, T] f32.
-use super::{cuda_err, Gpu, FLASH_ATTN};
+use super::{cuda_err, kernel_cache_dir, Gpu, COMMON, FLASH_ATTN};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::bf16;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Shapes of one attention call (as `mixers::attention_core::Dims`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,7 +166,141 @@ fn window_arg(window: Option<usize>) -> i32 {
     window.map_or(0, |w| w.clamp(1, i32::MAX as usize) as i32)
 }
 
+/// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forward: between
+/// the two 64-column halves of the V tile and between its 8-key row groups.
+pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
+
+/// The wgmma forward, compiled for sm_90a (the rest of the file is built for the device's plain
+/// arch by [`Gpu::function`]), one per context.
+static WGMMA_FWD: OnceLock<Mutex<HashMap<usize, CudaFunction>>> = OnceLock::new();
+const WGMMA_SMEM: usize = 64 * 128 * 2 + 2 * 128 * 128 * 2 + 1024;
+
+/// PTX of kernels/flash_attn.cu for sm_90a, from the disk cache or NVRTC (as `Gpu::ptx`).
+fn wgmma_ptx() -> Result<Ptx> {
+    let full = format!("{COMMON}\n{}", FLASH_ATTN.1);
+    let mut h = Sha256::new();
+    h.update(full.as_bytes());
+    h.update(b"sm_90a --std=c++17");
+    let path = kernel_cache_dir().join(format!("flash_attn-sm_90a-{:x}.ptx", h.finalize()));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(Ptx::from_src(text));
+    }
+    let opts = CompileOptions {
+        arch: Some("sm_90a"),
+        options: vec!["--std=c++17".into()],
+        name: Some("flash_attn.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts).map_err(|e| {
+        Error::Msg(format!(
+            "NVRTC could not compile kernels/flash_attn.cu for sm_90a: {e:?}"
+        ))
+    })?;
+    if std::fs::create_dir_all(kernel_cache_dir()).is_ok() {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(ptx)
+}
+
 impl Gpu {
+    fn wgmma_fwd_function(&self) -> Result<CudaFunction> {
+        if self.compute_capability != (9, 0) {
+            return Err(Error::Msg(format!(
+                "the wgmma flash forward needs a Hopper GPU (sm_90), this is sm_{}{}",
+                self.compute_capability.0, self.compute_capability.1
+            )));
+        }
+        let key = Arc::as_ptr(&self.ctx) as usize;
+        let cache = WGMMA_FWD.get_or_init(Default::default);
+        if let Some(f) = cache.lock().unwrap().get(&key) {
+            return Ok(f.clone());
+        }
+        let module = self
+            .ctx
+            .load_module(wgmma_ptx()?)
+            .map_err(|e| cuda_err("module load", e))?;
+        let f = module
+            .load_function("flash_fwd_wgmma_d128")
+            .map_err(|e| cuda_err("loading flash_fwd_wgmma_d128", e))?;
+        f.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            WGMMA_SMEM as i32,
+        )
+        .map_err(|e| cuda_err("setting shared memory size", e))?;
+        // The map keeps the function, and through it the module and the context, alive: a key
+        // (the context's address) cannot be reused by another context.
+        cache.lock().unwrap().insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only), with the V
+    /// descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]). Experimental: compiled
+    /// and register-checked (ptxas: 190 registers, no spills) but not yet run on a GPU; the
+    /// opt-in test `flash_forward_wgmma_matches_reference` (HYBRID_WGMMA_TEST=1) validates it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_fwd_bf16_wgmma(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+        v_strides: (u32, u32),
+    ) -> Result<()> {
+        dims.check()?;
+        if dims.d != 128 {
+            return Err(Error::Msg(format!(
+                "the wgmma flash forward is built for head dim 128, got {}",
+                dims.d
+            )));
+        }
+        check_len("q", q.len(), dims.q_len())?;
+        check_len("o", o.len(), dims.q_len())?;
+        check_len("k", k.len(), dims.kv_len())?;
+        check_len("v", v.len(), dims.kv_len())?;
+        check_len("lse", lse.len(), dims.rows())?;
+        let f = self.wgmma_fwd_function()?;
+        let cfg = LaunchConfig {
+            grid_dim: ((dims.b * dims.h) as u32, dims.t.div_ceil(64) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: WGMMA_SMEM as u32,
+        };
+        let (t, s, h, hk, w) = (
+            dims.t as i32,
+            dims.s as i32,
+            dims.h as i32,
+            dims.hk as i32,
+            window_arg(window),
+        );
+        let (lbo, sbo) = (v_strides.0 as i32, v_strides.1 as i32);
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(o)
+            .arg(lse)
+            .arg(&t)
+            .arg(&s)
+            .arg(&h)
+            .arg(&hk)
+            .arg(&w)
+            .arg(&scale_log2)
+            .arg(&lbo)
+            .arg(&sbo);
+        // SAFETY: the argument list matches flash_fwd_wgmma_d128; the buffers were checked
+        // against `dims` above; its shared memory (Q, K, V tiles and 1 KB of alignment) is
+        // WGMMA_SMEM, allowed when the function was loaded.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash wgmma forward launch", e))?;
+        Ok(())
+    }
+
     /// Loads `func` and allows it `smem` bytes of dynamic shared memory.
     fn flash_function(&self, func: &str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
         let f = self.function(FLASH_ATTN, func)?;
