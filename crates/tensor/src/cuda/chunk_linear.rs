@@ -6,7 +6,8 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Tokens per chunk and value columns per state block (CH and BV in the kernel).
+/// Tokens per chunk (CH in the kernel); value tiles are padded to 16 columns, and the
+/// sequential kernel takes 16 or 32 of them per block.
 const CHUNK: usize = 64;
 const BV: usize = 16;
 const PAD: usize = 8;
@@ -63,9 +64,20 @@ pub struct ChunkScratch {
     kt: CudaSlice<bf16>,
     aqk: CudaSlice<bf16>,
     el: CudaSlice<f32>,
+    /// When set, each launch is followed by a synchronize and its wall time (ms) is recorded
+    /// here as (kernel, ms): for benchmarks that want the split between the two kernels.
+    pub timings: Option<Vec<(&'static str, f64)>>,
 }
 
 impl ChunkScratch {
+    fn lap(&mut self, gpu: &Gpu, name: &'static str, since: std::time::Instant) -> Result<()> {
+        if let Some(t) = self.timings.as_mut() {
+            gpu.synchronize()?;
+            t.push((name, since.elapsed().as_secs_f64() * 1e3));
+        }
+        Ok(())
+    }
+
     /// Bytes held (≈ 5 bf16 values per token, head and channel).
     pub fn bytes(&self) -> usize {
         2 * (self.w.len() + self.u.len() + self.qg.len() + self.kt.len() + self.aqk.len())
@@ -87,6 +99,7 @@ impl Gpu {
             kt: self.zeros(blocks * CHUNK * kp)?,
             aqk: self.zeros(blocks * CHUNK * CHUNK)?,
             el: self.zeros(blocks * kp)?,
+            timings: None,
         })
     }
 
@@ -134,22 +147,39 @@ impl Gpu {
         }
         let (kp, vp, nc) = (d.kp(), d.vp(), d.chunks());
         let (ldk, ldc) = (kp + PAD, CHUNK + PAD);
-        let prep_smem = 2 * CHUNK * ldk
-            + 2 * (CHUNK * ldk).max(kp * ldc)
-            + 4 * CHUNK * kp
-            + 4 * CHUNK
-            + 4 * CHUNK * (CHUNK + 1)
-            + 2 * CHUNK * ldc;
-        let stage = 2 * (2 * CHUNK * ldk + kp * ldc + CHUNK * ldc + CHUNK * (BV + PAD)) + 4 * kp;
-        let state_smem = 2 * stage + 2 * BV * ldk + 2 * BV * ldc;
+        let region = (CHUNK * ldk).max(kp * ldc);
+        let prep_smem = 2 * CHUNK * ldk   // kb
+            + 2 * region                  // qb
+            + 4 * (CHUNK * kp).max(CHUNK * (CHUNK + 1)) // cum, later T
+            + 4 * CHUNK                   // β
+            + 4 * CHUNK * (CHUNK + 1)     // A
+            + 2 * CHUNK * ldc             // Tb
+            + 2 * region; // X
+        // Value columns per sequential block: 32 halves the re-reads of each chunk's operands
+        // (one per block) when that still leaves a block for most SMs; else 16.
+        let bvt = match std::env::var("HYBRID_CHUNK_BV").ok().as_deref() {
+            Some("16") => 16,
+            Some("32") => 32,
+            _ if vp.is_multiple_of(32) && d.b * d.hv * vp / 32 >= 96 => 32,
+            _ => 16,
+        };
+        let bvt = if vp.is_multiple_of(bvt) { bvt } else { 16 };
+        let stage = 2 * (2 * CHUNK * ldk + kp * ldc + CHUNK * ldc + CHUNK * (bvt + PAD)) + 4 * kp;
+        let state_smem = 3 * stage + 2 * bvt * ldk + 2 * bvt * ldc; // NSTAGE = 3
         let prep = self.function(CHUNK_LINEAR, &format!("chunk_prep_k{kp}"))?;
-        let run = self.function(CHUNK_LINEAR, &format!("chunk_state_k{kp}"))?;
+        let run = self.function(CHUNK_LINEAR, &format!("chunk_state_k{kp}_v{}", bvt / 8))?;
         for (f, bytes) in [(&prep, prep_smem), (&run, state_smem)] {
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
             )
             .map_err(|e| cuda_err("shared memory attribute", e))?;
+            // All of L1 as shared memory: two prep blocks fit on an SM only then.
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .map_err(|e| cuda_err("shared memory carveout", e))?;
         }
         let (t, h, hv, kd, vd, vpi) = (
             d.t as i32,
@@ -162,6 +192,21 @@ impl Gpu {
         let (gph, delta) = (g_per_head as i32, beta.is_some() as i32);
         let beta_arg = beta.unwrap_or(g); // never read in the plain form
         let s = scratch;
+        if let Some(t) = s.timings.as_mut() {
+            self.synchronize()?;
+            // What the compiler made of the kernels: registers, spills, blocks per SM.
+            for (name, f, threads, smem) in [("prep", &prep, 256, prep_smem), ("state", &run, 128, state_smem)] {
+                let regs = f.num_regs().map_err(|e| cuda_err("attribute", e))?;
+                let local = f.local_size_bytes().map_err(|e| cuda_err("attribute", e))?;
+                let occ = f
+                    .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+                    .map_err(|e| cuda_err("occupancy", e))?;
+                t.push((if name == "prep" { "prep_regs" } else { "state_regs" }, regs as f64));
+                t.push((if name == "prep" { "prep_local_bytes" } else { "state_local_bytes" }, local as f64));
+                t.push((if name == "prep" { "prep_blocks_per_sm" } else { "state_blocks_per_sm" }, occ as f64));
+            }
+        }
+        let t0 = std::time::Instant::now();
         let mut b = self.stream.launch_builder(&prep);
         b.arg(q)
             .arg(k)
@@ -190,6 +235,8 @@ impl Gpu {
         };
         // SAFETY: argument list matches chunk_prep; sizes checked above and by the scratch.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("chunk_prep launch", e))?;
+        s.lap(self, "chunk_prep_ms", t0)?;
+        let t1 = std::time::Instant::now();
         let mut b = self.stream.launch_builder(&run);
         b.arg(&s.w)
             .arg(&s.u)
@@ -206,12 +253,12 @@ impl Gpu {
             .arg(&vpi)
             .arg(&delta);
         let cfg = LaunchConfig {
-            grid_dim: ((vp / BV) as u32, (d.b * d.hv) as u32, 1),
+            grid_dim: ((vp / bvt) as u32, (d.b * d.hv) as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: state_smem as u32,
         };
         // SAFETY: as above, for chunk_state.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("chunk_state launch", e))?;
-        Ok(())
+        s.lap(self, "chunk_state_ms", t1)
     }
 }

@@ -20,8 +20,8 @@
 // of 2 (the value tile is zero-padded to 16). Scalar decays (GDN: g [B,T,HV]) or per channel
 // (KDA, GLA: g [B,T,HV,K]).
 #define CH 64   // tokens per chunk
+#define NSTAGE 3  // chunk_state's cp.async pipeline depth (cp_async_wait_2 matches it)
 #define PAD 8   // bf16 row padding: rows of 2(n+8) bytes put the 8 rows of a fragment load in distinct banks
-#define BV 16   // value columns per chunk_state block
 
 __device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const unsigned b[2]) {
     asm volatile(
@@ -49,8 +49,17 @@ __device__ __forceinline__ void frag_b(unsigned b[2], const bf16_t* s, int ld, i
     b[1] = *(const unsigned*)(p + 8);
 }
 
+// Round-to-nearest-even conversions in one instruction each (sm_80+; this file needs mma.sync,
+// sm_80+, anyway), instead of common.cuh's portable bit arithmetic.
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ bf16_t to_bf16(float f) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
 }
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -63,8 +72,30 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_2() { asm volatile("cp.async.wait_group 2;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// A 64x64 tile of V (tokens t0.., value columns v0..) as 16-byte pieces, two per thread of 256;
+// lanes run down the tokens so that the transposed shared-memory stores hit distinct banks.
+__device__ __forceinline__ void load_v_tile(uint4 reg[2], const bf16_t* vrow0, int stride, int vd,
+                                            int n, int v0) {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        int i = threadIdx.x + u * 256, r = i & 63, p = (i >> 6) * 8;
+        reg[u] = make_uint4(0, 0, 0, 0);
+        if (r < n && v0 + p < vd) reg[u] = *(const uint4*)(vrow0 + (long)r * stride + v0 + p);
+    }
+}
+__device__ __forceinline__ void store_v_tile(bf16_t* bvT, int ldc, const uint4 reg[2], const float* sb) {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        int i = threadIdx.x + u * 256, r = i & 63, p = (i >> 6) * 8;
+        const bf16_t* e = (const bf16_t*)&reg[u];
+        float beta = sb[r];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) bvT[(p + q) * ldc + r] = to_bf16(beta * bf16_to_f32(e[q]));
+    }
+}
 
 // Sizes of the per-chunk scratch blocks (elements), shared with the launcher.
 template <int KP>
@@ -73,7 +104,25 @@ struct Blocks {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Kernel 1. Grid (n_chunks, B*HV), 256 threads.
+// Kernel 1. Grid (n_chunks, B*HV), 256 threads (8 warps).
+//
+// Shared memory regions (bf16 rows padded by PAD):
+//   kb  [CH][LDK]  k; later bvT [64][LDC], a value tile of β V transposed
+//   qb  [max(CH·LDK, KP·LDC)]  q, then QG in place; later bkT [KP][LDC] = (β e^{cum} ⊙ K)ᵀ
+//   cum [CH][KP] f32 (later TT [CH][CH+1], T), sb [CH] f32 (β), A [CH][CH+1] f32 (M)
+//   Tb  [CH][LDC] then X [max(CH·LDK, KP·LDC)]: contiguous scratch (scaled operands of the
+//       per-channel products; then Tb = T in bf16, X = KT / W / U staged for 16-byte stores)
+template <int KP>
+__device__ __forceinline__ void copy_out(bf16_t* dst, const bf16_t* src, int rows, int cols,
+                                         int ld_src, int ld_dst, int col_limit) {
+    // rows x cols (multiple of 8) bf16 from shared memory to global, 16 bytes per thread-step.
+    const int pieces = cols / 8;
+    for (int i = threadIdx.x; i < rows * pieces; i += blockDim.x) {
+        int r = i / pieces, p = (i % pieces) * 8;
+        if (p < col_limit) *(uint4*)(dst + (long)r * ld_dst + p) = *(const uint4*)(src + r * ld_src + p);
+    }
+}
+
 template <int KP>
 __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                            const bf16_t* __restrict__ v, const float* __restrict__ g,
@@ -81,145 +130,285 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
                            bf16_t* KT, bf16_t* AQK, float* EL, int T, int H, int HV, int kd,
                            int vd, int vp, float scale, int g_per_head, int delta) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const int LDK = KP + PAD, LDC = CH + PAD;
-    // Regions: kb (later bvT), qb (later bkT), cum, beta, A (M, then T), Tb.
-    bf16_t* kb = (bf16_t*)smem_raw;                 // [CH][LDK]
-    bf16_t* bvT = kb;                               // [64][LDC] value tile, after kb is done
-    bf16_t* qb = kb + CH * LDK;                     // [CH][LDK]
-    bf16_t* bkT = qb;                               // [KP][LDC], after qb is done
-    const int region = (CH * LDK > KP * LDC ? CH * LDK : KP * LDC);
-    float* cum = (float*)(qb + region);             // [CH][KP]
-    float* sb = cum + CH * KP;                      // [CH]
-    float* A = sb + CH;                             // [CH][CH+1]
-    bf16_t* Tb = (bf16_t*)(A + CH * (CH + 1));      // [CH][LDC]
+    constexpr int LDK = KP + PAD, LDC = CH + PAD;
+    constexpr int REGION = (CH * LDK > KP * LDC ? CH * LDK : KP * LDC);
+    bf16_t* kb = (bf16_t*)smem_raw;
+    bf16_t* bvT = kb;
+    bf16_t* qb = kb + CH * LDK;
+    bf16_t* bkT = qb;
+    float* cum = (float*)(qb + REGION);
+    constexpr int CUMSZ = (CH * KP > CH * (CH + 1) ? CH * KP : CH * (CH + 1));  // cum, later TT
+    float* sb = cum + CUMSZ;
+    float* A = sb + CH;
+    bf16_t* Tb = (bf16_t*)(A + CH * (CH + 1));
+    bf16_t* X = Tb + CH * LDC;
 
     const int c = blockIdx.x, bh = blockIdx.y, b = bh / HV, hv = bh % HV;
     const int hq = hv / (HV / H);
     const int t0 = c * CH, n = min(CH, T - t0);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int nc = gridDim.x;
-    const long blk = (long)bh * nc + c;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const long blk = (long)bh * gridDim.x + c;
+    bf16_t* aqk_out = AQK + blk * CH * CH;
 
-    // Load q, k (zero past kd and past the sequence end), β, and the log decays.
-    for (int i = tid; i < CH * KP; i += blockDim.x) {
-        int r = i / KP, ch = i % KP;
-        bf16_t qv = 0, kv = 0;
-        if (r < n && ch < kd) {
-            long off = (((long)b * T + t0 + r) * H + hq) * kd + ch;
-            qv = q[off];
-            kv = k[off];
+    // Load q, k (zero past kd and past the sequence end; 16-byte loads when rows allow), β,
+    // and the log decays; then cum by a prefix sum down each channel.
+    if (kd == KP) {
+        constexpr int RK = KP / 8;
+        for (int i = tid; i < CH * RK; i += blockDim.x) {
+            int r = i / RK, p = (i % RK) * 8;
+            uint4 qv = make_uint4(0, 0, 0, 0), kv = qv;
+            if (r < n) {
+                long off = (((long)b * T + t0 + r) * H + hq) * kd + p;
+                qv = *(const uint4*)(q + off);
+                kv = *(const uint4*)(k + off);
+            }
+            *(uint4*)(qb + r * LDK + p) = qv;
+            *(uint4*)(kb + r * LDK + p) = kv;
         }
-        qb[r * LDK + ch] = qv;
-        kb[r * LDK + ch] = kv;
+    } else {
+        for (int i = tid; i < CH * KP; i += blockDim.x) {
+            int r = i / KP, ch = i % KP;
+            bf16_t qv = 0, kv = 0;
+            if (r < n && ch < kd) {
+                long off = (((long)b * T + t0 + r) * H + hq) * kd + ch;
+                qv = q[off];
+                kv = k[off];
+            }
+            qb[r * LDK + ch] = qv;
+            kb[r * LDK + ch] = kv;
+        }
     }
     for (int r = tid; r < CH; r += blockDim.x)
         sb[r] = (r < n && delta) ? beta[((long)b * T + t0 + r) * HV + hv] : 1.0f;
-    // cum[r][ch] = Σ_{s ≤ r} g_s (padding tokens decay by nothing).
+    if (g_per_head) {
+        // One decay per token: 64 loads, broadcast over the channels from shared memory.
+        float* gh = A;  // A is free until M is written
+        for (int r = tid; r < CH; r += blockDim.x)
+            gh[r] = (r < n) ? g[((long)b * T + t0 + r) * HV + hv] : 0.f;  // padding: no decay
+        __syncthreads();
+        for (int i = tid; i < CH * KP; i += blockDim.x) cum[i] = (i % KP < kd) ? gh[i / KP] : 0.f;
+    } else if (kd == KP) {
+        for (int i = tid; i < CH * KP / 4; i += blockDim.x) {
+            int r = i / (KP / 4), p = (i % (KP / 4)) * 4;
+            float4 gv = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (r < n) gv = *(const float4*)(g + (((long)b * T + t0 + r) * HV + hv) * kd + p);
+            *(float4*)(cum + r * KP + p) = gv;
+        }
+    } else {
+        for (int i = tid; i < CH * KP; i += blockDim.x) {
+            int r = i / KP, ch = i % KP;
+            cum[i] = (r < n && ch < kd) ? g[(((long)b * T + t0 + r) * HV + hv) * kd + ch] : 0.f;
+        }
+    }
+    __syncthreads();
     for (int ch = tid; ch < KP; ch += blockDim.x) {
         float acc = 0.f;
         for (int r = 0; r < CH; ++r) {
-            if (r < n && ch < kd) {
-                long row = ((long)b * T + t0 + r) * HV + hv;
-                acc += g_per_head ? g[row] : g[row * kd + ch];
-            }
+            acc += cum[r * KP + ch];
             cum[r * KP + ch] = acc;
         }
     }
     __syncthreads();
 
-    // M (in A, f32) and AQK (to global), from K Kᵀ and Q Kᵀ on tensor cores. Warps 0-3: M rows
-    // 16w..; warps 4-7: AQK rows 16(w-4)... Per-channel decays do not factor out of the dot
-    // product: those fall back to an exact per-pair loop (every exponent ≤ 0, never factored).
-    {
+    // M_ij = β_i k_i·k_j e^{cum_i−cum_j} (j < i, into A) and AQK_ij = scale q_i·k_j e^{cum_i−cum_j}
+    // (j ≤ i, to global). Blocks above the diagonal are never read (chunk_state skips them).
+    if (g_per_head) {
+        // One decay per token: the exponentials factor out of the products. Warps 0-3: M rows
+        // 16w..; warps 4-7: AQK rows 16(w−4)..; tiles above the diagonal skipped.
         const int mat = warp >> 2, r0 = (warp & 3) * 16;
         if (mat == 1 || delta) {
             const bf16_t* xa = mat ? qb : kb;
             float acc[8][4];
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-            if (g_per_head) {
 #pragma unroll
-                for (int ks = 0; ks < KP / 16; ++ks) {
-                    unsigned a[4];
-                    frag_a(a, xa, LDK, r0, ks * 16);
+            for (int ks = 0; ks < KP / 16; ++ks) {
+                unsigned a[4];
+                frag_a(a, xa, LDK, r0, ks * 16);
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        if (j * 8 > r0 + 15) continue;  // above the diagonal
-                        unsigned bb[2];
-                        frag_b(bb, kb, LDK, j * 8, ks * 16);
-                        mma_bf16(acc[j], a, bb);
-                    }
+                for (int j = 0; j < 8; ++j) {
+                    if (j * 8 > r0 + 15) continue;
+                    unsigned bb[2];
+                    frag_b(bb, kb, LDK, j * 8, ks * 16);
+                    mma_bf16(acc[j], a, bb);
                 }
             }
-            const int gq = lane >> 2, tq = lane & 3;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
+                if (j * 8 > r0 + 15) continue;
+                float val[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     int i = r0 + gq + (e >> 1) * 8, jj = j * 8 + 2 * tq + (e & 1);
-                    float val = 0.f;
                     bool keep = mat ? (jj <= i) : (jj < i);
-                    if (keep) {
-                        if (g_per_head) {
-                            val = acc[j][e] * __expf(cum[i * KP] - cum[jj * KP]);
-                        } else {
-                            for (int ch = 0; ch < KP; ++ch)
-                                val += bf16_to_f32(xa[i * LDK + ch]) *
-                                       bf16_to_f32(kb[jj * LDK + ch]) *
-                                       __expf(cum[i * KP + ch] - cum[jj * KP + ch]);
-                        }
-                    }
-                    if (mat) AQK[blk * CH * CH + i * CH + jj] = f32_to_bf16(val * scale);
-                    else A[i * (CH + 1) + jj] = val * sb[i];
+                    val[e] = keep ? acc[j][e] * __expf(cum[i * KP] - cum[jj * KP]) : 0.f;
+                    if (!mat) A[i * (CH + 1) + jj] = val[e] * sb[i];
+                }
+                if (mat) {
+                    int col = j * 8 + 2 * tq;
+                    *(unsigned*)(aqk_out + (r0 + gq) * CH + col) = pack_bf16(val[0] * scale, val[1] * scale);
+                    *(unsigned*)(aqk_out + (r0 + gq + 8) * CH + col) = pack_bf16(val[2] * scale, val[3] * scale);
                 }
             }
+        }
+    } else {
+        // Per-channel decays (KDA, GLA) do not factor out of a dot product. Off-diagonal
+        // 16-blocks (I > J) factor through the reference r = cum at row 16I, where every
+        // exponent is ≤ 0: x_i e^{cum_i − r} · k_j e^{r − cum_j}, on tensor cores. Diagonal
+        // blocks: exact per-pair sums.
+        bf16_t* xs = Tb;              // [32][LDK]: rows 0-15 k_i e^{cum_i−r}, 16-31 q_i e^{cum_i−r}
+        bf16_t* ks_ = Tb + 32 * LDK;  // [48][LDK]: k_j e^{r−cum_j}, j < 16I
+        for (int I = 1; I < CH / 16; ++I) {
+            const int ri = 16 * I;
+            for (int i = tid; i < (32 + ri) * KP; i += blockDim.x) {
+                int r = i / KP, ch = i % KP;
+                float ref = cum[ri * KP + ch];
+                if (r < 32) {
+                    int row = ri + (r & 15);
+                    const bf16_t* src = (r < 16) ? kb : qb;
+                    xs[r * LDK + ch] = to_bf16(bf16_to_f32(src[row * LDK + ch]) * __expf(cum[row * KP + ch] - ref));
+                } else {
+                    int row = r - 32;
+                    ks_[row * LDK + ch] = to_bf16(bf16_to_f32(kb[row * LDK + ch]) * __expf(ref - cum[row * KP + ch]));
+                }
+            }
+            __syncthreads();
+            // Tasks: (matrix, n-tile of 8 columns < ri); 2·(ri/8) of them over 8 warps.
+            for (int task = warp; task < 2 * (ri / 8); task += 8) {
+                const int mat = task / (ri / 8), j = task % (ri / 8);
+                if (mat == 0 && !delta) continue;
+                float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int kk = 0; kk < KP / 16; ++kk) {
+                    unsigned a[4], bb[2];
+                    frag_a(a, xs, LDK, mat * 16, kk * 16);
+                    frag_b(bb, ks_, LDK, j * 8, kk * 16);
+                    mma_bf16(acc, a, bb);
+                }
+                int i0 = ri + gq, col = j * 8 + 2 * tq;
+                if (mat) {
+                    *(unsigned*)(aqk_out + i0 * CH + col) = pack_bf16(acc[0] * scale, acc[1] * scale);
+                    *(unsigned*)(aqk_out + (i0 + 8) * CH + col) = pack_bf16(acc[2] * scale, acc[3] * scale);
+                } else {
+                    A[i0 * (CH + 1) + col] = acc[0] * sb[i0];
+                    A[i0 * (CH + 1) + col + 1] = acc[1] * sb[i0];
+                    A[(i0 + 8) * (CH + 1) + col] = acc[2] * sb[i0 + 8];
+                    A[(i0 + 8) * (CH + 1) + col + 1] = acc[3] * sb[i0 + 8];
+                }
+            }
+            __syncthreads();
+        }
+        // Diagonal blocks: one warp per (matrix, block, li ≥ lj) pair, lanes over channels (row
+        // strides in cum would put a warp's loads in one bank); zeros above within the block.
+        for (int task = warp; task < 2 * 4 * 136; task += 8) {
+            const int mat = task / 544, rem = task % 544, blk16 = rem / 136, p = rem % 136;
+            int li = (int)((sqrtf(8.f * p + 1.f) - 1.f) * 0.5f);
+            while ((li + 1) * (li + 2) / 2 <= p) ++li;
+            while (li * (li + 1) / 2 > p) --li;
+            const int lj = p - li * (li + 1) / 2;
+            if (mat == 0 && (!delta || lj == li)) continue;  // M's diagonal is never read
+            const int i = blk16 * 16 + li, j = blk16 * 16 + lj;
+            const bf16_t* xa = mat ? qb : kb;
+            float acc = 0.f;
+            for (int ch = lane; ch < KP; ch += 32)
+                acc += bf16_to_f32(xa[i * LDK + ch]) * bf16_to_f32(kb[j * LDK + ch]) *
+                       __expf(cum[i * KP + ch] - cum[j * KP + ch]);
+            acc = warp_sum(acc);
+            if (lane == 0) {
+                if (mat) aqk_out[i * CH + j] = to_bf16(acc * scale);
+                else A[i * (CH + 1) + j] = acc * sb[i];
+            }
+        }
+        for (int e = tid; e < 4 * 256; e += blockDim.x) {
+            const int blk16 = e >> 8, li = (e >> 4) & 15, lj = e & 15;
+            if (lj > li) aqk_out[(blk16 * 16 + li) * CH + blk16 * 16 + lj] = 0;
         }
     }
     __syncthreads();
 
-    // QG and KT to global, EL; then β e^{cum} ⊙ K transposed into bkT (over qb).
+    // QG in place in qb, KT staged transposed in X, EL; then both out with 16-byte stores.
     const int last = CH - 1;
     for (int i = tid; i < CH * KP; i += blockDim.x) {
         int r = i / KP, ch = i % KP;
-        float cr = cum[r * KP + ch], kv = bf16_to_f32(kb[r * LDK + ch]);
-        QG[blk * CH * KP + r * KP + ch] = f32_to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * __expf(cr));
-        KT[blk * KP * CH + ch * CH + r] = f32_to_bf16(kv * __expf(cum[last * KP + ch] - cr));
+        float cr = cum[i];
+        qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * __expf(cr));
+        X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * __expf(cum[last * KP + ch] - cr));
     }
     for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = __expf(cum[last * KP + ch]);
     __syncthreads();
+    copy_out<KP>(QG + blk * CH * KP, qb, CH, KP, LDK, KP, KP);
+    copy_out<KP>(KT + blk * KP * CH, X, KP, CH, LDC, CH, CH);
+    __syncthreads();
+    // bkT = (β e^{cum} ⊙ K)ᵀ over qb.
     for (int i = tid; i < CH * KP; i += blockDim.x) {
-        int r = i % CH, ch = i / CH;
-        bkT[ch * LDC + r] = f32_to_bf16(sb[r] * __expf(cum[r * KP + ch]) * bf16_to_f32(kb[r * LDK + ch]));
+        int r = i / KP, ch = i % KP;
+        bkT[ch * LDC + r] = to_bf16(sb[r] * __expf(cum[i]) * bf16_to_f32(kb[r * LDK + ch]));
     }
 
-    // T = (I + M)⁻¹ by forward substitution, row by row, in place in A. Row i:
-    // T_ij = −M_ij − Σ_{j<m<i} M_im T_mj; four threads per column j.
+    // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum, which is dead now):
+    // diagonal blocks by forward substitution (one warp each), then the blocks below by
+    // distance d = I − J: T_IJ = −T_II Σ_{J ≤ K < I} M_IK T_KJ.
+    float* TT = cum;
+    const int LT = CH + 1;
+    // The first value tile streams in while T is solved (16-byte rows need vd % 8 == 0).
+    const bool vvec = (vd % 8) == 0;
+    const bf16_t* vrow0 = v + (((long)b * T + t0) * HV + hv) * vd;
+    uint4 vreg[2];
+    if (vvec) load_v_tile(vreg, vrow0, HV * vd, vd, n, 0);
+    __syncthreads();  // bkT is built: nobody reads cum any more
     if (delta) {
-        const int j = tid >> 2, part = tid & 3;
-        for (int i = 1; i < CH; ++i) {
-            float s = 0.f;
-            if (j < i)
-                for (int m = j + 1 + part; m < i; m += 4) s += A[i * (CH + 1) + m] * A[m * (CH + 1) + j];
-            s += __shfl_xor_sync(0xffffffffu, s, 1);
-            s += __shfl_xor_sync(0xffffffffu, s, 2);
-            float tij = (j < i) ? -A[i * (CH + 1) + j] - s : 0.f;
+        if (warp < 4) {
+            const int base = warp * 16, j = lane;
+            for (int i = 0; i < 16; ++i) {
+                float t = 0.f;
+                if (j < i) {
+                    t = -A[(base + i) * LT + base + j];
+                    for (int m = j + 1; m < i; ++m)
+                        t -= A[(base + i) * LT + base + m] * TT[(base + m) * LT + base + j];
+                }
+                if (j < 16) TT[(base + i) * LT + base + j] = (j == i) ? 1.f : t;
+                __syncwarp();
+            }
+        }
+        __syncthreads();
+        for (int d = 1; d < 4; ++d) {
+            const int nb = 4 - d;
+            float val[3];
+            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
+                float p = 0.f;
+                for (int m = J * 16; m < I * 16; ++m) p += A[row * LT + m] * TT[m * LT + col];
+                val[it] = p;
+            }
+            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
+                TT[row * LT + col] = val[it];  // P_IJ, block (I, J) is not read above
+            }
             __syncthreads();
-            if (j < i && part == 0) A[i * (CH + 1) + j] = tij;
+            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+                int J = e >> 8, I = J + d, r = (e & 255) >> 4, row = I * 16 + r, col = J * 16 + (e & 15);
+                float acc = 0.f;
+                for (int m = 0; m <= r; ++m) acc += TT[row * LT + I * 16 + m] * TT[(I * 16 + m) * LT + col];
+                val[it] = -acc;
+            }
+            __syncthreads();
+            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
+                TT[row * LT + col] = val[it];
+            }
             __syncthreads();
         }
     }
     for (int i = tid; i < CH * CH; i += blockDim.x) {
         int r = i / CH, cc = i % CH;
-        float val = (r == cc) ? 1.f : (delta && cc < r ? A[r * (CH + 1) + cc] : 0.f);
-        Tb[r * LDC + cc] = f32_to_bf16(val);
+        float val = (r == cc) ? 1.f : (delta && cc < r ? TT[r * LT + cc] : 0.f);
+        Tb[r * LDC + cc] = to_bf16(val);
     }
     __syncthreads();
 
-    // W = T bk (delta only): 4 row tiles x KP/8 column tiles over 8 warps.
-    const int gq = lane >> 2, tq = lane & 3;
+    // W = T bk (delta only), staged in X as [CH][LDK]: 4 row tiles x KP/8 column tiles.
     if (delta) {
-        const int r0 = (warp & 3) * 16, nhalf = KP / 16;  // column tiles per warp
-        const int n0 = (warp >> 2) * nhalf;
+        const int r0 = (warp & 3) * 16, n0 = (warp >> 2) * (KP / 16);
         float acc[KP / 16][4];
 #pragma unroll
         for (int j = 0; j < KP / 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -237,22 +426,29 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
 #pragma unroll
         for (int j = 0; j < KP / 16; ++j) {
             int col = (n0 + j) * 8 + 2 * tq;
-            bf16_t* wp = W + blk * CH * KP;
-            *(unsigned*)(wp + (r0 + gq) * KP + col) = pack_bf16(acc[j][0], acc[j][1]);
-            *(unsigned*)(wp + (r0 + gq + 8) * KP + col) = pack_bf16(acc[j][2], acc[j][3]);
+            *(unsigned*)(X + (r0 + gq) * LDK + col) = pack_bf16(acc[j][0], acc[j][1]);
+            *(unsigned*)(X + (r0 + gq + 8) * LDK + col) = pack_bf16(acc[j][2], acc[j][3]);
         }
+        __syncthreads();
+        copy_out<KP>(W + blk * CH * KP, X, CH, KP, LDK, KP, KP);
     }
-    // U = T (β V), 64 value columns at a time through bvT (over kb).
+    // U = T (β V), 64 value columns at a time: β V transposed into bvT (over kb), the product
+    // staged in X as [CH][LDC].
+    bf16_t* u_out = U + blk * CH * vp;
     for (int v0 = 0; v0 < vp; v0 += 64) {
         __syncthreads();
-        for (int i = tid; i < CH * 64; i += blockDim.x) {
-            int r = i % CH, cc = i / CH;
-            float val = 0.f;
-            if (r < n && v0 + cc < vd)
-                val = sb[r] * bf16_to_f32(v[(((long)b * T + t0 + r) * HV + hv) * vd + v0 + cc]);
-            bvT[cc * LDC + r] = f32_to_bf16(val);
+        if (vvec) {
+            store_v_tile(bvT, LDC, vreg, sb);
+        } else {
+            for (int i = tid; i < CH * 64; i += blockDim.x) {
+                int r = i % CH, cc = i / CH;
+                float val = 0.f;
+                if (r < n && v0 + cc < vd) val = sb[r] * bf16_to_f32(vrow0[(long)r * HV * vd + v0 + cc]);
+                bvT[cc * LDC + r] = to_bf16(val);
+            }
         }
         __syncthreads();
+        if (vvec && v0 + 64 < vp) load_v_tile(vreg, vrow0, HV * vd, vd, n, v0 + 64);  // next tile
         const int r0 = (warp & 3) * 16, n0 = (warp >> 2) * 4;  // 4 column tiles of 8 per warp
         float acc[4][4];
 #pragma unroll
@@ -270,54 +466,61 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            int col = v0 + (n0 + j) * 8 + 2 * tq;
-            if (col >= vp) continue;
-            bf16_t* up = U + blk * CH * vp;
-            *(unsigned*)(up + (r0 + gq) * vp + col) = pack_bf16(acc[j][0], acc[j][1]);
-            *(unsigned*)(up + (r0 + gq + 8) * vp + col) = pack_bf16(acc[j][2], acc[j][3]);
+            int col = (n0 + j) * 8 + 2 * tq;
+            *(unsigned*)(X + (r0 + gq) * LDC + col) = pack_bf16(acc[j][0], acc[j][1]);
+            *(unsigned*)(X + (r0 + gq + 8) * LDC + col) = pack_bf16(acc[j][2], acc[j][3]);
         }
+        __syncthreads();
+        copy_out<KP>(u_out + v0, X, CH, 64, LDC, vp, vp - v0);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernel 2. Grid (vp / BV, B*HV), 128 threads (4 warps). Warp w computes tokens 16w..16w+15 of
-// v' and o, and owns state rows [w·KP/4, (w+1)·KP/4) of the S tile.
-template <int KP>
+// Kernel 2. Grid (vp / BVT, B*HV), 128 threads (4 warps); BVT = 8·NB value columns per block.
+// Warp w computes tokens 16w..16w+15 of v' and o, and owns state rows [w·KP/4, (w+1)·KP/4).
+template <int KP, int NB>
 struct Stage {
-    bf16_t w[CH][KP + PAD], qg[CH][KP + PAD], kt[KP][CH + PAD], aqk[CH][CH + PAD], u[CH][BV + PAD];
+    bf16_t w[CH][KP + PAD], qg[CH][KP + PAD], kt[KP][CH + PAD], aqk[CH][CH + PAD], u[CH][8 * NB + PAD];
     float el[KP];
 };
 
-template <int KP>
-__device__ void stage_load(Stage<KP>* st, const bf16_t* W, const bf16_t* U, const bf16_t* QG,
-                           const bf16_t* KT, const bf16_t* AQK, const float* EL, long blk, int vp,
-                           int v0, int delta) {
-    const int tid = threadIdx.x, nt = blockDim.x;
-    constexpr int RK = KP / 8;  // 16-byte pieces per row of KP bf16
-    if (delta)
-        for (int i = tid; i < CH * RK; i += nt)
-            cp_async16(&st->w[i / RK][(i % RK) * 8], W + blk * CH * KP + (i / RK) * KP + (i % RK) * 8);
-    for (int i = tid; i < CH * RK; i += nt)
-        cp_async16(&st->qg[i / RK][(i % RK) * 8], QG + blk * CH * KP + (i / RK) * KP + (i % RK) * 8);
-    for (int i = tid; i < KP * 8; i += nt)
-        cp_async16(&st->kt[i / 8][(i % 8) * 8], KT + blk * KP * CH + (i / 8) * CH + (i % 8) * 8);
-    for (int i = tid; i < CH * 8; i += nt)
-        cp_async16(&st->aqk[i / 8][(i % 8) * 8], AQK + blk * CH * CH + (i / 8) * CH + (i % 8) * 8);
-    for (int i = tid; i < CH * 2; i += nt)
-        cp_async16(&st->u[i / 2][(i % 2) * 8], U + blk * CH * vp + (i / 2) * vp + v0 + (i % 2) * 8);
-    for (int i = tid; i < KP / 4; i += nt) cp_async16(&st->el[i * 4], EL + blk * KP + i * 4);
+// Copies of one chunk's operands into a stage, 16 bytes per cp.async. The thread count (128)
+// is a compile-time constant so that every copy's offsets fold into constants.
+#define STATE_THREADS 128
+template <int ROWS, int COLS, int LDD>
+__device__ __forceinline__ void copy_rows_async(bf16_t* dst, const bf16_t* src, int ld_src) {
+    constexpr int PIECES = ROWS * COLS / 8, PR = COLS / 8;
+#pragma unroll
+    for (int u = 0; u < (PIECES + STATE_THREADS - 1) / STATE_THREADS; ++u) {
+        int i = threadIdx.x + u * STATE_THREADS;
+        if (PIECES % STATE_THREADS == 0 || i < PIECES)
+            cp_async16(dst + (i / PR) * LDD + (i % PR) * 8, src + (long)(i / PR) * ld_src + (i % PR) * 8);
+    }
 }
 
-template <int KP>
+template <int KP, int NB>
+__device__ __forceinline__ void stage_load(Stage<KP, NB>* st, const bf16_t* W, const bf16_t* U,
+                                           const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK,
+                                           const float* EL, long blk, int vp, int v0, int delta) {
+    if (delta) copy_rows_async<CH, KP, KP + PAD>(&st->w[0][0], W + blk * CH * KP, KP);
+    copy_rows_async<CH, KP, KP + PAD>(&st->qg[0][0], QG + blk * CH * KP, KP);
+    copy_rows_async<KP, CH, CH + PAD>(&st->kt[0][0], KT + blk * KP * CH, CH);
+    copy_rows_async<CH, CH, CH + PAD>(&st->aqk[0][0], AQK + blk * CH * CH, CH);
+    copy_rows_async<CH, 8 * NB, 8 * NB + PAD>(&st->u[0][0], U + blk * CH * vp + v0, vp);
+    if (threadIdx.x < KP / 4) cp_async16(&st->el[threadIdx.x * 4], EL + blk * KP + threadIdx.x * 4);
+}
+
+template <int KP, int NB>
 __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT,
                             const bf16_t* AQK, const float* EL, float* state, bf16_t* o, int T,
                             int HV, int kd, int vd, int vp, int delta) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    Stage<KP>* stages = (Stage<KP>*)smem_raw;
-    bf16_t* sT = (bf16_t*)(stages + 2);  // [BV][KP+PAD]: Sᵀ in bf16, the B operand of W S and QG S
-    bf16_t* vT = sT + BV * (KP + PAD);   // [BV][CH+PAD]: v'ᵀ in bf16
+    constexpr int BVT = 8 * NB;
+    Stage<KP, NB>* stages = (Stage<KP, NB>*)smem_raw;
+    bf16_t* sT = (bf16_t*)(stages + NSTAGE);  // [BVT][KP+PAD]: Sᵀ in bf16, the B operand of W S and QG S
+    bf16_t* vT = sT + BVT * (KP + PAD);  // [BVT][CH+PAD]: v'ᵀ in bf16
     const int LDS = KP + PAD, LDC = CH + PAD;
-    const int bh = blockIdx.y, b = bh / HV, hv = bh % HV, v0 = blockIdx.x * BV;
+    const int bh = blockIdx.y, b = bh / HV, hv = bh % HV, v0 = blockIdx.x * BVT;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
     const int nc = (T + CH - 1) / CH;
     constexpr int MT = KP / 64;  // 16-row state tiles per warp
@@ -326,64 +529,69 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
 
     // S tile in accumulators: s[mt][nt][e] is row srow0 + 16mt + gq (+8 for e ≥ 2), column
     // v0 + 8nt + 2tq + (e & 1).
-    float s[MT][2][4];
+    float s[MT][NB][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
                 s[mt][nt][e] = (r < kd && col < vd) ? sp[(long)r * vd + col] : 0.f;
             }
 
-    stage_load<KP>(&stages[0], W, U, QG, KT, AQK, EL, (long)bh * nc, vp, v0, delta);
-    cp_async_commit();
+    // Three stages: chunks c+1 and c+2 stream in while chunk c computes.
+    for (int c = 0; c < NSTAGE - 1; ++c) {
+        if (c < nc) stage_load<KP, NB>(&stages[c], W, U, QG, KT, AQK, EL, (long)bh * nc + c, vp, v0, delta);
+        cp_async_commit();
+    }
     for (int c = 0; c < nc; ++c) {
-        Stage<KP>* st = &stages[c & 1];
+        Stage<KP, NB>* st = &stages[c % NSTAGE];
         // Sᵀ (bf16) for this chunk's W S and QG S.
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                    sT[col * LDS + r] = f32_to_bf16(s[mt][nt][e]);
+                    sT[col * LDS + r] = to_bf16(s[mt][nt][e]);
                 }
-        __syncthreads();  // every warp is done with the other stage and with vT
-        if (c + 1 < nc)
-            stage_load<KP>(&stages[(c + 1) & 1], W, U, QG, KT, AQK, EL, (long)bh * nc + c + 1, vp, v0, delta);
+        __syncthreads();  // every warp is done with chunk c−1's stage and with vT
+        if (c + NSTAGE - 1 < nc)
+            stage_load<KP, NB>(&stages[(c + NSTAGE - 1) % NSTAGE], W, U, QG, KT, AQK, EL,
+                               (long)bh * nc + c + NSTAGE - 1, vp, v0, delta);
         cp_async_commit();
-        cp_async_wait_1();
+        cp_async_wait_2();
         __syncthreads();
 
         // v' = U − W S and o = QG S for tokens 16·warp ..
-        float vacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        float oacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float vacc[NB][4], oacc[NB][4];
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) vacc[nt][e] = oacc[nt][e] = 0.f;
         const int r0 = warp * 16;
 #pragma unroll
         for (int ks = 0; ks < KP / 16; ++ks) {
-            unsigned aq[4], bb[2][2];
+            unsigned aq[4], aw[4];
             frag_a(aq, &st->qg[0][0], LDS, r0, ks * 16);
-            frag_b(bb[0], sT, LDS, 0, ks * 16);
-            frag_b(bb[1], sT, LDS, 8, ks * 16);
-            mma_bf16(oacc[0], aq, bb[0]);
-            mma_bf16(oacc[1], aq, bb[1]);
-            if (delta) {
-                unsigned aw[4];
-                frag_a(aw, &st->w[0][0], LDS, r0, ks * 16);
-                mma_bf16(vacc[0], aw, bb[0]);
-                mma_bf16(vacc[1], aw, bb[1]);
+            if (delta) frag_a(aw, &st->w[0][0], LDS, r0, ks * 16);
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+                unsigned bb[2];
+                frag_b(bb, sT, LDS, nt * 8, ks * 16);
+                mma_bf16(oacc[nt], aq, bb);
+                if (delta) mma_bf16(vacc[nt], aw, bb);
             }
         }
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = r0 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
                 float vn = bf16_to_f32(st->u[r][col]) - vacc[nt][e];
-                vT[col * LDC + r] = f32_to_bf16(vn);
+                vT[col * LDC + r] = to_bf16(vn);
             }
         __syncthreads();
 
@@ -394,21 +602,21 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
             unsigned a[4], bb[2];
             frag_a(a, &st->aqk[0][0], LDC, r0, ks * 16);
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
+            for (int nt = 0; nt < NB; ++nt) {
                 frag_b(bb, vT, LDC, nt * 8, ks * 16);
                 mma_bf16(oacc[nt], a, bb);
             }
         }
         const int t0 = c * CH;
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 int t = t0 + r0 + gq + half * 8, col = v0 + nt * 8 + 2 * tq;
                 if (t >= T || col >= vd) continue;
                 bf16_t* op = o + (((long)b * T + t) * HV + hv) * vd + col;
                 if (col + 1 < vd) *(unsigned*)op = pack_bf16(oacc[nt][half * 2], oacc[nt][half * 2 + 1]);
-                else op[0] = f32_to_bf16(oacc[nt][half * 2]);
+                else op[0] = to_bf16(oacc[nt][half * 2]);
             }
 
         // S ← EL ⊙ S + KT v'.
@@ -416,7 +624,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
         for (int mt = 0; mt < MT; ++mt) {
             float e0 = st->el[srow0 + mt * 16 + gq], e1 = st->el[srow0 + mt * 16 + gq + 8];
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
+            for (int nt = 0; nt < NB; ++nt) {
                 s[mt][nt][0] *= e0;
                 s[mt][nt][1] *= e0;
                 s[mt][nt][2] *= e1;
@@ -427,7 +635,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
                 unsigned a[4], bb[2];
                 frag_a(a, &st->kt[0][0], LDC, srow0 + mt * 16, ks * 16);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
+                for (int nt = 0; nt < NB; ++nt) {
                     frag_b(bb, vT, LDC, nt * 8, ks * 16);
                     mma_bf16(s[mt][nt], a, bb);
                 }
@@ -438,7 +646,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
@@ -454,14 +662,16 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
         chunk_prep<KP>(q, k, v, g, beta, W, U, QG, KT, AQK, EL, T, H, HV, kd, vd, vp, scale,       \
                        g_per_head, delta);                                                          \
     }
-#define STATE(KP)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) chunk_state_k##KP(                           \
+#define STATE(KP, NB)                                                                               \
+    extern "C" __global__ void __launch_bounds__(STATE_THREADS) chunk_state_k##KP##_v##NB(                   \
         const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK,   \
         const float* EL, float* state, bf16_t* o, int T, int HV, int kd, int vd, int vp,           \
         int delta) {                                                                                \
-        chunk_state<KP>(W, U, QG, KT, AQK, EL, state, o, T, HV, kd, vd, vp, delta);                \
+        chunk_state<KP, NB>(W, U, QG, KT, AQK, EL, state, o, T, HV, kd, vd, vp, delta);            \
     }
 PREP(64)
 PREP(128)
-STATE(64)
-STATE(128)
+STATE(64, 2)
+STATE(64, 4)
+STATE(128, 2)
+STATE(128, 4)
