@@ -91,6 +91,20 @@ impl Case {
 
     /// Runs the GPU forward on tokens [t0, t1) of every sequence from `state`.
     fn gpu(&self, gpu: &Gpu, scale: f32, t0: usize, t1: usize, state: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (o, s, _) = self.gpu_keeping(gpu, scale, t0, t1, state, false);
+        (o, s)
+    }
+
+    /// As [`Case::gpu`], also returning the saved chunk-entry states when `keep`.
+    fn gpu_keeping(
+        &self,
+        gpu: &Gpu,
+        scale: f32,
+        t0: usize,
+        t1: usize,
+        state: &[f32],
+        keep: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let d = self.d;
         let n = t1 - t0;
         // Slice tokens [t0, t1) out of [B, T, ...] layouts.
@@ -119,6 +133,9 @@ impl Case {
         let mut st = gpu.upload(state).unwrap();
         let mut o = gpu.zeros::<bf16>(d.b * n * d.hv * d.v).unwrap();
         let mut scratch = gpu.chunk_linear_scratch(cd).unwrap();
+        if keep {
+            scratch.keep_states(gpu).unwrap();
+        }
         gpu.chunk_linear_fwd(
             cd,
             &q,
@@ -134,7 +151,11 @@ impl Case {
         )
         .unwrap();
         let o: Vec<f32> = gpu.download(&o).unwrap().iter().map(|x| x.to_f32()).collect();
-        (o, gpu.download(&st).unwrap())
+        let cs = match &scratch.chunk_states {
+            Some(c) => gpu.download(c).unwrap(),
+            None => vec![],
+        };
+        (o, gpu.download(&st).unwrap(), cs)
     }
 }
 
@@ -229,5 +250,27 @@ fn reproduces_fla_golden_fixtures_on_the_gpu() {
         );
         eprintln!("{name}: o {eo:.2e}, ht {es:.2e}");
         assert!(eo < TOL && es < TOL, "{name}: o {eo}, ht {es}");
+    }
+}
+
+/// The saved chunk-entry states (the backward's input) equal the CPU chunked form's.
+#[test]
+#[ignore]
+fn saved_chunk_states_match_the_cpu_chunked_form() {
+    let gpu = Gpu::open(0).unwrap();
+    for kind in [Kind::Gdn, Kind::Kda] {
+        let d = dims(2, 150, 1, 2, 64, 32);
+        let c = case(kind, d, 9);
+        let x = Inputs {
+            q: &c.q,
+            k: &c.k,
+            v: &c.v,
+            g: &c.g,
+            beta: c.beta.as_deref(),
+        };
+        let want = linear_core::chunked(d, x, 0.125, Some(&c.h0), 64);
+        let (_, _, cs) = c.gpu_keeping(&gpu, 0.125, 0, d.t, &c.h0, true);
+        let e = max_rel_err(&to64(&want.chunk_states), &cs);
+        assert!(e < TOL, "chunk states rel err {e}");
     }
 }

@@ -64,12 +64,26 @@ pub struct ChunkScratch {
     kt: CudaSlice<bf16>,
     aqk: CudaSlice<bf16>,
     el: CudaSlice<f32>,
+    /// With `keep_states`, the forward writes the state entering every chunk here
+    /// ([B, HV, n_chunks, K, V] f32): the saved activation of the backward pass.
+    pub chunk_states: Option<CudaSlice<f32>>,
     /// When set, each launch is followed by a synchronize and its wall time (ms) is recorded
     /// here as (kernel, ms): for benchmarks that want the split between the two kernels.
     pub timings: Option<Vec<(&'static str, f64)>>,
 }
 
 impl ChunkScratch {
+    /// Makes the forward keep every chunk's entry state (for the backward pass).
+    pub fn keep_states(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.chunk_states.is_none() {
+            let d = self.dims;
+            self.chunk_states = Some(gpu.zeros(d.b * d.hv * d.chunks() * d.k * d.v)?);
+        }
+        Ok(())
+    }
+    pub fn dims(&self) -> ChunkDims {
+        self.dims
+    }
     fn lap(&mut self, gpu: &Gpu, name: &'static str, since: std::time::Instant) -> Result<()> {
         if let Some(t) = self.timings.as_mut() {
             gpu.synchronize()?;
@@ -99,6 +113,7 @@ impl Gpu {
             kt: self.zeros(blocks * CHUNK * kp)?,
             aqk: self.zeros(blocks * CHUNK * CHUNK)?,
             el: self.zeros(blocks * kp)?,
+            chunk_states: None,
             timings: None,
         })
     }
@@ -245,13 +260,19 @@ impl Gpu {
             .arg(&s.aqk)
             .arg(&s.el)
             .arg(state)
-            .arg(o)
-            .arg(&t)
+            .arg(o);
+        let save = s.chunk_states.is_some() as i32;
+        match s.chunk_states.as_mut() {
+            Some(cs) => b.arg(cs),
+            None => b.arg(&s.el), // never written when save == 0
+        };
+        b.arg(&t)
             .arg(&hv)
             .arg(&kd)
             .arg(&vd)
             .arg(&vpi)
-            .arg(&delta);
+            .arg(&delta)
+            .arg(&save);
         let cfg = LaunchConfig {
             grid_dim: ((vp / bvt) as u32, (d.b * d.hv) as u32, 1),
             block_dim: (128, 1, 1),

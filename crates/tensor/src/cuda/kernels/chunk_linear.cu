@@ -512,8 +512,8 @@ __device__ __forceinline__ void stage_load(Stage<KP, NB>* st, const bf16_t* W, c
 
 template <int KP, int NB>
 __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT,
-                            const bf16_t* AQK, const float* EL, float* state, bf16_t* o, int T,
-                            int HV, int kd, int vd, int vp, int delta) {
+                            const bf16_t* AQK, const float* EL, float* state, bf16_t* o,
+                            float* CS, int T, int HV, int kd, int vd, int vp, int delta, int save) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     constexpr int BVT = 8 * NB;
     Stage<KP, NB>* stages = (Stage<KP, NB>*)smem_raw;
@@ -547,6 +547,19 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
     }
     for (int c = 0; c < nc; ++c) {
         Stage<KP, NB>* st = &stages[c % NSTAGE];
+        if (save) {
+            // The state entering chunk c, [B, HV, n_chunks, K, V] f32, for the backward pass.
+            float* cs = CS + ((long)bh * nc + c) * kd * vd;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
+                        if (r < kd && col < vd) cs[(long)r * vd + col] = s[mt][nt][e];
+                    }
+        }
         // Sᵀ (bf16) for this chunk's W S and QG S.
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -665,9 +678,9 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
 #define STATE(KP, NB)                                                                               \
     extern "C" __global__ void __launch_bounds__(STATE_THREADS) chunk_state_k##KP##_v##NB(                   \
         const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK,   \
-        const float* EL, float* state, bf16_t* o, int T, int HV, int kd, int vd, int vp,           \
-        int delta) {                                                                                \
-        chunk_state<KP, NB>(W, U, QG, KT, AQK, EL, state, o, T, HV, kd, vd, vp, delta);            \
+        const float* EL, float* state, bf16_t* o, float* CS, int T, int HV, int kd, int vd, int vp, \
+        int delta, int save) {                                                                      \
+        chunk_state<KP, NB>(W, U, QG, KT, AQK, EL, state, o, CS, T, HV, kd, vd, vp, delta, save);  \
     }
 PREP(64)
 PREP(128)
