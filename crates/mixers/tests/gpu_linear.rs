@@ -55,7 +55,10 @@ fn case(kind: Kind, d: Dims, seed: u64) -> Case {
             .collect();
         (g, Some(gh))
     } else {
-        ((0..d.b * d.t * d.hv * d.k).map(|_| logsig()).collect(), None)
+        (
+            (0..d.b * d.t * d.hv * d.k).map(|_| logsig()).collect(),
+            None,
+        )
     };
     let beta = (kind != Kind::Gla).then(|| {
         (0..d.b * d.t * d.hv)
@@ -90,7 +93,14 @@ impl Case {
     }
 
     /// Runs the GPU forward on tokens [t0, t1) of every sequence from `state`.
-    fn gpu(&self, gpu: &Gpu, scale: f32, t0: usize, t1: usize, state: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        scale: f32,
+        t0: usize,
+        t1: usize,
+        state: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
         let (o, s, _) = self.gpu_keeping(gpu, scale, t0, t1, state, false);
         (o, s)
     }
@@ -129,7 +139,10 @@ impl Case {
             Some(gh) => gpu.upload(&cut(gh, d.hv)).unwrap(),
             None => gpu.upload(&cut(&self.g, d.hv * d.k)).unwrap(),
         };
-        let beta = self.beta.as_ref().map(|b| gpu.upload(&cut(b, d.hv)).unwrap());
+        let beta = self
+            .beta
+            .as_ref()
+            .map(|b| gpu.upload(&cut(b, d.hv)).unwrap());
         let mut st = gpu.upload(state).unwrap();
         let mut o = gpu.zeros::<bf16>(d.b * n * d.hv * d.v).unwrap();
         let mut scratch = gpu.chunk_linear_scratch(cd).unwrap();
@@ -150,7 +163,12 @@ impl Case {
             &mut scratch,
         )
         .unwrap();
-        let o: Vec<f32> = gpu.download(&o).unwrap().iter().map(|x| x.to_f32()).collect();
+        let o: Vec<f32> = gpu
+            .download(&o)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
         let cs = match &scratch.chunk_states {
             Some(c) => gpu.download(c).unwrap(),
             None => vec![],

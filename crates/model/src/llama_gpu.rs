@@ -101,8 +101,9 @@ impl GpuLlama {
         })
     }
 
-    /// Runs tokens [B, T] after the cache's contents; returns logits [B·T, V] (bf16, on the GPU).
-    pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<CudaSlice<bf16>> {
+    /// Runs tokens [B, T] after the cache's contents; returns logits [B·T, V] (f32, on the
+    /// GPU: in bf16 the top logits of a large vocabulary tie constantly).
+    pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<CudaSlice<f32>> {
         let c = &self.config;
         let g = &self.gpu;
         let b = cache.batch;
@@ -166,8 +167,8 @@ impl GpuLlama {
         }
         cache.len = past + t;
         g.rmsnorm_bf16(&x, &self.norm, &mut hbuf, n, d, c.eps)?;
-        let mut logits = g.zeros::<bf16>(n * c.vocab_size)?;
-        g.matmul_nt_bf16(
+        let mut logits = g.zeros::<f32>(n * c.vocab_size)?;
+        g.matmul_nt_bf16_f32(
             &hbuf,
             self.head.as_ref().unwrap_or(&self.embed),
             &mut logits,
@@ -179,19 +180,14 @@ impl GpuLlama {
     }
 
     /// Greedy next tokens of each row of logits [rows, V].
-    pub fn argmax(&self, logits: &CudaSlice<bf16>, rows: usize) -> Result<Vec<u32>> {
+    pub fn argmax(&self, logits: &CudaSlice<f32>, rows: usize) -> Result<Vec<u32>> {
         let mut out = self.gpu.zeros::<u32>(rows)?;
         self.gpu
-            .argmax_bf16(logits, &mut out, rows, self.config.vocab_size)?;
+            .argmax_f32(logits, &mut out, rows, self.config.vocab_size)?;
         Ok(self.gpu.download(&out)?)
     }
 
-    pub fn logits_to_host(&self, logits: &CudaSlice<bf16>) -> Result<Vec<f32>> {
-        Ok(self
-            .gpu
-            .download(logits)?
-            .iter()
-            .map(|x| x.to_f32())
-            .collect())
+    pub fn logits_to_host(&self, logits: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        Ok(self.gpu.download(logits)?)
     }
 }

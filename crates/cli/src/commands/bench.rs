@@ -18,6 +18,8 @@ pub enum BenchCommand {
     GdnStep(super::device::GdnStepArgs),
     /// Causal flash attention forward (and backward) on the GPU.
     Attention(super::bench_attention::AttentionArgs),
+    /// The model on the GPU against the CPU under teacher forcing (argmax agreement, KL).
+    Agreement(super::bench_agreement::AgreementArgs),
     /// Chunked GDN / KDA / GLA forward on the GPU (prefill and training shapes).
     ChunkLinear(super::bench_linear::ChunkLinearArgs),
 }
@@ -62,6 +64,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::GdnStep(g) => return super::device::bench_gdn_step(g),
         BenchCommand::Attention(g) => return super::bench_attention::run(g),
         BenchCommand::ChunkLinear(g) => return super::bench_linear::run(g),
+        BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

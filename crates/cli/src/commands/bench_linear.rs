@@ -56,8 +56,20 @@ pub fn run(a: ChunkLinearArgs) -> Result<()> {
         let v: Vec<bf16> = (0..n).map(|_| bf16::from_f32(unit())).collect();
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let beta: Vec<f32> = (0..t * h).map(|_| sig(rng.uniform()) as f32).collect();
-        let (qd, kd, vd, bd) = (gpu.upload(&q)?, gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&beta)?);
-        let d = ChunkDims { b: 1, t, h, hv: h, k: dk, v: dk };
+        let (qd, kd, vd, bd) = (
+            gpu.upload(&q)?,
+            gpu.upload(&k)?,
+            gpu.upload(&v)?,
+            gpu.upload(&beta)?,
+        );
+        let d = ChunkDims {
+            b: 1,
+            t,
+            h,
+            hv: h,
+            k: dk,
+            v: dk,
+        };
         let mut scratch = gpu.chunk_linear_scratch(d)?;
         let mut state = gpu.zeros::<f32>(h * dk * dk)?;
         let mut o = gpu.zeros::<bf16>(n)?;
@@ -69,21 +81,63 @@ pub fn run(a: ChunkLinearArgs) -> Result<()> {
             let beta_arg = (kind != "gla").then_some(&bd);
             let scale = (dk as f32).powf(-0.5);
             for _ in 0..3 {
-                gpu.chunk_linear_fwd(d, &qd, &kd, &vd, &gd, per_head, beta_arg, scale, &mut state, &mut o, &mut scratch)?;
+                gpu.chunk_linear_fwd(
+                    d,
+                    &qd,
+                    &kd,
+                    &vd,
+                    &gd,
+                    per_head,
+                    beta_arg,
+                    scale,
+                    &mut state,
+                    &mut o,
+                    &mut scratch,
+                )?;
             }
             gpu.synchronize()?;
             let mut times = vec![];
             for _ in 0..a.reps {
                 let t0 = Instant::now();
-                gpu.chunk_linear_fwd(d, &qd, &kd, &vd, &gd, per_head, beta_arg, scale, &mut state, &mut o, &mut scratch)?;
+                gpu.chunk_linear_fwd(
+                    d,
+                    &qd,
+                    &kd,
+                    &vd,
+                    &gd,
+                    per_head,
+                    beta_arg,
+                    scale,
+                    &mut state,
+                    &mut o,
+                    &mut scratch,
+                )?;
                 gpu.synchronize()?;
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
             let ms = median(times);
             // One more run, synchronised after each kernel, for the split between them.
             scratch.timings = Some(vec![]);
-            gpu.chunk_linear_fwd(d, &qd, &kd, &vd, &gd, per_head, beta_arg, scale, &mut state, &mut o, &mut scratch)?;
-            let split: serde_json::Map<String, serde_json::Value> = scratch.timings.take().unwrap_or_default().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            gpu.chunk_linear_fwd(
+                d,
+                &qd,
+                &kd,
+                &vd,
+                &gd,
+                per_head,
+                beta_arg,
+                scale,
+                &mut state,
+                &mut o,
+                &mut scratch,
+            )?;
+            let split: serde_json::Map<String, serde_json::Value> = scratch
+                .timings
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
             rows.push(serde_json::json!({"kind": kind, "t": t, "ms": ms, "mtok_per_s": t as f64 / ms / 1e3, "kernels": split}));
         }
     }

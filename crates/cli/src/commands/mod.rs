@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_agreement;
 pub mod bench_attention;
 pub mod bench_linear;
 pub mod bench_step;

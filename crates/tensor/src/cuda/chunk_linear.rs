@@ -153,7 +153,11 @@ impl Gpu {
             ("o", o.len(), v_len),
             ("g", g.len(), g_len),
             ("state", state.len(), d.b * d.hv * d.k * d.v),
-            ("beta", beta.map_or(d.b * d.t * d.hv, |x| x.len()), d.b * d.t * d.hv),
+            (
+                "beta",
+                beta.map_or(d.b * d.t * d.hv, |x| x.len()),
+                d.b * d.t * d.hv,
+            ),
         ];
         if let Some((name, got, want)) = sizes.iter().find(|(_, got, want)| got < want) {
             return Err(Error::Msg(format!(
@@ -170,8 +174,8 @@ impl Gpu {
             + 4 * CHUNK * (CHUNK + 1)     // A
             + 2 * CHUNK * ldc             // Tb
             + 2 * region; // X
-        // Value columns per sequential block: 32 halves the re-reads of each chunk's operands
-        // (one per block) when that still leaves a block for most SMs; else 16.
+                          // Value columns per sequential block: 32 halves the re-reads of each chunk's operands
+                          // (one per block) when that still leaves a block for most SMs; else 16.
         let bvt = match std::env::var("HYBRID_CHUNK_BV").ok().as_deref() {
             Some("16") => 16,
             Some("32") => 32,
@@ -210,15 +214,39 @@ impl Gpu {
         if let Some(t) = s.timings.as_mut() {
             self.synchronize()?;
             // What the compiler made of the kernels: registers, spills, blocks per SM.
-            for (name, f, threads, smem) in [("prep", &prep, 256, prep_smem), ("state", &run, 128, state_smem)] {
+            for (name, f, threads, smem) in [
+                ("prep", &prep, 256, prep_smem),
+                ("state", &run, 128, state_smem),
+            ] {
                 let regs = f.num_regs().map_err(|e| cuda_err("attribute", e))?;
                 let local = f.local_size_bytes().map_err(|e| cuda_err("attribute", e))?;
                 let occ = f
                     .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
                     .map_err(|e| cuda_err("occupancy", e))?;
-                t.push((if name == "prep" { "prep_regs" } else { "state_regs" }, regs as f64));
-                t.push((if name == "prep" { "prep_local_bytes" } else { "state_local_bytes" }, local as f64));
-                t.push((if name == "prep" { "prep_blocks_per_sm" } else { "state_blocks_per_sm" }, occ as f64));
+                t.push((
+                    if name == "prep" {
+                        "prep_regs"
+                    } else {
+                        "state_regs"
+                    },
+                    regs as f64,
+                ));
+                t.push((
+                    if name == "prep" {
+                        "prep_local_bytes"
+                    } else {
+                        "state_local_bytes"
+                    },
+                    local as f64,
+                ));
+                t.push((
+                    if name == "prep" {
+                        "prep_blocks_per_sm"
+                    } else {
+                        "state_blocks_per_sm"
+                    },
+                    occ as f64,
+                ));
             }
         }
         let t0 = std::time::Instant::now();

@@ -9,6 +9,7 @@
 
 mod chunk_linear;
 pub mod flash;
+mod gemm;
 pub mod libs;
 mod ops;
 

@@ -271,7 +271,7 @@ impl Gpu {
         Ok(())
     }
 
-    /// Row-wise argmax of x [rows, n].
+    /// Row-wise argmax of x [rows, n] (first index on ties).
     pub fn argmax_bf16(
         &self,
         x: &CudaSlice<bf16>,
@@ -279,7 +279,29 @@ impl Gpu {
         rows: usize,
         n: usize,
     ) -> Result<()> {
-        let f = self.function(ATTENTION, "argmax_bf16")?;
+        self.argmax(x, "argmax_bf16", out, rows, n)
+    }
+
+    /// Row-wise argmax of f32 rows.
+    pub fn argmax_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<u32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.argmax(x, "argmax_f32", out, rows, n)
+    }
+
+    fn argmax<T: cudarc::driver::DeviceRepr>(
+        &self,
+        x: &CudaSlice<T>,
+        kernel: &str,
+        out: &mut CudaSlice<u32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let f = self.function(ATTENTION, kernel)?;
         let ni = n as i32;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),

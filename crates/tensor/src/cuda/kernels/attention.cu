@@ -72,12 +72,20 @@ extern "C" __global__ void add_bf16(bf16_t* y, const bf16_t* x, long n) {
 }
 
 // Index of the largest value of each row of x [rows, n] (first on ties). One block per row.
-extern "C" __global__ void argmax_bf16(const bf16_t* x, unsigned int* out, int n) {
-    const bf16_t* xr = x + (long)blockIdx.x * n;
+template <typename T>
+__device__ float load_f32(const T* p);
+template <>
+__device__ float load_f32<bf16_t>(const bf16_t* p) { return bf16_to_f32(*p); }
+template <>
+__device__ float load_f32<float>(const float* p) { return *p; }
+
+template <typename T>
+__device__ void argmax_rows(const T* x, unsigned int* out, int n) {
+    const T* xr = x + (long)blockIdx.x * n;
     float best = __int_as_float(0xff800000);
     int idx = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = bf16_to_f32(xr[i]);
+        float v = load_f32<T>(xr + i);
         if (v > best) { best = v; idx = i; }
     }
     __shared__ float sv[1024];
@@ -93,3 +101,5 @@ extern "C" __global__ void argmax_bf16(const bf16_t* x, unsigned int* out, int n
     }
     if (threadIdx.x == 0) out[blockIdx.x] = si[0];
 }
+extern "C" __global__ void argmax_bf16(const bf16_t* x, unsigned int* out, int n) { argmax_rows(x, out, n); }
+extern "C" __global__ void argmax_f32(const float* x, unsigned int* out, int n) { argmax_rows(x, out, n); }
