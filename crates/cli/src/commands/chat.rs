@@ -21,8 +21,12 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    a.model.cpu_only("chat")?;
+    let device = a.model.device()?;
     let m = a.model.load()?;
+    let gpu = match device {
+        tensor::Device::Cuda(n) => Some(model::llama_gpu::GpuLlama::new(&m.model, n)?),
+        tensor::Device::Cpu => None,
+    };
     let tmpl = m
         .template
         .as_ref()
@@ -36,7 +40,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!(
-        "chatting with {} (empty line or Ctrl-D to quit)",
+        "chatting with {} on {device} (empty line or Ctrl-D to quit)",
         a.model.model_path()?.display()
     );
     loop {
@@ -50,10 +54,14 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let text = tmpl.render(&messages, true)?;
         let with_bos = tmpl.bos_token.is_empty() || !text.starts_with(&tmpl.bos_token);
         let prompt = m.tokenizer.encode(&text, with_bos)?;
-        let g = generate(&m, &prompt, &opts, |s| {
+        let on_text = |s: &str| {
             let _ = out.write_all(s.as_bytes());
             let _ = out.flush();
-        })?;
+        };
+        let g = match &gpu {
+            Some(gpu) => model::generate_gpu(&m, gpu, &prompt, &opts, on_text)?,
+            None => generate(&m, &prompt, &opts, on_text)?,
+        };
         writeln!(out)?;
         messages.push(Message::new("assistant", &g.text));
     }

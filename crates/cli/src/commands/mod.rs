@@ -39,27 +39,32 @@ impl ModelArgs {
         }
     }
 
-    /// The device asked for. The default stays the CPU until every command runs on CUDA;
-    /// asking for CUDA on a machine without a usable GPU is one sentence saying why.
+    /// The device asked for; by default CUDA when a GPU is usable here (driver, libraries and
+    /// a device that opens), else the CPU. Asking for CUDA on a machine without a usable GPU
+    /// is one sentence saying why.
     pub fn device(&self) -> Result<Device> {
         match self.device {
-            None | Some(Device::Cpu) => Ok(Device::Cpu),
+            Some(Device::Cpu) => Ok(Device::Cpu),
             Some(Device::Cuda(n)) => {
                 tensor::cuda::libs::ensure_loaded().map_err(anyhow::Error::msg)?;
                 Ok(Device::Cuda(n))
             }
-        }
-    }
-
-    /// For commands that run on the CPU only so far.
-    pub fn cpu_only(&self, command: &str) -> Result<()> {
-        match self.device()? {
-            Device::Cpu => Ok(()),
-            d => bail!("`{command}` does not run on {d} yet (use --device cpu)"),
+            None => Ok(if gpu_usable() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }),
         }
     }
 
     pub fn load(&self) -> Result<model::LoadedModel> {
         model::LoadedModel::load(&self.model_path()?)
     }
+}
+
+/// Whether the default device should be CUDA: the driver and libraries load and GPU 0 opens.
+fn gpu_usable() -> bool {
+    tensor::cuda::libs::driver_present()
+        && tensor::cuda::libs::ensure_loaded().is_ok()
+        && tensor::cuda::Gpu::open(0).is_ok()
 }
