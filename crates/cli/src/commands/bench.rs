@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Agreement(super::bench_agreement::AgreementArgs),
     /// Chunked GDN / KDA / GLA forward on the GPU (prefill and training shapes).
     ChunkLinear(super::bench_linear::ChunkLinearArgs),
+    /// Chunked GDN / KDA / GLA forward + backward on the GPU (training shapes).
+    ChunkLinearBwd(super::bench_linear_bwd::ChunkLinearBwdArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -64,6 +66,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::GdnStep(g) => return super::device::bench_gdn_step(g),
         BenchCommand::Attention(g) => return super::bench_attention::run(g),
         BenchCommand::ChunkLinear(g) => return super::bench_linear::run(g),
+        BenchCommand::ChunkLinearBwd(g) => return super::bench_linear_bwd::run(g),
         BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {

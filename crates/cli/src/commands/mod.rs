@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bench_agreement;
 pub mod bench_attention;
 pub mod bench_linear;
+pub mod bench_linear_bwd;
 pub mod bench_step;
 pub mod chat;
 pub mod device;

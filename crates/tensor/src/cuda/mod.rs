@@ -8,12 +8,14 @@
 #![allow(clippy::too_many_arguments)] // launchers take their shapes explicitly
 
 mod chunk_linear;
+mod chunk_linear_bwd;
 pub mod flash;
 mod gemm;
 pub mod libs;
 mod ops;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
+pub use chunk_linear_bwd::ChunkGrads;
 
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -36,6 +38,10 @@ pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elem
 pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attention.cu"));
 pub const FLASH_ATTN: (&str, &str) = ("flash_attn", include_str!("kernels/flash_attn.cu"));
 pub const CHUNK_LINEAR: (&str, &str) = ("chunk_linear", include_str!("kernels/chunk_linear.cu"));
+pub const CHUNK_LINEAR_BWD: (&str, &str) = (
+    "chunk_linear_bwd",
+    include_str!("kernels/chunk_linear_bwd.cu"),
+);
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]
