@@ -11,10 +11,12 @@ mod chunk_linear;
 mod chunk_linear_bwd;
 pub mod flash;
 mod gemm;
+mod hybrid_ops;
 pub mod libs;
 mod ops;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
+pub use hybrid_ops::DecayGate;
 pub use chunk_linear_bwd::ChunkGrads;
 
 use crate::{Error, Result};
@@ -38,6 +40,7 @@ pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elem
 pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attention.cu"));
 pub const FLASH_ATTN: (&str, &str) = ("flash_attn", include_str!("kernels/flash_attn.cu"));
 pub const CHUNK_LINEAR: (&str, &str) = ("chunk_linear", include_str!("kernels/chunk_linear.cu"));
+pub const HYBRID: (&str, &str) = ("hybrid", include_str!("kernels/hybrid.cu"));
 pub const CHUNK_LINEAR_BWD: (&str, &str) = (
     "chunk_linear_bwd",
     include_str!("kernels/chunk_linear_bwd.cu"),

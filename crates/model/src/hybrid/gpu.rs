@@ -1,0 +1,532 @@
+//! The hybrid model on a GPU, for inference (prefill and decode): the CPU model's f32 weights
+//! in bf16 on the device, bf16 activations, f32 norms, gates, decays and recurrent states,
+//! cuBLAS GEMMs and the NVRTC kernels of `tensor::cuda`. The CPU model
+//! ([`super::HybridModel::forward`]) is the specification; tests/hybrid_gpu.rs compares them.
+//!
+//! Per layer kind:
+//! - attention / SWA: projections, RoPE, a bf16 KV cache of fixed capacity per sequence
+//!   (SWA reads only its window; its cache is not trimmed yet), optional sigmoid output gate;
+//! - GDN / KDA / GLA: projections, batched short conv + SiLU with f32 histories, L2-normalised
+//!   q/k, β, the decay gates, the chunked core (prefill) or the one-token step (decode, delta
+//!   rule), gated per-head RMSNorm, output projection.
+//!
+//! Shapes: B sequences of T tokens each, all at the same position; N = B·T rows.
+use super::{HybridModel, Mixer};
+use anyhow::{bail, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use mixers::attention::AttentionConfig;
+use mixers::linear_mixer::{LinearConfig, LinearKind};
+use mixers::params::Params;
+use tensor::cuda::{ChunkDims, DecayGate, Gpu, StepDims};
+
+struct GpuAttention {
+    cfg: AttentionConfig,
+    q: CudaSlice<bf16>,
+    k: CudaSlice<bf16>,
+    v: CudaSlice<bf16>,
+    o: CudaSlice<bf16>,
+    inv_freq: CudaSlice<f32>,
+}
+
+struct GpuLinear {
+    cfg: LinearConfig,
+    q: CudaSlice<bf16>,
+    k: CudaSlice<bf16>,
+    v: CudaSlice<bf16>,
+    /// Depthwise conv weights [C, W] for q, k, v.
+    conv: [CudaSlice<f32>; 3],
+    /// β projection (delta rule only).
+    b: Option<CudaSlice<bf16>>,
+    /// Decay projections: GDN `a_proj`; KDA `f_a_proj`, `f_b_proj`; GLA `gk_proj.0`, `gk_proj.1`.
+    ga: CudaSlice<bf16>,
+    gb: Option<CudaSlice<bf16>>,
+    a_log: CudaSlice<f32>,
+    /// dt_bias (GDN, KDA) or `gk_proj.1.bias` (GLA).
+    g_bias: CudaSlice<f32>,
+    /// Output gate: `g_proj` (GDN, GLA) or `g_a_proj`, `g_b_proj` + bias (KDA).
+    za: CudaSlice<bf16>,
+    zb: Option<(CudaSlice<bf16>, CudaSlice<f32>)>,
+    o_norm: CudaSlice<f32>,
+    o: CudaSlice<bf16>,
+}
+
+enum GpuMixer {
+    Attention(GpuAttention),
+    Linear(Box<GpuLinear>),
+}
+
+struct GpuMlp {
+    norm: CudaSlice<f32>,
+    gate: CudaSlice<bf16>,
+    up: CudaSlice<bf16>,
+    down: CudaSlice<bf16>,
+}
+
+struct GpuBlock {
+    attn_norm: CudaSlice<f32>,
+    mixer: GpuMixer,
+    mlp: Option<GpuMlp>,
+}
+
+pub struct GpuHybrid {
+    pub gpu: Gpu,
+    pub config: super::HybridConfig,
+    embed: CudaSlice<bf16>,
+    head: Option<CudaSlice<bf16>>,
+    norm: CudaSlice<f32>,
+    blocks: Vec<GpuBlock>,
+}
+
+enum LayerCache {
+    /// [B, capacity, Hk, Dh] each.
+    Attention {
+        k: CudaSlice<bf16>,
+        v: CudaSlice<bf16>,
+    },
+    /// Recurrent state [B, HV, K, V] f32 and conv histories [B, W−1, C] f32 (q, k, v).
+    Linear {
+        rec: CudaSlice<f32>,
+        conv: [CudaSlice<f32>; 3],
+    },
+}
+
+/// Every layer's cache for B sequences.
+pub struct GpuHybridState {
+    layers: Vec<LayerCache>,
+    pub batch: usize,
+    pub capacity: usize,
+    pub len: usize,
+}
+
+fn bf(gpu: &Gpu, x: &[f32]) -> Result<CudaSlice<bf16>> {
+    let h: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    Ok(gpu.upload(&h)?)
+}
+
+impl GpuHybrid {
+    pub fn new(cpu: &HybridModel, ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::open(ordinal)?;
+        let c = cpu.config.clone();
+        let mut blocks = vec![];
+        for bl in &cpu.blocks {
+            let p = &bl.params;
+            let mixer = match &bl.mixer {
+                Mixer::Attention(a) => {
+                    let ac = a.cfg.clone();
+                    if ac.head_dim % 32 != 0 {
+                        bail!(
+                            "attention layers run on the GPU with head dims that are multiples of 32; this model has {}",
+                            ac.head_dim
+                        );
+                    }
+                    let inv: Vec<f32> = (0..ac.rot_dims / 2)
+                        .map(|i| ac.rope_theta.powf(-2.0 * i as f64 / ac.rot_dims as f64) as f32)
+                        .collect();
+                    let w = |n: &str| bf(&gpu, a.params.get(n));
+                    GpuMixer::Attention(GpuAttention {
+                        q: w("q_proj.weight")?,
+                        k: w("k_proj.weight")?,
+                        v: w("v_proj.weight")?,
+                        o: w("o_proj.weight")?,
+                        inv_freq: gpu.upload(&inv)?,
+                        cfg: ac,
+                    })
+                }
+                Mixer::Linear(l) => {
+                    GpuMixer::Linear(Box::new(linear_layer(&gpu, &l.cfg, &l.params)?))
+                }
+            };
+            let mlp = if c.intermediate_size > 0 {
+                Some(GpuMlp {
+                    norm: gpu.upload(p.get("post_attention_layernorm.weight"))?,
+                    gate: bf(&gpu, p.get("mlp.gate_proj.weight"))?,
+                    up: bf(&gpu, p.get("mlp.up_proj.weight"))?,
+                    down: bf(&gpu, p.get("mlp.down_proj.weight"))?,
+                })
+            } else {
+                None
+            };
+            blocks.push(GpuBlock {
+                attn_norm: gpu.upload(p.get("input_layernorm.weight"))?,
+                mixer,
+                mlp,
+            });
+        }
+        Ok(GpuHybrid {
+            embed: bf(&gpu, cpu.top.get("model.embed_tokens.weight"))?,
+            head: if c.tie_word_embeddings {
+                None
+            } else {
+                Some(bf(&gpu, cpu.top.get("lm_head.weight"))?)
+            },
+            norm: gpu.upload(cpu.top.get("model.norm.weight"))?,
+            blocks,
+            config: c,
+            gpu,
+        })
+    }
+
+    /// Empty caches for `batch` sequences of up to `capacity` tokens.
+    pub fn new_state(&self, batch: usize, capacity: usize) -> Result<GpuHybridState> {
+        let g = &self.gpu;
+        let mut layers = vec![];
+        for bl in &self.blocks {
+            layers.push(match &bl.mixer {
+                GpuMixer::Attention(a) => {
+                    let n = batch * capacity * a.cfg.n_kv_heads * a.cfg.head_dim;
+                    LayerCache::Attention {
+                        k: g.zeros(n)?,
+                        v: g.zeros(n)?,
+                    }
+                }
+                GpuMixer::Linear(l) => {
+                    let c = &l.cfg;
+                    let hist = batch * c.conv_size.saturating_sub(1);
+                    LayerCache::Linear {
+                        rec: g.zeros(batch * c.n_v_heads * c.head_k_dim * c.head_v_dim)?,
+                        conv: [
+                            g.zeros(hist * c.n_heads * c.head_k_dim)?,
+                            g.zeros(hist * c.n_heads * c.head_k_dim)?,
+                            g.zeros(hist * c.n_v_heads * c.head_v_dim)?,
+                        ],
+                    }
+                }
+            });
+        }
+        Ok(GpuHybridState {
+            layers,
+            batch,
+            capacity,
+            len: 0,
+        })
+    }
+
+    /// Runs tokens [B, T] after what `state` holds; returns logits [B·T, V] (f32, on the GPU).
+    pub fn forward(&self, tokens: &[u32], state: &mut GpuHybridState) -> Result<CudaSlice<f32>> {
+        let c = &self.config;
+        let g = &self.gpu;
+        let b = state.batch;
+        let t = tokens.len() / b.max(1);
+        if t == 0 || tokens.len() != b * t {
+            bail!("{} tokens do not fill {b} sequences", tokens.len());
+        }
+        if state.len + t > state.capacity {
+            bail!(
+                "{} tokens exceed the cache capacity of {}",
+                state.len + t,
+                state.capacity
+            );
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            );
+        }
+        let (n, d, f) = (b * t, c.hidden_size, c.intermediate_size);
+        let mut x = g.zeros::<bf16>(n * d)?;
+        g.embedding_bf16(&self.embed, &g.upload(tokens)?, &mut x, n, d)?;
+        let mut h = g.zeros::<bf16>(n * d)?;
+        let mut y = g.zeros::<bf16>(n * d)?;
+        let past = state.len;
+        for (bl, cache) in self.blocks.iter().zip(state.layers.iter_mut()) {
+            g.rmsnorm_bf16(&x, &bl.attn_norm, &mut h, n, d, c.rms_norm_eps)?;
+            match (&bl.mixer, cache) {
+                (GpuMixer::Attention(a), LayerCache::Attention { k, v }) => {
+                    attention_forward(g, a, &h, &mut y, (b, t), past, state.capacity, k, v)?
+                }
+                (GpuMixer::Linear(l), LayerCache::Linear { rec, conv }) => {
+                    linear_forward(g, l, &h, &mut y, (b, t), d, rec, conv)?
+                }
+                _ => unreachable!("caches are made from the blocks"),
+            }
+            g.add_bf16(&mut x, &y, n * d)?;
+            if let Some(m) = &bl.mlp {
+                g.rmsnorm_bf16(&x, &m.norm, &mut h, n, d, c.rms_norm_eps)?;
+                let mut gt = g.zeros::<bf16>(n * f)?;
+                let mut ut = g.zeros::<bf16>(n * f)?;
+                g.matmul_nt_bf16(&h, &m.gate, &mut gt, n, f, d)?;
+                g.matmul_nt_bf16(&h, &m.up, &mut ut, n, f, d)?;
+                let mut act = g.zeros::<bf16>(n * f)?;
+                g.swiglu_bf16(&gt, &ut, &mut act, n * f)?;
+                g.matmul_nt_bf16(&act, &m.down, &mut y, n, d, f)?;
+                g.add_bf16(&mut x, &y, n * d)?;
+            }
+        }
+        state.len = past + t;
+        g.rmsnorm_bf16(&x, &self.norm, &mut h, n, d, c.rms_norm_eps)?;
+        let mut logits = g.zeros::<f32>(n * c.vocab_size)?;
+        g.matmul_nt_bf16_f32(
+            &h,
+            self.head.as_ref().unwrap_or(&self.embed),
+            &mut logits,
+            n,
+            c.vocab_size,
+            d,
+        )?;
+        Ok(logits)
+    }
+}
+
+fn linear_layer(gpu: &Gpu, c: &LinearConfig, p: &Params) -> Result<GpuLinear> {
+    if c.conv_size == 0 {
+        bail!("linear layers without a short conv do not run on the GPU yet");
+    }
+    if c.head_k_dim > 128 || c.head_v_dim % 2 != 0 {
+        bail!(
+            "linear layers run on the GPU with key head dims up to 128 and even value head dims; this model has {} and {}",
+            c.head_k_dim,
+            c.head_v_dim
+        );
+    }
+    let w = |n: &str| bf(gpu, p.get(n));
+    let f = |n: &str| -> Result<CudaSlice<f32>> { Ok(gpu.upload(p.get(n))?) };
+    let (ga, gb, a_log, g_bias) = match c.kind {
+        LinearKind::Gdn => (w("a_proj.weight")?, None, f("A_log")?, f("dt_bias")?),
+        LinearKind::Kda => (
+            w("f_a_proj.weight")?,
+            Some(w("f_b_proj.weight")?),
+            f("A_log")?,
+            f("dt_bias")?,
+        ),
+        LinearKind::Gla => (
+            w("gk_proj.0.weight")?,
+            Some(w("gk_proj.1.weight")?),
+            gpu.zeros::<f32>(1)?,
+            f("gk_proj.1.bias")?,
+        ),
+    };
+    let (za, zb) = if c.kind == LinearKind::Kda {
+        (
+            w("g_a_proj.weight")?,
+            Some((w("g_b_proj.weight")?, f("g_b_proj.bias")?)),
+        )
+    } else {
+        (w("g_proj.weight")?, None)
+    };
+    Ok(GpuLinear {
+        q: w("q_proj.weight")?,
+        k: w("k_proj.weight")?,
+        v: w("v_proj.weight")?,
+        conv: [
+            f("q_conv1d.weight")?,
+            f("k_conv1d.weight")?,
+            f("v_conv1d.weight")?,
+        ],
+        b: if c.kind != LinearKind::Gla {
+            Some(w("b_proj.weight")?)
+        } else {
+            None
+        },
+        ga,
+        gb,
+        a_log,
+        g_bias,
+        za,
+        zb,
+        o_norm: f("o_norm.weight")?,
+        o: w("o_proj.weight")?,
+        cfg: c.clone(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_forward(
+    g: &Gpu,
+    a: &GpuAttention,
+    h: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (b, t): (usize, usize),
+    past: usize,
+    capacity: usize,
+    kc: &mut CudaSlice<bf16>,
+    vc: &mut CudaSlice<bf16>,
+) -> Result<()> {
+    let c = &a.cfg;
+    let (n, d, dh, nh, hk) = (b * t, c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);
+    let mut q = g.zeros::<bf16>(n * nh * dh)?;
+    let mut gate = None;
+    if c.output_gate {
+        let mut qg = g.zeros::<bf16>(n * nh * dh * 2)?;
+        g.matmul_nt_bf16(h, &a.q, &mut qg, n, 2 * nh * dh, d)?;
+        let mut gt = g.zeros::<bf16>(n * nh * dh)?;
+        g.split_q_gate(&qg, &mut q, &mut gt, n * nh, dh)?;
+        gate = Some(gt);
+    } else {
+        g.matmul_nt_bf16(h, &a.q, &mut q, n, nh * dh, d)?;
+    }
+    let mut k = g.zeros::<bf16>(n * hk * dh)?;
+    let mut v = g.zeros::<bf16>(n * hk * dh)?;
+    g.matmul_nt_bf16(h, &a.k, &mut k, n, hk * dh, d)?;
+    g.matmul_nt_bf16(h, &a.v, &mut v, n, hk * dh, d)?;
+    g.rope_bf16(&mut q, &a.inv_freq, n, nh, dh, c.rot_dims, past, t)?;
+    g.rope_bf16(&mut k, &a.inv_freq, n, hk, dh, c.rot_dims, past, t)?;
+    g.kv_append_bf16(&k, kc, b, t, hk * dh, capacity, past)?;
+    g.kv_append_bf16(&v, vc, b, t, hk * dh, capacity, past)?;
+    let mut o = g.zeros::<bf16>(n * nh * dh)?;
+    g.attention_bf16(
+        &q,
+        kc,
+        vc,
+        &mut o,
+        (b, t, nh, hk, dh),
+        capacity,
+        past,
+        c.window.unwrap_or(0),
+    )?;
+    if let Some(gt) = &gate {
+        g.sigmoid_gate_mul(&mut o, gt, n * nh * dh)?;
+    }
+    g.matmul_nt_bf16(&o, &a.o, y, n, d, nh * dh)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_forward(
+    g: &Gpu,
+    l: &GpuLinear,
+    h: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (b, t): (usize, usize),
+    d: usize,
+    rec: &mut CudaSlice<f32>,
+    conv: &mut [CudaSlice<f32>; 3],
+) -> Result<()> {
+    let c = &l.cfg;
+    let n = b * t;
+    let (nh, hv, kd, vd) = (c.n_heads, c.n_v_heads, c.head_k_dim, c.head_v_dim);
+    let (ck, cv) = (nh * kd, hv * vd);
+    let delta = c.kind != LinearKind::Gla;
+    // q, k, v: projection, short conv + SiLU (histories carried in `conv`).
+    let mut qkv = vec![];
+    for (i, (w, ch)) in [(&l.q, ck), (&l.k, ck), (&l.v, cv)].into_iter().enumerate() {
+        let mut pre = g.zeros::<bf16>(n * ch)?;
+        g.matmul_nt_bf16(h, w, &mut pre, n, ch, d)?;
+        let mut out = g.zeros::<bf16>(n * ch)?;
+        g.short_conv_batched_bf16(
+            &pre,
+            &mut conv[i],
+            &l.conv[i],
+            &mut out,
+            (b, t, ch, c.conv_size),
+            true,
+        )?;
+        qkv.push(out);
+    }
+    let (mut q, mut k, v) = {
+        let mut it = qkv.into_iter();
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    let beta = if delta {
+        g.l2norm_rows_bf16(&mut q, n * nh, kd)?;
+        g.l2norm_rows_bf16(&mut k, n * nh, kd)?;
+        let mut bp = g.zeros::<bf16>(n * hv)?;
+        g.matmul_nt_bf16(
+            h,
+            l.b.as_ref().expect("delta-rule layers have b_proj"),
+            &mut bp,
+            n,
+            hv,
+            d,
+        )?;
+        let mut beta = g.zeros::<f32>(n * hv)?;
+        g.sigmoid_to_f32(&bp, &mut beta, n * hv)?;
+        Some(beta)
+    } else {
+        None
+    };
+    // Decays.
+    let (per_head, p) = if c.kind == LinearKind::Gdn {
+        (true, hv)
+    } else {
+        (false, hv * kd)
+    };
+    let mut a = g.zeros::<bf16>(n * p)?;
+    match &l.gb {
+        None => g.matmul_nt_bf16(h, &l.ga, &mut a, n, p, d)?,
+        Some(gb) => {
+            let mut mid = g.zeros::<bf16>(n * c.gate_rank)?;
+            g.matmul_nt_bf16(h, &l.ga, &mut mid, n, c.gate_rank, d)?;
+            g.matmul_nt_bf16(&mid, gb, &mut a, n, p, c.gate_rank)?;
+        }
+    }
+    let mode = match c.kind {
+        LinearKind::Gdn => DecayGate::PerHead,
+        LinearKind::Kda => DecayGate::PerChannel,
+        LinearKind::Gla => DecayGate::LogSigmoid,
+    };
+    let mut gd = g.zeros::<f32>(n * p)?;
+    g.decay_gates(&a, &l.a_log, &l.g_bias, &mut gd, n, p, kd, mode)?;
+    // The recurrence: the fused one-token step for delta-rule decode, else the chunked form.
+    let scale = (kd as f32).powf(-0.5);
+    let mut o = g.zeros::<bf16>(n * cv)?;
+    if t == 1 && delta && kd <= 256 && vd % 4 == 0 {
+        let sd = StepDims {
+            b,
+            h: nh,
+            hv,
+            k: kd,
+            v: vd,
+        };
+        g.gdn_step(
+            sd,
+            &q,
+            &k,
+            &v,
+            &gd,
+            per_head,
+            beta.as_ref().unwrap(),
+            rec,
+            &mut o,
+            scale,
+        )?;
+    } else {
+        let cd = ChunkDims {
+            b,
+            t,
+            h: nh,
+            hv,
+            k: kd,
+            v: vd,
+        };
+        let mut scratch = g.chunk_linear_scratch(cd)?;
+        g.chunk_linear_fwd(
+            cd,
+            &q,
+            &k,
+            &v,
+            &gd,
+            per_head,
+            beta.as_ref(),
+            scale,
+            rec,
+            &mut o,
+            &mut scratch,
+        )?;
+    }
+    // Output gate and norm.
+    let mut z = g.zeros::<bf16>(n * cv)?;
+    match &l.zb {
+        None => g.matmul_nt_bf16(h, &l.za, &mut z, n, cv, d)?,
+        Some((zb, bias)) => {
+            let mut mid = g.zeros::<bf16>(n * c.gate_rank)?;
+            g.matmul_nt_bf16(h, &l.za, &mut mid, n, c.gate_rank, d)?;
+            g.matmul_nt_bf16(&mid, zb, &mut z, n, cv, c.gate_rank)?;
+            g.add_bias_bf16(&mut z, bias, n * cv, cv)?;
+        }
+    }
+    let mut yn = g.zeros::<bf16>(n * cv)?;
+    g.gated_rmsnorm_bf16(
+        &o,
+        &z,
+        &l.o_norm,
+        &mut yn,
+        n * hv,
+        vd,
+        c.norm_eps,
+        c.kind == LinearKind::Kda,
+    )?;
+    g.matmul_nt_bf16(&yn, &l.o, y, n, d, cv)?;
+    Ok(())
+}

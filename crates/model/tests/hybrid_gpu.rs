@@ -1,0 +1,112 @@
+//! The hybrid model on the GPU (model::hybrid::gpu) against the CPU model, which is its
+//! specification: prefill logits of every position, then decode steps, for all five layer
+//! types, batched, with and without attention's output gate. `#[ignore]`d: CI has no GPU.
+use model::hybrid::config::LinearAttnType;
+use model::hybrid::gpu::GpuHybrid;
+use model::hybrid::{parse_layout, HybridConfig, HybridModel};
+
+/// bf16 activations through six layers: max |Δlogit| / max |logit|.
+const TOL: f32 = 5e-2;
+
+fn config(layout: &str, gate: bool) -> HybridConfig {
+    let (layer_types, lin) = parse_layout(layout).unwrap();
+    HybridConfig {
+        model_type: "hybrid".into(),
+        vocab_size: 97,
+        hidden_size: 128,
+        intermediate_size: 96,
+        num_hidden_layers: layer_types.len(),
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        partial_rotary_factor: 0.5,
+        sliding_window: Some(9),
+        attn_output_gate: gate,
+        max_position_embeddings: 256,
+        tie_word_embeddings: !gate,
+        layer_types,
+        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
+        linear_num_key_heads: Some(1),
+        linear_num_value_heads: Some(2),
+        linear_key_head_dim: Some(64),
+        linear_value_head_dim: Some(64),
+        linear_conv_kernel_dim: 4,
+        linear_gate_rank: 16,
+        linear_chunk_size: 64,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+/// Larger random weights than the init so that every path carries signal.
+fn model(layout: &str, gate: bool) -> HybridModel {
+    let mut m = HybridModel::init(config(layout, gate), 5).unwrap();
+    let gr = m.zero_grads();
+    let mut r = tensor::rng::SplitMix64::new(17);
+    m.visit_params(&gr, |name, p, _| {
+        let s = if name.ends_with("norm.weight") {
+            0.2
+        } else {
+            0.06
+        };
+        p.iter_mut()
+            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
+    });
+    m
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut r = tensor::rng::SplitMix64::new(seed);
+    (0..n).map(|_| r.below(97) as u32).collect()
+}
+
+fn rel(want: &[f32], got: &[f32]) -> f32 {
+    assert_eq!(want.len(), got.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    want.iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+fn check(layout: &str, gate: bool, b: usize, t: usize, steps: usize) {
+    let cpu = model(layout, gate);
+    let gpu = GpuHybrid::new(&cpu, 0).unwrap();
+    let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(t, 3 + i as u64)).collect();
+    let mut cs = cpu.new_state(b);
+    let want = cpu.forward(&prompt, b, &mut cs, true).unwrap();
+    let mut gs = gpu.new_state(b, t + steps).unwrap();
+    let got = gpu
+        .gpu
+        .download(&gpu.forward(&prompt, &mut gs).unwrap())
+        .unwrap();
+    let e = rel(&want, &got);
+    eprintln!("{layout} gate={gate} B={b}: prefill of {t}: rel err {e:.2e}");
+    assert!(e < TOL, "prefill: {e}");
+    for s in 0..steps {
+        let next = tokens(b, 100 + s as u64);
+        let want = cpu.forward(&next, b, &mut cs, true).unwrap();
+        let got = gpu
+            .gpu
+            .download(&gpu.forward(&next, &mut gs).unwrap())
+            .unwrap();
+        let e = rel(&want, &got);
+        eprintln!("  decode step {s}: rel err {e:.2e}");
+        assert!(e < TOL, "decode step {s}: {e}");
+    }
+}
+
+#[test]
+#[ignore]
+fn all_layer_types_prefill_and_decode_match_the_cpu() {
+    check("fa,swa,gdn,kda,gla,fa", false, 1, 70, 4);
+}
+
+#[test]
+#[ignore]
+fn batched_sequences_and_the_output_gate_match_the_cpu() {
+    check("gdn,fa,kda,swa", true, 2, 37, 3);
+}
