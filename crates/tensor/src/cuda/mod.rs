@@ -14,6 +14,7 @@ mod gemm;
 mod hybrid_ops;
 pub mod libs;
 mod ops;
+mod ops_bwd;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
 pub use hybrid_ops::DecayGate;
@@ -45,6 +46,8 @@ pub const CHUNK_LINEAR_BWD: (&str, &str) = (
     "chunk_linear_bwd",
     include_str!("kernels/chunk_linear_bwd.cu"),
 );
+pub const CONV_BWD: (&str, &str) = ("conv_bwd", include_str!("kernels/conv_bwd.cu"));
+pub const LOSS: (&str, &str) = ("loss", include_str!("kernels/loss.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]
