@@ -158,22 +158,20 @@ fn flash_forward_matches_reference() {
     }
 }
 
-/// The wgmma forward is not yet validated on a GPU (written after the session's device time
-/// ran out): opt in with HYBRID_WGMMA_TEST=1 so that a failure does not block gpu-check's other
-/// results. It prints the errors for both orders of the V descriptor strides.
+/// The wgmma forward (Hopper, head dim 128; the default forward there) and the dispatching
+/// `flash_attn_fwd_bf16`. Also prints the errors with the V descriptor strides swapped, which
+/// must fail: a check that the test can see a wrong layout.
 #[test]
 #[ignore]
 fn flash_forward_wgmma_matches_reference() {
-    if std::env::var_os("HYBRID_WGMMA_TEST").is_none() {
-        println!("skipped: set HYBRID_WGMMA_TEST=1 to run the (unvalidated) wgmma forward");
-        return;
-    }
     let gpu = Gpu::open(0).unwrap();
     if gpu.compute_capability != (9, 0) {
         return; // wgmma is Hopper's
     }
     let (lbo, sbo) = WGMMA_V_STRIDES;
-    for (ci, c) in cases().iter().enumerate().filter(|(_, c)| c.d.d == 128) {
+    let mut all = cases();
+    all.push(case(1, 600, 600, 4, 1, 128, None));
+    for (ci, c) in all.iter().enumerate().filter(|(_, c)| c.d.d == 128) {
         let d = c.d;
         let scale = (d.d as f32).powf(-0.5);
         let seed = 100 * ci as u64 + 3;
@@ -220,6 +218,29 @@ fn flash_forward_wgmma_matches_reference() {
                 assert!(eo < 2e-2 && el < 1e-3, "wgmma o {eo} lse {el} for {d:?}");
             }
         }
+        // The default forward (wgmma here unless sm_90a failed to build).
+        let mut od = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
+        let mut ld = gpu.upload(&vec![f32::NAN; d.b * d.t * d.h]).unwrap();
+        gpu.flash_attn_fwd_bf16(
+            &qd,
+            &kd,
+            &vd,
+            &mut od,
+            &mut ld,
+            flash_dims(d),
+            scale,
+            c.window,
+        )
+        .unwrap();
+        let got = from_bf(&gpu.download(&od).unwrap());
+        let got_lse = gpu.download(&ld).unwrap();
+        let (eo, el) = (rel_err(&want, &got), rel_err(&want_lse, &got_lse));
+        println!(
+            "default forward (wgmma: {}) {d:?} window {:?}: o {eo:.2e} lse {el:.2e}",
+            gpu.flash_fwd_uses_wgmma(d.d),
+            c.window
+        );
+        assert!(eo < 2e-2 && el < 1e-3, "default o {eo} lse {el} for {d:?}");
     }
 }
 

@@ -24,7 +24,8 @@ pub struct AttentionArgs {
     /// Time every compiled forward tiling, not only the default.
     #[arg(long)]
     pub tilings: bool,
-    /// Also time the wgmma forward (Hopper, head dim 128; not yet validated on a GPU).
+    /// Also time the two forward kernels apart: mma.sync (default tiling) and wgmma (Hopper,
+    /// head dim 128), whichever `fwd_ms` (the default forward) is.
     #[arg(long)]
     pub wgmma: bool,
 }
@@ -99,24 +100,36 @@ pub fn run(a: AttentionArgs) -> Result<()> {
             vec![default]
         };
         let mut per_tiling = vec![];
-        let mut fwd_s = f64::NAN;
-        for tiling in tilings {
-            let s = time(&gpu, || {
-                Ok(gpu.flash_attn_fwd_bf16_tiled(
-                    &q, &k, &v, &mut o, &mut lse, dims, scale, None, tiling,
-                )?)
-            })?;
-            if tiling == default {
-                fwd_s = s;
+        let mut mma_s = f64::NAN;
+        let uses_wgmma = gpu.flash_fwd_uses_wgmma(d);
+        if a.tilings || a.wgmma || !uses_wgmma {
+            for tiling in tilings {
+                let s = time(&gpu, || {
+                    Ok(gpu.flash_attn_fwd_bf16_tiled(
+                        &q, &k, &v, &mut o, &mut lse, dims, scale, None, tiling,
+                    )?)
+                })?;
+                if tiling == default {
+                    mma_s = s;
+                }
+                per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwd_ms": s * 1e3, "fwd_tflops": flops / s / 1e12}));
             }
-            per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwd_ms": s * 1e3, "fwd_tflops": flops / s / 1e12}));
         }
-        let mut row =
-            serde_json::json!({"t": t, "fwd_ms": fwd_s * 1e3, "fwd_tflops": flops / fwd_s / 1e12});
+        // The default forward (what models and the backward's timing below use).
+        let fwd_s = if uses_wgmma {
+            time(&gpu, || {
+                Ok(gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?)
+            })?
+        } else {
+            mma_s
+        };
+        let mut row = serde_json::json!({"t": t, "fwd_kernel": if uses_wgmma { "wgmma" } else { "mma.sync" }, "fwd_ms": fwd_s * 1e3, "fwd_tflops": flops / fwd_s / 1e12});
         if a.tilings {
             row["tilings"] = serde_json::json!(per_tiling);
         }
         if a.wgmma {
+            row["mma_sync_fwd_ms"] = serde_json::json!(mma_s * 1e3);
+            row["mma_sync_fwd_tflops"] = serde_json::json!(flops / mma_s / 1e12);
             let s = time(&gpu, || {
                 Ok(gpu.flash_attn_fwd_bf16_wgmma(
                     &q,

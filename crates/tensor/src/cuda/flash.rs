@@ -172,9 +172,13 @@ fn window_arg(window: Option<usize>) -> i32 {
 /// the two 64-column halves of the V tile and between its 8-key row groups.
 pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
 
+/// Whether [`Gpu::flash_attn_fwd_bf16`] runs the wgmma forward at head dim 128 on sm_90 (else,
+/// and wherever sm_90a does not compile, the mma.sync forward).
+pub const WGMMA_DEFAULT: bool = true;
+
 /// The wgmma forward, compiled for sm_90a (the rest of the file is built for the device's plain
-/// arch by [`Gpu::function`]), one per context.
-static WGMMA_FWD: OnceLock<Mutex<HashMap<usize, CudaFunction>>> = OnceLock::new();
+/// arch by [`Gpu::function`]), one per context; `None` once loading it failed (not retried).
+static WGMMA_FWD: OnceLock<Mutex<HashMap<usize, Option<CudaFunction>>>> = OnceLock::new();
 const WGMMA_SMEM: usize = 64 * 128 * 2 + 2 * 128 * 128 * 2 + 1024;
 
 /// PTX of kernels/flash_attn.cu for sm_90a, from the disk cache or NVRTC (as `Gpu::ptx`).
@@ -218,30 +222,43 @@ impl Gpu {
         let key = Arc::as_ptr(&self.ctx) as usize;
         let cache = WGMMA_FWD.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap().get(&key) {
-            return Ok(f.clone());
+            return f.clone().ok_or_else(|| {
+                Error::Msg("the wgmma flash forward failed to load earlier".into())
+            });
         }
-        let module = self
-            .ctx
-            .load_module(wgmma_ptx()?)
-            .map_err(|e| cuda_err("module load", e))?;
-        let f = module
-            .load_function("flash_fwd_wgmma_d128")
-            .map_err(|e| cuda_err("loading flash_fwd_wgmma_d128", e))?;
-        f.set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            WGMMA_SMEM as i32,
-        )
-        .map_err(|e| cuda_err("setting shared memory size", e))?;
+        let loaded = (|| {
+            let module = self
+                .ctx
+                .load_module(wgmma_ptx()?)
+                .map_err(|e| cuda_err("module load", e))?;
+            let f = module
+                .load_function("flash_fwd_wgmma_d128")
+                .map_err(|e| cuda_err("loading flash_fwd_wgmma_d128", e))?;
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                WGMMA_SMEM as i32,
+            )
+            .map_err(|e| cuda_err("setting shared memory size", e))?;
+            Ok(f)
+        })();
         // The map keeps the function, and through it the module and the context, alive: a key
         // (the context's address) cannot be reused by another context.
-        cache.lock().unwrap().insert(key, f.clone());
-        Ok(f)
+        cache
+            .lock()
+            .unwrap()
+            .insert(key, loaded.as_ref().ok().cloned());
+        loaded
+    }
+
+    /// Whether [`Gpu::flash_attn_fwd_bf16`] takes the wgmma forward for head dim `d` here:
+    /// head dim 128 on an sm_90 GPU where the sm_90a build compiles and loads.
+    pub fn flash_fwd_uses_wgmma(&self, d: usize) -> bool {
+        WGMMA_DEFAULT && d == 128 && self.wgmma_fwd_function().is_ok()
     }
 
     /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only), with the V
-    /// descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]). Experimental: compiled
-    /// and register-checked (ptxas: 190 registers, no spills) but not yet run on a GPU; the
-    /// opt-in test `flash_forward_wgmma_matches_reference` (HYBRID_WGMMA_TEST=1) validates it.
+    /// descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]); the default forward
+    /// there (see [`Gpu::flash_fwd_uses_wgmma`]). Tested by `flash_forward_wgmma_matches_reference`.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_attn_fwd_bf16_wgmma(
         &self,
@@ -315,7 +332,8 @@ impl Gpu {
     }
 
     /// Causal (GQA, optionally sliding-window) attention forward: o = softmax(scale·q kᵀ) v and
-    /// the natural-log log-sum-exp of each row's scaled scores, lse [B, H, T].
+    /// the natural-log log-sum-exp of each row's scaled scores, lse [B, H, T]. On sm_90 at head
+    /// dim 128 the wgmma kernel; elsewhere (or if sm_90a fails to compile) mma.sync.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_attn_fwd_bf16(
         &self,
@@ -328,6 +346,19 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
+        if self.flash_fwd_uses_wgmma(dims.d) {
+            return self.flash_attn_fwd_bf16_wgmma(
+                q,
+                k,
+                v,
+                o,
+                lse,
+                dims,
+                scale,
+                window,
+                WGMMA_V_STRIDES,
+            );
+        }
         let tiling = *FwdTiling::available(dims.d).first().ok_or_else(|| {
             Error::Msg(format!(
                 "flash attention needs head dim 64 or 128, got {}",
