@@ -189,13 +189,22 @@ impl Gpu {
             + 4 * CHUNK * (CHUNK + 1)
             + 2 * CHUNK * ldc
             + 2 * region;
-        let state_smem = 4
-            * (CHUNK * (CHUNK + 1)
+        // The reverse pass on tensor cores (default) or in plain f32 (HYBRID_LBWD_STATE=f32, a
+        // cross-check): two cp.async stages of W, QG, KT, AQK, dO, EL, plus dSᵀ and dV'ᵀ.
+        let f32_state = std::env::var("HYBRID_LBWD_STATE").is_ok_and(|x| x == "f32");
+        let state_smem = if f32_state {
+            4 * (CHUNK * (CHUNK + 1)
                 + kp * (CHUNK + 1)
                 + 2 * CHUNK * (kp + 1)
                 + kp
                 + 2 * CHUNK * LV
-                + kp * LV);
+                + kp * LV)
+        } else {
+            let stage = 2
+                * (2 * CHUNK * (kp + PAD) + (kp + CHUNK) * (CHUNK + PAD) + CHUNK * (BVT + PAD))
+                + 4 * kp;
+            2 * stage + 2 * BVT * (kp + PAD) + 2 * BVT * (CHUNK + PAD)
+        };
         let chunk_smem = 4
             * (3 * CHUNK * kp
                 + 3 * CHUNK * (CHUNK + 1)
@@ -205,7 +214,12 @@ impl Gpu {
                 + 3 * CHUNK
                 + 2 * kp);
         let prep = self.function(CHUNK_LINEAR, &format!("chunk_prep_k{kp}"))?;
-        let state = self.function(CHUNK_LINEAR_BWD, &format!("lbwd_state_k{kp}"))?;
+        let state_name = if f32_state {
+            "lbwd_state_f32"
+        } else {
+            "lbwd_state"
+        };
+        let state = self.function(CHUNK_LINEAR_BWD, &format!("{state_name}_k{kp}"))?;
         let chunk = self.function(CHUNK_LINEAR_BWD, &format!("lbwd_chunk_k{kp}"))?;
         shared(&prep, prep_smem)?;
         shared(&state, state_smem)?;
@@ -280,7 +294,7 @@ impl Gpu {
             .arg(&has_dht);
         let cfg = LaunchConfig {
             grid_dim: ((vp / BVT) as u32, (d.b * d.hv) as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (if f32_state { 256 } else { 128 }, 1, 1),
             shared_mem_bytes: state_smem as u32,
         };
         // SAFETY: argument list matches lbwd_state; sizes as above.

@@ -25,7 +25,7 @@
 // ---------------------------------------------------------------------------------------------
 // Kernel 1. Grid (vd / 16, B*HV), 256 threads.
 template <int KP>
-__device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restrict__ QG,
+__device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __restrict__ QG,
                            const bf16_t* __restrict__ KT, const bf16_t* __restrict__ AQK,
                            const float* __restrict__ EL, const bf16_t* __restrict__ dO,
                            const float* __restrict__ dht, float* DS, float* DVP, float* dh0,
@@ -112,10 +112,291 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel 1 on tensor cores (the default). Grid (vd / (8·NB), B*HV), BST = 128 threads (4 warps);
+// the mirror of the forward's chunk_state. The dS tile [KP, 8·NB] lives in f32 mma accumulators
+// (warp w owns rows [w·KP/4, (w+1)·KP/4)); warp w computes dV' for tokens 16w..16w+15. Every
+// product reads a transposed operand (AQKᵀ, KTᵀ, QGᵀ, Wᵀ), gathered by 16-bit fragment loads;
+// the next chunk's operands stream in by cp.async while this one computes.
+#define BST 128
+#define BPAD 8
+
+__device__ __forceinline__ void bmma(float c[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ unsigned bpack16(bf16_t lo, bf16_t hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+// A fragment (16x16 at (r0, k0)) of A = Xᵀ, X stored row-major [k][m].
+__device__ __forceinline__ void bfrag_a_t(unsigned a[4], const bf16_t* x, int ld, int r0, int k0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const bf16_t* p = x + (k0 + 2 * t) * ld + r0 + g;
+    a[0] = bpack16(p[0], p[ld]);
+    a[1] = bpack16(p[8], p[ld + 8]);
+    a[2] = bpack16(p[8 * ld], p[9 * ld]);
+    a[3] = bpack16(p[8 * ld + 8], p[9 * ld + 8]);
+}
+// B fragment (16(k) x 8(n) at (k0, n0)) of B stored row-major [k][n].
+__device__ __forceinline__ void bfrag_b_t(unsigned b[2], const bf16_t* x, int ld, int n0, int k0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const bf16_t* p = x + (k0 + 2 * t) * ld + n0 + g;
+    b[0] = bpack16(p[0], p[ld]);
+    b[1] = bpack16(p[8 * ld], p[9 * ld]);
+}
+// B fragment of B stored [n][k] (k contiguous).
+__device__ __forceinline__ void bfrag_b(unsigned b[2], const bf16_t* s, int ld, int n0, int k0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const bf16_t* p = s + (n0 + g) * ld + k0 + 2 * t;
+    b[0] = *(const unsigned*)p;
+    b[1] = *(const unsigned*)(p + 8);
+}
+__device__ __forceinline__ bf16_t bto_bf16(float f) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+__device__ __forceinline__ void bcp_async16(void* dst, const void* src) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+}
+__device__ __forceinline__ void bcp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void bcp_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void bcp_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+template <int KP, int NB>
+struct BStage {
+    bf16_t w[BCH][KP + BPAD], qg[BCH][KP + BPAD], kt[KP][BCH + BPAD], aqk[BCH][BCH + BPAD];
+    bf16_t dO[BCH][8 * NB + BPAD];
+    float el[KP];
+};
+
+template <int ROWS, int COLS, int LDD>
+__device__ __forceinline__ void bcopy_rows(bf16_t* dst, const bf16_t* src, int ld_src) {
+    constexpr int PR = COLS / 8, PIECES = ROWS * PR;
+#pragma unroll
+    for (int u = 0; u < (PIECES + BST - 1) / BST; ++u) {
+        int i = threadIdx.x + u * BST;
+        if (PIECES % BST == 0 || i < PIECES)
+            bcp_async16(dst + (i / PR) * LDD + (i % PR) * 8, src + (long)(i / PR) * ld_src + (i % PR) * 8);
+    }
+}
+
+template <int KP, int NB>
+__device__ __forceinline__ void bstage_load(BStage<KP, NB>* st, const bf16_t* W, const bf16_t* QG,
+                                            const bf16_t* KT, const bf16_t* AQK, const float* EL,
+                                            const bf16_t* dO, long blk, int b, int hv, int HV,
+                                            int T, int c, int vd, int v0, int delta) {
+    if (delta) bcopy_rows<BCH, KP, KP + BPAD>(&st->w[0][0], W + blk * BCH * KP, KP);
+    bcopy_rows<BCH, KP, KP + BPAD>(&st->qg[0][0], QG + blk * BCH * KP, KP);
+    bcopy_rows<KP, BCH, BCH + BPAD>(&st->kt[0][0], KT + blk * KP * BCH, BCH);
+    bcopy_rows<BCH, BCH, BCH + BPAD>(&st->aqk[0][0], AQK + blk * BCH * BCH, BCH);
+    if (threadIdx.x < KP / 4) bcp_async16(&st->el[threadIdx.x * 4], EL + blk * KP + threadIdx.x * 4);
+    const int t0 = c * BCH, n = min(BCH, T - t0);
+    for (int i = threadIdx.x; i < BCH * NB; i += BST) {
+        int r = i / NB, p = (i % NB) * 8;
+        bf16_t* d = &st->dO[r][p];
+        if (r < n) bcp_async16(d, dO + (((long)b * T + t0 + r) * HV + hv) * vd + v0 + p);
+        else *(uint4*)d = make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int KP, int NB>
+__device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restrict__ QG,
+                           const bf16_t* __restrict__ KT, const bf16_t* __restrict__ AQK,
+                           const float* __restrict__ EL, const bf16_t* __restrict__ dO,
+                           const float* __restrict__ dht, float* DS, float* DVP, float* dh0,
+                           int T, int HV, int kd, int vd, int delta, int has_dht) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    constexpr int BV = 8 * NB, LDS = KP + BPAD, LDC = BCH + BPAD, LDO = BV + BPAD;
+    BStage<KP, NB>* stages = (BStage<KP, NB>*)smem_raw;
+    bf16_t* sT = (bf16_t*)(stages + 2);  // [BV][LDS]: dSᵀ, the B operand of KTᵀ dS
+    bf16_t* vT = sT + BV * LDS;          // [BV][LDC]: −dV'ᵀ, the B operand of Wᵀ dV'
+    const int bh = blockIdx.y, b = bh / HV, hv = bh % HV, v0 = blockIdx.x * BV;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const int nc = (T + BCH - 1) / BCH;
+    constexpr int MT = KP / 64;
+    const int srow0 = warp * (KP / 4), r0 = warp * 16;
+
+    float s[MT][NB][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
+                s[mt][nt][e] = (has_dht && r < kd) ? dht[((long)bh * kd + r) * vd + col] : 0.f;
+            }
+    bstage_load<KP, NB>(&stages[0], W, QG, KT, AQK, EL, dO, (long)bh * nc + nc - 1, b, hv, HV, T,
+                        nc - 1, vd, v0, delta);
+    bcp_commit();
+    for (int it = 0; it < nc; ++it) {
+        const int c = nc - 1 - it;
+        const long blk = (long)bh * nc + c;
+        BStage<KP, NB>* st = &stages[it & 1];
+        // The exit-state gradient of chunk c, then dSᵀ in bf16.
+        float* ds = DS + blk * kd * vd;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
+                    if (r < kd) ds[(long)r * vd + v0 + col] = s[mt][nt][e];
+                    sT[col * LDS + r] = bto_bf16(s[mt][nt][e]);
+                }
+        __syncthreads();  // every warp is done with the other stage and with vT
+        if (it + 1 < nc)
+            bstage_load<KP, NB>(&stages[(it + 1) & 1], W, QG, KT, AQK, EL, dO, blk - 1, b, hv, HV,
+                                T, c - 1, vd, v0, delta);
+        bcp_commit();
+        bcp_wait_1();
+        __syncthreads();
+
+        // dV' = AQKᵀ dO + KTᵀ dS for tokens 16·warp.. (AQK_ji = 0 for j < i).
+        float vacc[NB][4];
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) vacc[nt][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < BCH / 16; ++ks) {
+            if (ks < warp) continue;
+            unsigned a[4], bb[2];
+            bfrag_a_t(a, &st->aqk[0][0], LDC, r0, ks * 16);
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+                bfrag_b_t(bb, &st->dO[0][0], LDO, nt * 8, ks * 16);
+                bmma(vacc[nt], a, bb);
+            }
+        }
+#pragma unroll
+        for (int ks = 0; ks < KP / 16; ++ks) {
+            unsigned a[4], bb[2];
+            bfrag_a_t(a, &st->kt[0][0], LDC, r0, ks * 16);
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+                bfrag_b(bb, sT, LDS, nt * 8, ks * 16);
+                bmma(vacc[nt], a, bb);
+            }
+        }
+        const int t0 = c * BCH;
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = r0 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
+                vT[col * LDC + r] = bto_bf16(-vacc[nt][e]);
+                if (t0 + r < T) DVP[(((long)b * T + t0 + r) * HV + hv) * vd + v0 + col] = vacc[nt][e];
+            }
+        __syncthreads();
+
+        // dS ← EL ⊙ dS + QGᵀ dO − Wᵀ dV'.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const int c0 = srow0 + mt * 16;
+            float e0 = st->el[c0 + gq], e1 = st->el[c0 + gq + 8];
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+                s[mt][nt][0] *= e0;
+                s[mt][nt][1] *= e0;
+                s[mt][nt][2] *= e1;
+                s[mt][nt][3] *= e1;
+            }
+#pragma unroll
+            for (int ks = 0; ks < BCH / 16; ++ks) {
+                unsigned a[4], bb[2];
+                bfrag_a_t(a, &st->qg[0][0], LDS, c0, ks * 16);
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt) {
+                    bfrag_b_t(bb, &st->dO[0][0], LDO, nt * 8, ks * 16);
+                    bmma(s[mt][nt], a, bb);
+                }
+                if (delta) {
+                    bfrag_a_t(a, &st->w[0][0], LDS, c0, ks * 16);
+#pragma unroll
+                    for (int nt = 0; nt < NB; ++nt) {
+                        bfrag_b(bb, vT, LDC, nt * 8, ks * 16);
+                        bmma(s[mt][nt], a, bb);
+                    }
+                }
+            }
+        }
+    }
+    bcp_wait_0();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
+                if (r < kd) dh0[((long)bh * kd + r) * vd + col] = s[mt][nt][e];
+            }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kernel 2. Grid (n_chunks, B*HV), 256 threads. Shared memory (f32):
 //   dQG, dKd, dbk [64][KP] accumulators (phase 0: k and cum [64][KP+1] scratch; phase 2: dγ in
 //   dQG's place), dA, dM, T [64][65] (phase 0: M in dA; phase 2: E_ij = e^{γ_i−γ_j} for GDN in
 //   T), bk [64][KP] (phase 2: cum), value tiles (phase 2: q, k as bf16), small vectors.
+// Tile loaders of lbwd_chunk (NT threads): [ROWS][COLS] from global rows `ld` apart, rows past
+// `nrows` zero; every thread's loads are issued before its shared-memory stores.
+#define NT 256
+template <int ROWS, int COLS, int LDD>
+__device__ __forceinline__ void tile_f32(float* dst, const float* src, long ld, int nrows) {
+    constexpr int PR = COLS / 4, P = ROWS * PR, U = (P + NT - 1) / NT;
+    float4 r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        r[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < P && i / PR < nrows) r[u] = *(const float4*)(src + (long)(i / PR) * ld + (i % PR) * 4);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        if (i < P) {
+            float* d = dst + (i / PR) * LDD + (i % PR) * 4;
+            d[0] = r[u].x;
+            d[1] = r[u].y;
+            d[2] = r[u].z;
+            d[3] = r[u].w;
+        }
+    }
+}
+// bf16 source (COLS a multiple of 8) into f32 (OUT_F32) or bf16 shared memory.
+template <int ROWS, int COLS, int LDD, bool OUT_F32>
+__device__ __forceinline__ void tile_bf16(void* dst, const bf16_t* src, long ld, int nrows) {
+    constexpr int PR = COLS / 8, P = ROWS * PR, U = (P + NT - 1) / NT;
+    uint4 r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        r[u] = make_uint4(0, 0, 0, 0);
+        if (i < P && i / PR < nrows) r[u] = *(const uint4*)(src + (long)(i / PR) * ld + (i % PR) * 8);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        if (i < P) {
+            if (OUT_F32) {
+                float* d = (float*)dst + (i / PR) * LDD + (i % PR) * 8;
+                const bf16_t* e = (const bf16_t*)&r[u];
+#pragma unroll
+                for (int x = 0; x < 8; ++x) d[x] = bf16_to_f32(e[x]);
+            } else {
+                *(uint4*)((bf16_t*)dst + (i / PR) * LDD + (i % PR) * 8) = r[u];
+            }
+        }
+    }
+}
+
 template <int KP>
 __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                            const bf16_t* __restrict__ v, const float* __restrict__ g,
@@ -165,28 +446,37 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     const long blk = (long)bh * nc + c;
 
     // ---- phase 0: k, β, cum; M, T, bk.
-    for (int i = tid; i < BCH * KP; i += blockDim.x) {
-        int r = i / KP, ch = i % KP;
-        float kv = 0.f;
-        if (r < n && ch < kd) kv = bf16_to_f32(k[(((long)b * T + t0 + r) * H + hq) * kd + ch]);
-        kf[r * LP + ch] = kv;
+    const bool full = (kd == KP);  // rows of whole 16-byte pieces
+    const bf16_t* krow = k + (((long)b * T + t0) * H + hq) * kd;
+    const float* grow = g + (((long)b * T + t0) * HV + hv) * kd;  // per-channel decays
+    if (full) {
+        tile_bf16<BCH, KP, LP, true>(kf, krow, (long)H * kd, n);
+    } else {
+        for (int i = tid; i < BCH * KP; i += NT) {
+            int r = i / KP, ch = i % KP;
+            kf[r * LP + ch] = (r < n && ch < kd) ? bf16_to_f32(krow[(long)r * H * kd + ch]) : 0.f;
+        }
     }
-    for (int r = tid; r < BCH; r += blockDim.x) {
+    if (tid < BCH) {
+        const int r = tid;
         sbeta[r] = (r < n) ? (delta ? beta[((long)b * T + t0 + r) * HV + hv] : 1.f) : 0.f;
         sgh[r] = (g_per_head && r < n) ? g[((long)b * T + t0 + r) * HV + hv] : 0.f;
     }
+    if (!g_per_head && full) tile_f32<BCH, KP, LP>(cum0, grow, (long)HV * kd, n);
     __syncthreads();
-    for (int i = tid; i < BCH * KP; i += blockDim.x) {
-        int r = i / KP, ch = i % KP;
-        float gv = 0.f;
-        if (ch < kd) {
-            if (g_per_head) gv = sgh[r];
-            else if (r < n) gv = g[(((long)b * T + t0 + r) * HV + hv) * kd + ch];
+    if (g_per_head || !full) {
+        for (int i = tid; i < BCH * KP; i += NT) {
+            int r = i / KP, ch = i % KP;
+            float gv = 0.f;
+            if (ch < kd) {
+                if (g_per_head) gv = sgh[r];
+                else if (r < n) gv = grow[(long)r * HV * kd + ch];
+            }
+            cum0[r * LP + ch] = gv;
         }
-        cum0[r * LP + ch] = gv;
+        __syncthreads();
     }
-    __syncthreads();
-    for (int ch = tid; ch < KP; ch += blockDim.x) {
+    for (int ch = tid; ch < KP; ch += NT) {
         float acc = 0.f;
         for (int r = 0; r < BCH; ++r) {
             acc += cum0[r * LP + ch];
@@ -195,7 +485,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
     __syncthreads();
     if (delta) {
-        for (int p = tid; p < BCH * BCH; p += blockDim.x) {
+        for (int p = tid; p < BCH * BCH; p += NT) {
             int i = p / BCH, j = p % BCH;
             float acc = 0.f;
             if (j < i) {
@@ -212,7 +502,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
             M[i * LC + j] = acc;
         }
     }
-    for (int i = tid; i < BCH * KP; i += blockDim.x) {
+    for (int i = tid; i < BCH * KP; i += NT) {
         int r = i / KP, ch = i % KP;
         bk[i] = sbeta[r] * __expf(cum0[r * LP + ch]) * kf[r * LP + ch];
     }
@@ -230,46 +520,29 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
         }
     }
     __syncthreads();
-    for (int i = tid; i < 3 * BCH * KP + 2 * BCH * LC; i += blockDim.x) dQG[i] = 0.f;  // through dM
-    for (int i = tid; i < BCH; i += blockDim.x) sdbeta[i] = 0.f;
-    for (int i = tid; i < KP; i += blockDim.x) sdEL[i] = sdgL[i] = 0.f;
+    for (int i = tid; i < 3 * BCH * KP + 2 * BCH * LC; i += NT) dQG[i] = 0.f;  // through dM
+    for (int i = tid; i < BCH; i += NT) sdbeta[i] = 0.f;
+    for (int i = tid; i < KP; i += NT) sdEL[i] = sdgL[i] = 0.f;
     __syncthreads();
 
     // ---- phase 1: value tiles.
     for (int v0 = 0; v0 < vd; v0 += BVT) {
-        for (int i = tid; i < KP * BVT; i += blockDim.x) {
-            int r = i / BVT, cc = i % BVT;
-            float s = 0.f, ds = 0.f;
-            if (r < kd) {
-                s = CS[(blk * kd + r) * vd + v0 + cc];
-                ds = DS[(blk * kd + r) * vd + v0 + cc];
-            }
-            sS[r * LV + cc] = s;
-            sdS[r * LV + cc] = ds;
-        }
-        for (int i = tid; i < BCH * BVT; i += blockDim.x) {
-            int r = i / BVT, cc = i % BVT;
-            float a = 0.f, dv = 0.f, vv = 0.f;
-            if (r < n) {
-                long off = (((long)b * T + t0 + r) * HV + hv) * vd + v0 + cc;
-                a = bf16_to_f32(dO[off]);
-                dv = DVP[off];
-                vv = bf16_to_f32(v[off]);
-            }
-            sdO[r * LV + cc] = a;
-            sdV[r * LV + cc] = dv;
-            svv[r * LV + cc] = vv;
-        }
+        tile_f32<KP, BVT, LV>(sS, CS + blk * kd * vd + v0, vd, kd);
+        tile_f32<KP, BVT, LV>(sdS, DS + blk * kd * vd + v0, vd, kd);
+        const long voff = (((long)b * T + t0) * HV + hv) * vd + v0;
+        tile_bf16<BCH, BVT, LV, true>(sdO, dO + voff, (long)HV * vd, n);
+        tile_f32<BCH, BVT, LV>(sdV, DVP + voff, (long)HV * vd, n);
+        tile_bf16<BCH, BVT, LV, true>(svv, v + voff, (long)HV * vd, n);
         __syncthreads();
         if (delta) {
-            for (int o = tid; o < BCH * BVT; o += blockDim.x) {
+            for (int o = tid; o < BCH * BVT; o += NT) {
                 int i = o / BVT, cc = o % BVT;
                 float acc = sbeta[i] * svv[i * LV + cc];
                 for (int ch = 0; ch < KP; ++ch) acc -= bk[i * KP + ch] * sS[ch * LV + cc];
                 sR[i * LV + cc] = acc;
             }
             __syncthreads();
-            for (int o = tid; o < BCH * BVT; o += blockDim.x) {
+            for (int o = tid; o < BCH * BVT; o += NT) {
                 int i = o / BVT, cc = o % BVT;
                 float vp = 0.f, z = 0.f;
                 for (int j = 0; j <= i; ++j) vp += Tm[i * LC + j] * sR[j * LV + cc];
@@ -278,7 +551,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                 sZ[i * LV + cc] = z;
             }
         } else {
-            for (int o = tid; o < BCH * BVT; o += blockDim.x) {
+            for (int o = tid; o < BCH * BVT; o += NT) {
                 int i = o / BVT, cc = o % BVT;
                 sVp[i * LV + cc] = svv[i * LV + cc];
                 sZ[i * LV + cc] = sdV[i * LV + cc];
@@ -286,7 +559,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
         }
         __syncthreads();
         // dv, dβ (βV part).
-        for (int o = tid; o < BCH * BVT; o += blockDim.x) {
+        for (int o = tid; o < BCH * BVT; o += NT) {
             int i = o / BVT, cc = o % BVT;
             if (i < n) DV[(((long)b * T + t0 + i) * HV + hv) * vd + v0 + cc] = sbeta[i] * sZ[i * LV + cc];
         }
@@ -301,7 +574,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
             sdEL[tid] += acc;
         }
         // [64][KP] accumulators.
-        for (int e = tid; e < BCH * KP; e += blockDim.x) {
+        for (int e = tid; e < BCH * KP; e += NT) {
             int i = e / KP, ch = e % KP;
             float a1 = 0.f, a2 = 0.f, a3 = 0.f;
 #pragma unroll
@@ -316,7 +589,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
             dBK[e] -= a3;
         }
         // [64][64] accumulators.
-        for (int p = tid; p < BCH * BCH; p += blockDim.x) {
+        for (int p = tid; p < BCH * BCH; p += NT) {
             int i = p / BCH, j = p % BCH;
             if (j > i) continue;
             float a1 = 0.f, a2 = 0.f;
@@ -333,25 +606,34 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
 
     // ---- phase 2: through the prep.
-    for (int i = tid; i < BCH * KP; i += blockDim.x) {
+    const bf16_t* qrow = q + (((long)b * T + t0) * H + hq) * kd;
+    if (full) {
+        tile_bf16<BCH, KP, KP, false>(qb, qrow, (long)H * kd, n);
+        tile_bf16<BCH, KP, KP, false>(kb, krow, (long)H * kd, n);
+    }
+    if (!g_per_head && full) tile_f32<BCH, KP, KP>(cum, grow, (long)HV * kd, n);
+    for (int i = tid; i < BCH * KP; i += NT) {
         int r = i / KP, ch = i % KP;
-        bf16_t qv = 0, kv = 0;
-        float gv = 0.f;
-        if (ch < kd) {
-            if (r < n) {
-                long off = (((long)b * T + t0 + r) * H + hq) * kd + ch;
-                qv = q[off];
-                kv = k[off];
+        if (!full) {
+            bf16_t qv = 0, kv = 0;
+            if (ch < kd && r < n) {
+                qv = qrow[(long)r * H * kd + ch];
+                kv = krow[(long)r * H * kd + ch];
             }
-            if (g_per_head) gv = sgh[r];
-            else if (r < n) gv = g[(((long)b * T + t0 + r) * HV + hv) * kd + ch];
+            qb[i] = qv;
+            kb[i] = kv;
         }
-        qb[i] = qv;
-        kb[i] = kv;
-        cum[i] = gv;
+        if (g_per_head || !full) {
+            float gv = 0.f;
+            if (ch < kd) {
+                if (g_per_head) gv = sgh[r];
+                else if (r < n) gv = grow[(long)r * HV * kd + ch];
+            }
+            cum[i] = gv;
+        }
     }
     __syncthreads();
-    for (int ch = tid; ch < KP; ch += blockDim.x) {
+    for (int ch = tid; ch < KP; ch += NT) {
         float acc = 0.f;
         for (int r = 0; r < BCH; ++r) {
             acc += cum[r * KP + ch];
@@ -360,13 +642,13 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
     __syncthreads();
     if (g_per_head) {
-        for (int p = tid; p < BCH * BCH; p += blockDim.x) {
+        for (int p = tid; p < BCH * BCH; p += NT) {
             int i = p / BCH, j = p % BCH;
             E[i * LC + j] = (j <= i) ? __expf(cum[i * KP] - cum[j * KP]) : 0.f;
         }
         __syncthreads();
     }
-    for (int e = tid; e < BCH * KP; e += blockDim.x) {
+    for (int e = tid; e < BCH * KP; e += NT) {
         const int i = e / KP, ch = e % KP;
         float dgam = 0.f;
         if (ch < kd) {
@@ -428,7 +710,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
     __syncthreads();
     // Reverse cumulative sum down each channel, starting from γ_last's gradient.
-    for (int ch = tid; ch < KP; ch += blockDim.x) {
+    for (int ch = tid; ch < KP; ch += NT) {
         float run = sdgL[ch] + sdEL[ch] * __expf(cum[(BCH - 1) * KP + ch]);
         for (int r = BCH - 1; r >= 0; --r) {
             run += dQG[r * KP + ch];
@@ -449,11 +731,19 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
 }
 
 #define LBWD(KP)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(256) lbwd_state_k##KP(                            \
+    extern "C" __global__ void __launch_bounds__(256) lbwd_state_f32_k##KP(                        \
         const bf16_t* W, const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK, const float* EL,   \
         const bf16_t* dO, const float* dht, float* DS, float* DVP, float* dh0, int T, int HV,      \
         int kd, int vd, int delta, int has_dht) {                                                  \
-        lbwd_state<KP>(W, QG, KT, AQK, EL, dO, dht, DS, DVP, dh0, T, HV, kd, vd, delta, has_dht);  \
+        lbwd_state_f32<KP>(W, QG, KT, AQK, EL, dO, dht, DS, DVP, dh0, T, HV, kd, vd, delta,        \
+                           has_dht);                                                                \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(BST) lbwd_state_k##KP(                            \
+        const bf16_t* W, const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK, const float* EL,   \
+        const bf16_t* dO, const float* dht, float* DS, float* DVP, float* dh0, int T, int HV,      \
+        int kd, int vd, int delta, int has_dht) {                                                  \
+        lbwd_state<KP, 2>(W, QG, KT, AQK, EL, dO, dht, DS, DVP, dh0, T, HV, kd, vd, delta,         \
+                          has_dht);                                                                 \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(256) lbwd_chunk_k##KP(                            \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* g, const float* beta,      \
