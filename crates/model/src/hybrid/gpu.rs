@@ -52,7 +52,7 @@ struct GpuLinear {
 }
 
 enum GpuMixer {
-    Attention(GpuAttention),
+    Attention(Box<GpuAttention>),
     Linear(Box<GpuLinear>),
 }
 
@@ -124,14 +124,14 @@ impl GpuHybrid {
                         .map(|i| ac.rope_theta.powf(-2.0 * i as f64 / ac.rot_dims as f64) as f32)
                         .collect();
                     let w = |n: &str| bf(&gpu, a.params.get(n));
-                    GpuMixer::Attention(GpuAttention {
+                    GpuMixer::Attention(Box::new(GpuAttention {
                         q: w("q_proj.weight")?,
                         k: w("k_proj.weight")?,
                         v: w("v_proj.weight")?,
                         o: w("o_proj.weight")?,
                         inv_freq: gpu.upload(&inv)?,
                         cfg: ac,
-                    })
+                    }))
                 }
                 Mixer::Linear(l) => {
                     GpuMixer::Linear(Box::new(linear_layer(&gpu, &l.cfg, &l.params)?))
@@ -273,7 +273,7 @@ fn linear_layer(gpu: &Gpu, c: &LinearConfig, p: &Params) -> Result<GpuLinear> {
     if c.conv_size == 0 {
         bail!("linear layers without a short conv do not run on the GPU yet");
     }
-    if c.head_k_dim > 128 || c.head_v_dim % 2 != 0 {
+    if c.head_k_dim > 128 || !c.head_v_dim.is_multiple_of(2) {
         bail!(
             "linear layers run on the GPU with key head dims up to 128 and even value head dims; this model has {} and {}",
             c.head_k_dim,
