@@ -17,8 +17,8 @@ mod ops;
 mod ops_bwd;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
-pub use hybrid_ops::DecayGate;
 pub use chunk_linear_bwd::ChunkGrads;
+pub use hybrid_ops::DecayGate;
 
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -129,7 +129,11 @@ impl Gpu {
     fn ptx(&self, name: &str, src: &str) -> Result<Ptx> {
         let full = format!("{COMMON}\n{src}");
         // Line info costs nothing at run time and lets a profiler (ncu) map stalls to .cu lines.
-        let options = ["--std=c++17", "--use_fast_math=false", "--generate-line-info"];
+        let options = [
+            "--std=c++17",
+            "--use_fast_math=false",
+            "--generate-line-info",
+        ];
         let mut h = Sha256::new();
         h.update(full.as_bytes());
         h.update(self.arch.as_bytes());
