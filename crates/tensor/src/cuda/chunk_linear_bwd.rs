@@ -214,6 +214,10 @@ impl Gpu {
                 + 3 * CHUNK
                 + 2 * kp);
         let prep = self.function(CHUNK_LINEAR, &format!("chunk_prep_k{kp}"))?;
+        // The per-chunk pass's value-tile products in f32 (default) or on tensor cores with
+        // bf16 operands (HYBRID_LBWD_CHUNK=mma: 17 % faster backward at 64K, but GDN's dg error
+        // rises from 3e-4 to 1.3e-2 of its max on the K=128 test, near the 2e-2 tolerance).
+        let chunk_mma = std::env::var("HYBRID_LBWD_CHUNK").is_ok_and(|x| x == "mma") as i32;
         let state_name = if f32_state {
             "lbwd_state_f32"
         } else {
@@ -324,7 +328,8 @@ impl Gpu {
             .arg(&vd)
             .arg(&scale)
             .arg(&gph)
-            .arg(&delta);
+            .arg(&delta)
+            .arg(&chunk_mma);
         let cfg = LaunchConfig {
             grid_dim: (nc as u32, (d.b * d.hv) as u32, 1),
             block_dim: (256, 1, 1),

@@ -2,10 +2,11 @@
 // forward; mixers::linear_core::backward is the specification). Per chunk c of 64 tokens with
 // entry state S_c, exit-state gradient dS (w.r.t. S_{c+1}) and output gradient dO:
 //
-//   forward:  v' = U − W S_c;  o = QG S_c + AQK v';  S_{c+1} = EL ⊙ S_c + KTᵀ... (KT v')
+//   forward:  v' = U − W S_c;  o = QG S_c + AQK v';  S_{c+1} = EL ⊙ S_c + KT v'
 //
 // 1. lbwd_state: sequential in reverse over chunks, parallel over (sequence, value head, 16
-//    value columns), on the forward's per-chunk operands (chunk_prep's W, QG, KT, AQK, EL):
+//    value columns), on tensor cores, on the forward's per-chunk operands (chunk_prep's W, QG,
+//    KT, AQK, EL):
 //      dV' = AQKᵀ dO + KTᵀ dS;  dS_c = QGᵀ dO + EL ⊙ dS − Wᵀ dV'
 //    It saves every chunk's dS (f32 [B,HV,NC,K,V]) and dV' (f32 [B,T,HV,V]); the carried
 //    value at the end is dh0.
@@ -17,13 +18,16 @@
 //    Kd = e^{γ_last − γ} ⊙ K, EL = e^{γ_last}, bk, AQK_ij = scale Σ_c q_ic k_jc e^{γ_ic−γ_jc},
 //    M_ij = β_i Σ_c k_ic k_jc e^{γ_ic−γ_jc} to dq, dk, dβ and dγ; dg is the reverse cumulative
 //    sum of dγ inside the chunk (γ_t = Σ_{s≤t} g_s), summed over channels for GDN.
+//    The value-tile products run in f32 FMA loops (use_mma = 0, the default) or on tensor cores
+//    with bf16 operands (use_mma = 1: faster, but GDN's dg loses accuracy: see the launcher).
 // Padded tokens (past T) have q = k = v = 0 and g = 0, so γ_63 = γ_last of a ragged chunk.
+// lbwd_state_f32 is the plain-FMA form of lbwd_state, kept as a cross-check.
 #define BCH 64   // tokens per chunk (CH of the forward)
 #define BVT 16   // value columns per tile
 #define LV 17    // padded row length of value tiles
 
 // ---------------------------------------------------------------------------------------------
-// Kernel 1. Grid (vd / 16, B*HV), 256 threads.
+// Kernel 1, plain f32 form (lbwd_state_f32). Grid (vd / 16, B*HV), 256 threads.
 template <int KP>
 __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __restrict__ QG,
                            const bf16_t* __restrict__ KT, const bf16_t* __restrict__ AQK,
@@ -145,6 +149,15 @@ __device__ __forceinline__ void bfrag_b_t(unsigned b[2], const bf16_t* x, int ld
     const bf16_t* p = x + (k0 + 2 * t) * ld + n0 + g;
     b[0] = bpack16(p[0], p[ld]);
     b[1] = bpack16(p[8 * ld], p[9 * ld]);
+}
+// A fragment of A stored row-major [m][k] (k contiguous).
+__device__ __forceinline__ void bfrag_a(unsigned a[4], const bf16_t* s, int ld, int r0, int k0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const bf16_t* p = s + (r0 + g) * ld + k0 + 2 * t;
+    a[0] = *(const unsigned*)p;
+    a[1] = *(const unsigned*)(p + 8 * ld);
+    a[2] = *(const unsigned*)(p + 8);
+    a[3] = *(const unsigned*)(p + 8 * ld + 8);
 }
 // B fragment of B stored [n][k] (k contiguous).
 __device__ __forceinline__ void bfrag_b(unsigned b[2], const bf16_t* s, int ld, int n0, int k0) {
@@ -397,6 +410,64 @@ __device__ __forceinline__ void tile_bf16(void* dst, const bf16_t* src, long ld,
     }
 }
 
+// f32 source (COLS a multiple of 4) into bf16 shared memory.
+template <int ROWS, int COLS, int LDD>
+__device__ __forceinline__ void tile_f32_bf16(bf16_t* dst, const float* src, long ld, int nrows) {
+    constexpr int PR = COLS / 4, P = ROWS * PR, U = (P + NT - 1) / NT;
+    float4 r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        r[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < P && i / PR < nrows) r[u] = *(const float4*)(src + (long)(i / PR) * ld + (i % PR) * 4);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT;
+        if (i < P) {
+            bf16_t* d = dst + (i / PR) * LDD + (i % PR) * 4;
+            d[0] = bto_bf16(r[u].x);
+            d[1] = bto_bf16(r[u].y);
+            d[2] = bto_bf16(r[u].z);
+            d[3] = bto_bf16(r[u].w);
+        }
+    }
+}
+// The entry state S and exit-state gradient dS tiles [KP][BVT] (f32 in global) as bf16 S, Sᵀ
+// and dS in shared memory; dEL_c += Σ_v dS S from the f32 values on the way.
+template <int KP, int LT, int LST>
+__device__ __forceinline__ void tile_state(bf16_t* sSb, bf16_t* sSt, bf16_t* sdSb, float* sdEL,
+                                           const float* cs, const float* ds, int vd, int kd) {
+    constexpr int PR = BVT / 4, P = KP * PR, U = (P + NT - 1) / NT;
+    float4 a[U], d[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT, r = i / PR, p = (i % PR) * 4;
+        a[u] = d[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < P && r < kd) {
+            a[u] = *(const float4*)(cs + (long)r * vd + p);
+            d[u] = *(const float4*)(ds + (long)r * vd + p);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        int i = threadIdx.x + u * NT, r = i / PR, p = (i % PR) * 4;
+        if (i < P) {
+            float sv[4] = {a[u].x, a[u].y, a[u].z, a[u].w}, dv[4] = {d[u].x, d[u].y, d[u].z, d[u].w};
+            float dot = 0.f;
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+                bf16_t h = bto_bf16(sv[x]);
+                sSb[r * LT + p + x] = h;
+                sSt[(p + x) * LST + r] = h;
+                sdSb[r * LT + p + x] = bto_bf16(dv[x]);
+                dot += sv[x] * dv[x];
+            }
+            atomicAdd(&sdEL[r], dot);
+        }
+    }
+}
+
 template <int KP>
 __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                            const bf16_t* __restrict__ v, const float* __restrict__ g,
@@ -404,7 +475,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                            const float* __restrict__ DS, const float* __restrict__ DVP,
                            const bf16_t* __restrict__ dO, float* DQ, float* DK, float* DV,
                            float* DG, float* DB, int T, int H, int HV, int kd, int vd,
-                           float scale, int g_per_head, int delta) {
+                           float scale, int g_per_head, int delta, int use_mma) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     constexpr int LC = BCH + 1, LP = KP + 1;
     float* dQG = (float*)smem_raw;
@@ -502,9 +573,14 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
             M[i * LC + j] = acc;
         }
     }
+    constexpr int LB = KP + 8, LTB = BCH + 8;  // bf16 rows of bk and T (mma path)
+    bf16_t* bkb = (bf16_t*)bk;                   // [64][LB]
+    bf16_t* Tb = (bf16_t*)Tm;                    // [64][LTB], after the solve
     for (int i = tid; i < BCH * KP; i += NT) {
         int r = i / KP, ch = i % KP;
-        bk[i] = sbeta[r] * __expf(cum0[r * LP + ch]) * kf[r * LP + ch];
+        float val = sbeta[r] * __expf(cum0[r * LP + ch]) * kf[r * LP + ch];
+        if (use_mma) bkb[r * LB + ch] = bto_bf16(val);
+        else bk[i] = val;
     }
     __syncthreads();
     // T = (I + M)⁻¹ by forward substitution, one column per thread.
@@ -520,12 +596,147 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
         }
     }
     __syncthreads();
+    if (use_mma) {
+        float tv[BCH * BCH / NT];
+#pragma unroll
+        for (int u = 0; u < BCH * BCH / NT; ++u) {
+            int i = tid + u * NT;
+            tv[u] = Tm[(i / BCH) * LC + i % BCH];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < BCH * BCH / NT; ++u) {
+            int i = tid + u * NT;
+            Tb[(i / BCH) * LTB + i % BCH] = bto_bf16(tv[u]);
+        }
+    }
     for (int i = tid; i < 3 * BCH * KP + 2 * BCH * LC; i += NT) dQG[i] = 0.f;  // through dM
     for (int i = tid; i < BCH; i += NT) sdbeta[i] = 0.f;
     for (int i = tid; i < KP; i += NT) sdEL[i] = sdgL[i] = 0.f;
     __syncthreads();
 
     // ---- phase 1: value tiles.
+    if (use_mma) {
+        constexpr int LT = BVT + 8, LST = KP + 8;
+        bf16_t* tb = (bf16_t*)tiles;
+        bf16_t* sSb = tb;                 // [KP][LT]  S
+        bf16_t* sdSb = sSb + KP * LT;     // [KP][LT]  dS
+        bf16_t* sSt = sdSb + KP * LT;     // [BVT][LST] Sᵀ
+        bf16_t* sdOb = sSt + BVT * LST;   // [64][LT] each below
+        bf16_t* sdVb = sdOb + BCH * LT;
+        bf16_t* svb = sdVb + BCH * LT;
+        bf16_t* sRb = svb + BCH * LT;
+        bf16_t* sVpb = sRb + BCH * LT;
+        bf16_t* sZb = sVpb + BCH * LT;
+        const int lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+        const bf16_t* Vp = delta ? sVpb : svb;  // V' (GLA: v)
+        const bf16_t* Zs = delta ? sZb : sdVb;  // Z = d(βV) (GLA: dV')
+        for (int v0 = 0; v0 < vd; v0 += BVT) {
+            tile_state<KP, LT, LST>(sSb, sSt, sdSb, sdEL, CS + blk * kd * vd + v0, DS + blk * kd * vd + v0, vd, kd);
+            const long voff = (((long)b * T + t0) * HV + hv) * vd + v0;
+            tile_bf16<BCH, BVT, LT, false>(sdOb, dO + voff, (long)HV * vd, n);
+            tile_f32_bf16<BCH, BVT, LT>(sdVb, DVP + voff, (long)HV * vd, n);
+            tile_bf16<BCH, BVT, LT, false>(svb, v + voff, (long)HV * vd, n);
+            __syncthreads();
+            if (delta) {
+                const int rt = warp >> 1, n0 = (warp & 1) * 8;
+                // R = βV − bk S (one 16x8 tile per warp).
+                float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int ks = 0; ks < KP / 16; ++ks) {
+                    unsigned a[4], bb[2];
+                    bfrag_a(a, bkb, LB, rt * 16, ks * 16);
+                    bfrag_b(bb, sSt, LST, n0, ks * 16);
+                    bmma(acc, a, bb);
+                }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int i = rt * 16 + gq + (e >> 1) * 8, col = n0 + 2 * tq + (e & 1);
+                    sRb[i * LT + col] = bto_bf16(sbeta[i] * bf16_to_f32(svb[i * LT + col]) - acc[e]);
+                }
+                __syncthreads();
+                // V' = T R (j ≤ i) and Z = Tᵀ dV' (j ≥ i).
+                float va[4] = {0.f, 0.f, 0.f, 0.f}, za[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int ks = 0; ks < BCH / 16; ++ks) {
+                    unsigned a[4], bb[2];
+                    if (ks <= rt) {
+                        bfrag_a(a, Tb, LTB, rt * 16, ks * 16);
+                        bfrag_b_t(bb, sRb, LT, n0, ks * 16);
+                        bmma(va, a, bb);
+                    }
+                    if (ks >= rt) {
+                        bfrag_a_t(a, Tb, LTB, rt * 16, ks * 16);
+                        bfrag_b_t(bb, sdVb, LT, n0, ks * 16);
+                        bmma(za, a, bb);
+                    }
+                }
+                float db[2] = {0.f, 0.f};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int i = rt * 16 + gq + (e >> 1) * 8, col = n0 + 2 * tq + (e & 1);
+                    sVpb[i * LT + col] = bto_bf16(va[e]);
+                    sZb[i * LT + col] = bto_bf16(za[e]);
+                    db[e >> 1] += za[e] * bf16_to_f32(svb[i * LT + col]);
+                    if (i < n) DV[(((long)b * T + t0 + i) * HV + hv) * vd + v0 + col] = sbeta[i] * za[e];
+                }
+                atomicAdd(&sdbeta[rt * 16 + gq], db[0]);
+                atomicAdd(&sdbeta[rt * 16 + gq + 8], db[1]);
+            } else {
+                for (int o = tid; o < BCH * BVT; o += NT) {
+                    int i = o / BVT, cc = o % BVT;
+                    long off = voff + (long)i * HV * vd + cc;
+                    if (i < n) DV[off] = DVP[off];
+                }
+            }
+            __syncthreads();
+            // dQG += dO Sᵀ, dKd += V' dSᵀ, dbk −= Z Sᵀ; dA += dO V'ᵀ, dM −= Z V'ᵀ (upper
+            // triangles never read).
+            {
+                const int rt = warp & 3, nh = warp >> 2;
+                unsigned ao[4], av[4], az[4];
+                bfrag_a(ao, sdOb, LT, rt * 16, 0);
+                bfrag_a(av, Vp, LT, rt * 16, 0);
+                bfrag_a(az, Zs, LT, rt * 16, 0);
+                const int i0 = rt * 16 + gq;
+#pragma unroll
+                for (int j = 0; j < KP / 16; ++j) {
+                    const int n0 = nh * (KP / 2) + j * 8, col = n0 + 2 * tq;
+                    unsigned bs[2], bd[2];
+                    bfrag_b(bs, sSb, LT, n0, 0);
+                    bfrag_b(bd, sdSb, LT, n0, 0);
+                    float c1[4] = {0.f, 0.f, 0.f, 0.f}, c2[4] = {0.f, 0.f, 0.f, 0.f}, c3[4] = {0.f, 0.f, 0.f, 0.f};
+                    bmma(c1, ao, bs);
+                    bmma(c2, av, bd);
+                    if (delta) bmma(c3, az, bs);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int idx = (i0 + (e >> 1) * 8) * KP + col + (e & 1);
+                        dQG[idx] += c1[e];
+                        dKd[idx] += c2[e];
+                        dBK[idx] -= c3[e];
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n0 = nh * 32 + j * 8, col = n0 + 2 * tq;
+                    if (n0 > rt * 16 + 15) continue;
+                    unsigned bv[2];
+                    bfrag_b(bv, Vp, LT, n0, 0);
+                    float c1[4] = {0.f, 0.f, 0.f, 0.f}, c2[4] = {0.f, 0.f, 0.f, 0.f};
+                    bmma(c1, ao, bv);
+                    if (delta) bmma(c2, az, bv);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int idx = (i0 + (e >> 1) * 8) * LC + col + (e & 1);
+                        dA[idx] += c1[e];
+                        dM[idx] -= c2[e];
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    } else
     for (int v0 = 0; v0 < vd; v0 += BVT) {
         tile_f32<KP, BVT, LV>(sS, CS + blk * kd * vd + v0, vd, kd);
         tile_f32<KP, BVT, LV>(sdS, DS + blk * kd * vd + v0, vd, kd);
@@ -749,9 +960,9 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* g, const float* beta,      \
         const float* CS, const float* DS, const float* DVP, const bf16_t* dO, float* DQ,           \
         float* DK, float* DV, float* DG, float* DB, int T, int H, int HV, int kd, int vd,          \
-        float scale, int g_per_head, int delta) {                                                  \
+        float scale, int g_per_head, int delta, int use_mma) {                                     \
         lbwd_chunk<KP>(q, k, v, g, beta, CS, DS, DVP, dO, DQ, DK, DV, DG, DB, T, H, HV, kd, vd,    \
-                       scale, g_per_head, delta);                                                   \
+                       scale, g_per_head, delta, use_mma);                                          \
     }
 LBWD(64)
 LBWD(128)
