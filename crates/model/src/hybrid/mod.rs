@@ -10,6 +10,7 @@
 //!
 //! Shapes: tokens [B, T]; hidden x [B·T, D]; logits [B·T, V].
 pub mod config;
+pub mod from_llama;
 pub mod gpu;
 pub mod io;
 
