@@ -29,6 +29,8 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Show a model's architecture, layers, parameters and cache bytes.
     Inspect(commands::inspect::InspectArgs),
+    /// Convert a full-attention model into a hybrid with learned layer placement (resumable).
+    Convert(commands::convert::ConvertArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
     /// The NVIDIA libraries and GPU this machine offers (JSON).
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Convert(a) => commands::convert::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
         Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),

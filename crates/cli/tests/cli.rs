@@ -257,3 +257,143 @@ fn inspect_shows_each_hybrid_layer_and_its_cache_cost() {
         2 * 8 * 8 * 4 + 3 * (3 * 16) * 2
     );
 }
+
+#[test]
+fn convert_rejects_budgets_that_do_not_fit_and_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("hybrid-cv-bad-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let m = model();
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &m,
+            "--budget",
+            "fa=20,swa=20",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "asks for 40 softmax layers but the teacher has 30",
+    );
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &m,
+            "--budget",
+            "gdn=3",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "unknown key 'gdn'",
+    );
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &m,
+            "--budget",
+            "cost=2",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "cost fraction must be in (0, 1]",
+    );
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &fixture("tiny-llama.gguf"),
+            "--budget",
+            "fa=1",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "tokenizer",
+    );
+    assert!(!dir.exists(), "a rejected run must not create its folder");
+}
+
+/// The first stages on the real teacher, then a rerun that resumes (skips them) and a rerun
+/// with other settings that is refused.
+#[test]
+fn convert_runs_resumes_and_refuses_mixed_settings() {
+    let dir = std::env::temp_dir().join(format!("hybrid-cv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let m = model();
+    let args = [
+        "convert",
+        "--teacher",
+        &m,
+        "--budget",
+        "fa=2,swa=4",
+        "--out",
+        d,
+        "--device",
+        "cpu",
+    ];
+    let out = hybrid(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = |f: &str| {
+        std::fs::read_to_string(dir.join("corpus").join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (train, held) = (lines("train.jsonl"), lines("heldout.jsonl"));
+    assert_eq!(train.len() + held.len(), 24 + 3 * 20);
+    for kind in ["teacher", "passkey", "kv_recall", "multi_hop"] {
+        assert!(held.iter().any(|i| i["kind"] == kind), "no held-out {kind}");
+    }
+    for it in train.iter().chain(&held) {
+        let n = it["tokens"].as_array().unwrap().len();
+        assert!(it["answer_start"].as_u64().unwrap() < n as u64);
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("corpus/corpus.json")).unwrap())
+            .unwrap();
+    assert!(
+        summary["teacher_heldout_accuracy"]["passkey"]
+            .as_f64()
+            .unwrap()
+            > 0.5
+    );
+    // Resume: both stages are skipped.
+    let t = std::time::Instant::now();
+    let out = hybrid(&args);
+    assert!(out.status.success());
+    assert!(
+        t.elapsed().as_secs_f64() < 10.0,
+        "the rerun redid finished stages"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stages done: teacher, corpus"));
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &m,
+            "--budget",
+            "fa=3",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "holds a run with other settings",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

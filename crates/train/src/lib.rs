@@ -8,6 +8,7 @@
 //! CPU reference implementations on flat `f32` slices, in the llm.c style: explicit forward and
 //! backward, no autograd, no framework. GPU kernels are checked against these.
 
+pub mod budget;
 pub mod corpus;
 pub mod freeze;
 pub mod loss;

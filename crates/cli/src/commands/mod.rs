@@ -5,6 +5,7 @@ pub mod bench_linear;
 pub mod bench_linear_bwd;
 pub mod bench_step;
 pub mod chat;
+pub mod convert;
 pub mod device;
 pub mod generate;
 pub mod inspect;
