@@ -372,7 +372,21 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
             .unwrap()
             > 0.5
     );
-    // Resume: both stages are skipped.
+    let tr: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("candidates/transfer.json")).unwrap(),
+    )
+    .unwrap();
+    for kind in ["swa", "gdn"] {
+        let layers = tr["kinds"][kind].as_array().unwrap();
+        assert_eq!(layers.len(), 30);
+        let mean = |k: &str| layers.iter().map(|l| l[k].as_f64().unwrap()).sum::<f64>() / 30.0;
+        assert!(
+            mean("rel_mse_after") < mean("rel_mse_before"),
+            "{kind}: transfer did not help"
+        );
+        assert!(dir.join(format!("candidates/{kind}.safetensors")).exists());
+    }
+    // Resume: every stage is skipped.
     let t = std::time::Instant::now();
     let out = hybrid(&args);
     assert!(out.status.success());
@@ -380,7 +394,7 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
         t.elapsed().as_secs_f64() < 10.0,
         "the rerun redid finished stages"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("stages done: teacher, corpus"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stages done: teacher, corpus, transfer"));
     fails_with(
         hybrid(&[
             "convert",

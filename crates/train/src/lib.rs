@@ -16,3 +16,4 @@ pub mod optim;
 pub mod schedule;
 pub mod synthetic;
 pub mod tasks;
+pub mod transfer;

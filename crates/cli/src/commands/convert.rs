@@ -3,10 +3,13 @@
 //! name and a rename, and records itself in DIR/stages.json; a rerun skips finished stages, so an
 //! interrupted run (or a full disk) leaves every finished stage intact.
 //!
-//! Stages built so far: `teacher` (the teacher loads as an all-FA model; the budget fits it) and
+//! Stages built so far: `teacher` (the teacher loads as an all-FA model; the budget fits it),
 //! `corpus` (teacher traces from the shipped seed prompts + natural-text retrieval items, a
-//! held-out split, and the teacher's own retrieval accuracy on it). Candidates, attention
-//! transfer, supernet, search, distillation and the report come next (the conversion issue).
+//! held-out split, and the teacher's own retrieval accuracy on it) and `transfer` (SWA and
+//! linear candidates for every layer initialised from the teacher's attention, trained to
+//! reproduce each teacher layer's mixer output; saved as mixer-only safetensors under
+//! DIR/candidates). Supernet, search, distillation and the report come next (the conversion
+//! issue).
 use super::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -172,12 +175,116 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         );
         finish(&mut stages, &stages_path, "corpus")?;
     }
+    // Stage: transfer (candidates per layer initialised from the teacher, then attention
+    // transfer on the training corpus).
+    if !stages.done.iter().any(|s| s == "transfer") {
+        let teacher = model::hybrid::HybridModel::from_llama(&m.model)?;
+        let (kinds, window, spec, n_seqs) = transfer_plan(a.preset);
+        let mut cands = kinds
+            .iter()
+            .map(|k| train::transfer::candidate_model(&teacher, k, window, a.seed))
+            .collect::<Result<Vec<_>>>()?;
+        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
+            .into_iter()
+            .map(|i| i.tokens)
+            .take(n_seqs)
+            .collect();
+        let pb = ProgressBar::new((spec.epochs * seqs.len()) as u64);
+        pb.set_style(
+            ProgressStyle::with_template("transfer: {bar:30} {pos}/{len} sequences ETA {eta}")
+                .unwrap(),
+        );
+        let reports =
+            train::transfer::attention_transfer(&teacher, &mut cands, &seqs, &spec, |d, _| {
+                pb.set_position(d as u64)
+            })?;
+        pb.finish_and_clear();
+        let tmp = a.out.join("candidates.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (k, c) in kinds.iter().zip(&cands) {
+            c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
+            write_atomic(
+                &tmp.join(format!("{k}.config.json")),
+                serde_json::to_string_pretty(&c.config)?.as_bytes(),
+            )?;
+        }
+        let j = serde_json::json!({
+            "window": window, "spec": spec, "sequences": seqs.len(),
+            "kinds": kinds.iter().zip(&reports).map(|(k, r)| (k.to_string(), r)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        write_atomic(
+            &tmp.join("transfer.json"),
+            serde_json::to_string_pretty(&j)?.as_bytes(),
+        )?;
+        let dir = a.out.join("candidates");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        for (k, r) in kinds.iter().zip(&reports) {
+            let mean = |f: &dyn Fn(&train::transfer::LayerTransfer) -> f64| {
+                r.iter().map(f).sum::<f64>() / r.len().max(1) as f64
+            };
+            eprintln!(
+                "transfer: {k}: mean relative MSE to the teacher's mixer output {:.3} -> {:.3}",
+                mean(&|x| x.rel_mse_before),
+                mean(&|x| x.rel_mse_after)
+            );
+        }
+        finish(&mut stages, &stages_path, "transfer")?;
+    }
     eprintln!(
-        "{}: stages done: {}. Candidates, attention transfer, supernet, search, distillation and the report are not built yet.",
+        "{}: stages done: {}. The supernet, search, distillation and the report are not built yet.",
         a.out.display(),
         stages.done.join(", ")
     );
     Ok(())
+}
+
+/// Candidate kinds, SWA window, transfer settings and how many corpus sequences to use.
+fn transfer_plan(
+    p: Preset,
+) -> (
+    Vec<&'static str>,
+    usize,
+    train::transfer::TransferSpec,
+    usize,
+) {
+    match p {
+        Preset::Quick => (
+            vec!["swa", "gdn"],
+            64,
+            train::transfer::TransferSpec {
+                epochs: 1,
+                lr: 1e-3,
+                max_len: 192,
+            },
+            16,
+        ),
+        Preset::Full => (
+            vec!["swa", "gdn", "kda"],
+            512,
+            train::transfer::TransferSpec {
+                epochs: 2,
+                lr: 1e-3,
+                max_len: 1024,
+            },
+            512,
+        ),
+    }
+}
+
+fn read_items(path: &Path) -> Result<Vec<Item>> {
+    let s =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    s.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a corpus item", path.display(), i + 1))
+        })
+        .collect()
 }
 
 fn finish(stages: &mut Stages, path: &Path, name: &str) -> Result<()> {

@@ -137,3 +137,80 @@ pub fn block_from(kind: LayerKind, mixer_params: Params, params: Params) -> Bloc
     };
     Block { mixer, params }
 }
+
+/// Writes `params` (f32) as one safetensors file, through a temporary name and a rename.
+pub fn write_params(path: &Path, params: &Params) -> Result<()> {
+    let bytes: BTreeMap<&String, Vec<u8>> = params
+        .map
+        .iter()
+        .map(|(k, p)| (k, p.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, TensorView)> = params
+        .map
+        .iter()
+        .map(|(k, p)| {
+            Ok((
+                k.clone(),
+                TensorView::new(Dtype::F32, p.shape.clone(), &bytes[k])?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, None)?;
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, &data).and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(())
+}
+
+impl HybridModel {
+    /// Only the token mixers' parameters, under checkpoint names (`model.layers.{i}.self_attn.*`
+    /// or `...linear_attn.*`): a conversion candidate without the teacher's MLPs and embeddings.
+    pub fn save_mixers(&self, path: &Path) -> Result<()> {
+        let mut all = Params::default();
+        for (i, b) in self.blocks.iter().enumerate() {
+            all.map.extend(
+                b.mixer
+                    .params()
+                    .clone()
+                    .prefixed(&format!("model.layers.{i}.{}", b.mixer.prefix()))
+                    .map,
+            );
+        }
+        write_params(path, &all)
+    }
+
+    /// Fills every mixer's parameters from a file written by [`HybridModel::save_mixers`]
+    /// for a model of the same layout.
+    pub fn load_mixers(&mut self, path: &Path) -> Result<()> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let pre = b.mixer.prefix();
+            for (k, p) in b.mixer.params_mut().map.iter_mut() {
+                let name = format!("model.layers.{i}.{pre}{k}");
+                let t = st
+                    .tensor(&name)
+                    .with_context(|| format!("{}: tensor '{name}' is missing", path.display()))?;
+                if t.shape() != p.shape.as_slice() || t.dtype() != Dtype::F32 {
+                    bail!(
+                        "{}: tensor '{name}' is {:?} {:?}, expected F32 {:?}",
+                        path.display(),
+                        t.dtype(),
+                        t.shape(),
+                        p.shape
+                    );
+                }
+                p.data = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+}

@@ -275,6 +275,35 @@ impl HybridModel {
         )
     }
 
+    /// Per layer, the mixer's input (after `input_layernorm`) and its output, for tokens
+    /// [B, T]: the teacher's activations that attention transfer trains candidates on.
+    pub fn mixer_io(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        if tokens.len() != b * t {
+            bail!("{} tokens do not fill a batch of {b} x {t}", tokens.len());
+        }
+        let mut x = self.embed(tokens)?;
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for bl in &self.blocks {
+            let mut h = vec![0f32; x.len()];
+            cpu::rms_norm(
+                &x,
+                bl.params.get("input_layernorm.weight"),
+                self.config.rms_norm_eps,
+                &mut h,
+            );
+            let (y, s) = self.block_forward(bl, x, b, t, None);
+            let mix: Vec<f32> = s.x_mid.iter().zip(&s.x).map(|(a, b)| a - b).collect();
+            out.push((h, mix));
+            x = y;
+        }
+        Ok(out)
+    }
+
     /// Training forward over whole sequences: tokens [B, T] -> logits [B·T, V].
     pub fn forward_train(&self, tokens: &[u32], b: usize, t: usize) -> Result<(Vec<f32>, Saved)> {
         if tokens.len() != b * t {

@@ -1,0 +1,128 @@
+//! Conversion stages 2-3 on a small random teacher: candidates start from the teacher's
+//! weights (SWA with a window covering the sequence is the teacher exactly; linear mixers get
+//! the teacher's Q/K/V/O tiled over GQA groups), and attention transfer moves every candidate
+//! layer towards its teacher layer.
+use model::hybrid::{parse_layout, HybridConfig, HybridModel, Mixer};
+use train::transfer::{attention_transfer, candidate_model, TransferSpec};
+
+fn teacher() -> HybridModel {
+    let (layer_types, _) = parse_layout("fa,fa").unwrap();
+    let c = HybridConfig {
+        model_type: "hybrid".into(),
+        vocab_size: 50,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        partial_rotary_factor: 1.0,
+        sliding_window: None,
+        attn_output_gate: false,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+        layer_types,
+        linear_attn_type: None,
+        linear_num_key_heads: None,
+        linear_num_value_heads: None,
+        linear_key_head_dim: None,
+        linear_value_head_dim: None,
+        linear_conv_kernel_dim: 4,
+        linear_gate_rank: 16,
+        linear_chunk_size: 16,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let mut m = HybridModel::init(c, 1).unwrap();
+    // Larger weights than the init so that attention carries signal.
+    let g = m.zero_grads();
+    let mut r = tensor::rng::SplitMix64::new(4);
+    m.visit_params(&g, |_, p, _| {
+        p.iter_mut()
+            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * 0.3)
+    });
+    m
+}
+
+fn seqs(n: usize, t: usize) -> Vec<Vec<u32>> {
+    let mut r = tensor::rng::SplitMix64::new(9);
+    (0..n)
+        .map(|_| (0..t).map(|_| r.below(50) as u32).collect())
+        .collect()
+}
+
+#[test]
+fn swa_with_a_window_covering_the_sequence_is_the_teacher() {
+    let t = teacher();
+    let s = candidate_model(&t, "swa", 64, 0).unwrap();
+    let toks = &seqs(1, 30)[0];
+    let a = t.forward(toks, 1, &mut t.new_state(1), true).unwrap();
+    let b = s.forward(toks, 1, &mut s.new_state(1), true).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn linear_candidates_take_the_teachers_projections_tiled_over_gqa_groups() {
+    let t = teacher();
+    let c = candidate_model(&t, "gdn", 0, 0).unwrap();
+    let (d, dh) = (32, 8);
+    for (tb, cb) in t.blocks.iter().zip(&c.blocks) {
+        let (Mixer::Attention(ta), Mixer::Linear(l)) = (&tb.mixer, &cb.mixer) else {
+            panic!("layer kinds")
+        };
+        assert_eq!(
+            l.params.get("q_proj.weight"),
+            ta.params.get("q_proj.weight")
+        );
+        assert_eq!(
+            l.params.get("o_proj.weight"),
+            ta.params.get("o_proj.weight")
+        );
+        let (k, tk) = (
+            l.params.get("k_proj.weight"),
+            ta.params.get("k_proj.weight"),
+        );
+        for j in 0..4 {
+            let kv = j / 2;
+            assert_eq!(
+                &k[j * dh * d..(j + 1) * dh * d],
+                &tk[kv * dh * d..(kv + 1) * dh * d]
+            );
+        }
+        assert!(l.params.get("b_proj.weight").iter().all(|&x| x == 0.0));
+        assert_eq!(tb.params, cb.params, "MLP and norms are the teacher's");
+    }
+}
+
+#[test]
+fn attention_transfer_moves_every_candidate_layer_towards_the_teacher() {
+    let t = teacher();
+    for kind in ["gdn", "kda", "swa"] {
+        let mut c = candidate_model(&t, kind, 4, 0).unwrap();
+        let spec = TransferSpec {
+            epochs: 4,
+            lr: 3e-3,
+            max_len: 40,
+        };
+        let rep = attention_transfer(
+            &t,
+            std::slice::from_mut(&mut c),
+            &seqs(6, 40),
+            &spec,
+            |_, _| {},
+        )
+        .unwrap()
+        .remove(0);
+        for r in &rep {
+            assert!(
+                r.rel_mse_after < 0.8 * r.rel_mse_before,
+                "{kind} layer {}: {} -> {}",
+                r.layer,
+                r.rel_mse_before,
+                r.rel_mse_after
+            );
+        }
+    }
+}
