@@ -24,6 +24,7 @@ pub struct AttentionConfig {
     pub output_gate: bool,
 }
 
+#[derive(Clone)]
 pub struct Attention {
     pub cfg: AttentionConfig,
     pub params: Params,

@@ -76,6 +76,7 @@ pub struct LinearConfig {
     pub chunk: usize,
 }
 
+#[derive(Clone)]
 pub struct LinearMixer {
     pub cfg: LinearConfig,
     pub params: Params,

@@ -22,6 +22,7 @@ use mixers::linear_mixer::{LinearMixer, LinearSaved, LinearState};
 use mixers::params::{linear, linear_backward, InitRng, Params};
 use tensor::cpu;
 
+#[derive(Clone)]
 pub enum Mixer {
     Attention(Attention),
     Linear(LinearMixer),
@@ -59,6 +60,7 @@ enum MixerSaved {
     Linear(Box<LinearSaved>),
 }
 
+#[derive(Clone)]
 pub struct Block {
     pub mixer: Mixer,
     /// `input_layernorm.weight`, and with an MLP `post_attention_layernorm.weight`,

@@ -1,0 +1,292 @@
+//! Stage 4 of `hybrid convert`: the supernet (PostNAS's once-for-all network, Fast-LLM's
+//! stochastic mixer; research/placement.md §2.2, §3.2-3.4, §8.2). Every layer holds all its
+//! candidates — the teacher's FA mixer and one mixer per candidate type — and shares the
+//! teacher's MLPs, norms and embeddings, which stay frozen. Each step samples a whole layout
+//! (Fast-LLM's `full_layout`: type counts first, uniformly over the compositions, then a random
+//! permutation; plus a share of all-FA and of uniform-interleave layouts), runs it, and trains
+//! the non-FA mixers it used on KL(teacher ‖ student) over the logits.
+//!
+//! A layout is assembled without copying weights: the chosen candidate mixers are swapped into
+//! the teacher's blocks for the step and swapped back after it.
+use crate::loss::kl_div;
+use crate::optim::{clip_grad_norm, AdamState, AdamW};
+use crate::tasks::rng::SplitMix64;
+use anyhow::{bail, Result};
+use model::hybrid::config::LinearAttnType;
+use model::hybrid::HybridModel;
+use std::collections::HashMap;
+
+pub struct Supernet {
+    /// The teacher: FA mixers, and the frozen MLPs, norms, embeddings every layout shares.
+    pub teacher: HybridModel,
+    /// Per candidate type ("swa", "gdn", ...): a model whose layer i holds that type's mixer.
+    pub cands: Vec<(String, HybridModel)>,
+    opt: HashMap<(String, usize, String), AdamState>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SupernetSpec {
+    pub steps: usize,
+    pub lr: f32,
+    pub seq_len: usize,
+    pub temperature: f32,
+    /// Shares of steps that run the all-FA layout and a uniform interleave.
+    pub p_all_fa: f64,
+    pub p_uniform: f64,
+    pub seed: u64,
+}
+
+/// One training step's record.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub layout: String,
+    pub kl: f32,
+}
+
+impl Supernet {
+    pub fn new(teacher: HybridModel, cands: Vec<(String, HybridModel)>) -> Result<Self> {
+        for (k, c) in &cands {
+            if c.blocks.len() != teacher.blocks.len() {
+                bail!(
+                    "candidate '{k}' has {} layers, the teacher {}",
+                    c.blocks.len(),
+                    teacher.blocks.len()
+                );
+            }
+        }
+        Ok(Supernet {
+            teacher,
+            cands,
+            opt: HashMap::new(),
+        })
+    }
+
+    /// The layer types a layout may use: "fa" and the candidate types.
+    pub fn kinds(&self) -> Vec<String> {
+        std::iter::once("fa".to_string())
+            .chain(self.cands.iter().map(|(k, _)| k.clone()))
+            .collect()
+    }
+
+    /// Swaps the layout's candidate mixers into the teacher's blocks: the teacher model then
+    /// *is* the student. Call [`Supernet::restore`] with the same layout to undo.
+    fn assemble(&mut self, layout: &[String]) -> Result<()> {
+        let n = self.teacher.blocks.len();
+        if layout.len() != n {
+            bail!("a layout of {} layers for a model of {n}", layout.len());
+        }
+        for (i, k) in layout.iter().enumerate() {
+            if k == "fa" {
+                continue;
+            }
+            let Some((_, c)) = self.cands.iter_mut().find(|(name, _)| name == k) else {
+                bail!(
+                    "layout layer {i}: '{k}' is not a candidate ({})",
+                    self.kinds().join(", ")
+                );
+            };
+            std::mem::swap(&mut self.teacher.blocks[i].mixer, &mut c.blocks[i].mixer);
+        }
+        self.teacher.config = layout_config(&self.teacher, &self.cands, layout);
+        Ok(())
+    }
+
+    fn restore(&mut self, layout: &[String], config: model::hybrid::HybridConfig) {
+        for (i, k) in layout.iter().enumerate() {
+            if let Some((_, c)) = self.cands.iter_mut().find(|(name, _)| name == k) {
+                std::mem::swap(&mut self.teacher.blocks[i].mixer, &mut c.blocks[i].mixer);
+            }
+        }
+        self.teacher.config = config;
+    }
+
+    /// Runs `f` on the model of `layout` (the teacher's blocks with the layout's mixers).
+    pub fn with_layout<R>(
+        &mut self,
+        layout: &[String],
+        f: impl FnOnce(&mut HybridModel) -> R,
+    ) -> Result<R> {
+        let config = self.teacher.config.clone();
+        self.assemble(layout)?;
+        let r = f(&mut self.teacher);
+        self.restore(layout, config);
+        Ok(r)
+    }
+
+    /// A standalone copy of the model of `layout` (for extraction and evaluation).
+    pub fn extract(&mut self, layout: &[String]) -> Result<HybridModel> {
+        self.with_layout(layout, |m| HybridModel {
+            config: m.config.clone(),
+            top: m.top.clone(),
+            blocks: m
+                .blocks
+                .iter()
+                .map(|b| model::hybrid::Block {
+                    mixer: b.mixer.clone(),
+                    params: b.params.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Trains the candidate mixers; `seqs` are token sequences (cut to `seq_len`), used in turn.
+    pub fn train(
+        &mut self,
+        seqs: &[Vec<u32>],
+        spec: &SupernetSpec,
+        mut progress: impl FnMut(&StepLog),
+    ) -> Result<Vec<StepLog>> {
+        if seqs.is_empty() {
+            bail!("supernet training needs at least one sequence");
+        }
+        let mut rng = SplitMix64::new(spec.seed);
+        let opt = AdamW {
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let v = self.teacher.config.vocab_size;
+        let kinds = self.kinds();
+        let mut log = vec![];
+        for step in 0..spec.steps {
+            let s = &seqs[step % seqs.len()];
+            let toks = &s[..s.len().min(spec.seq_len)];
+            let t = toks.len();
+            let target = self
+                .teacher
+                .forward(toks, 1, &mut self.teacher.new_state(1), true)?;
+            let layout = sample_layout(&kinds, self.teacher.blocks.len(), spec, &mut rng);
+            let config = self.teacher.config.clone();
+            self.assemble(&layout)?;
+            let run = (|| -> Result<f32> {
+                let m = &mut self.teacher;
+                let (logits, saved) = m.forward_train(toks, 1, t)?;
+                let (kl, dlogits) = kl_div(&logits, &target, v, spec.temperature);
+                let mut g = m.zero_grads();
+                m.backward(&saved, &dlogits, &mut g);
+                // Only the layout's non-FA mixers train; the rest is the frozen teacher.
+                let mut trained: Vec<&mut [f32]> = g
+                    .blocks
+                    .iter_mut()
+                    .zip(&layout)
+                    .filter(|(_, k)| k.as_str() != "fa")
+                    .flat_map(|((_, mg), _)| mg.map.values_mut().map(|p| p.data.as_mut_slice()))
+                    .collect();
+                clip_grad_norm(&mut trained, 1.0);
+                for (i, k) in layout.iter().enumerate() {
+                    if k == "fa" {
+                        continue;
+                    }
+                    let params = m.blocks[i].mixer.params_mut();
+                    for (name, gp) in &g.blocks[i].1.map {
+                        let st = self
+                            .opt
+                            .entry((k.clone(), i, name.clone()))
+                            .or_insert_with(|| AdamState::new(gp.data.len()));
+                        opt.step(params.get_mut(name), &gp.data, st, spec.lr, false);
+                    }
+                }
+                Ok(kl)
+            })();
+            self.restore(&layout, config);
+            let entry = StepLog {
+                step,
+                layout: layout.join(","),
+                kl: run?,
+            };
+            progress(&entry);
+            log.push(entry);
+        }
+        Ok(log)
+    }
+}
+
+/// The config of a layout: the teacher's with per-layer types (and the candidates' SWA window
+/// and linear-mixer sizes).
+pub fn layout_config(
+    teacher: &HybridModel,
+    cands: &[(String, HybridModel)],
+    layout: &[String],
+) -> model::hybrid::HybridConfig {
+    let mut c = teacher.config.clone();
+    for (_, m) in cands {
+        if m.config.sliding_window.is_some() {
+            c.sliding_window = m.config.sliding_window;
+        }
+        if m.config.linear_num_key_heads.is_some() {
+            c.linear_num_key_heads = m.config.linear_num_key_heads;
+            c.linear_num_value_heads = m.config.linear_num_value_heads;
+            c.linear_key_head_dim = m.config.linear_key_head_dim;
+            c.linear_value_head_dim = m.config.linear_value_head_dim;
+            c.linear_conv_kernel_dim = m.config.linear_conv_kernel_dim;
+            c.linear_gate_rank = m.config.linear_gate_rank;
+        }
+    }
+    c.layer_types = layout
+        .iter()
+        .map(|k| match k.as_str() {
+            "fa" => "full_attention".to_string(),
+            "swa" => "sliding_attention".to_string(),
+            _ => "linear_attention".to_string(),
+        })
+        .collect();
+    let lin: Vec<Option<String>> = layout
+        .iter()
+        .map(|k| (!["fa", "swa"].contains(&k.as_str())).then(|| k.clone()))
+        .collect();
+    c.linear_attn_type = lin
+        .iter()
+        .any(|x| x.is_some())
+        .then_some(LinearAttnType::PerLayer(lin));
+    c
+}
+
+/// Fast-LLM's `full_layout` sampling: with probability `p_all_fa` every layer FA, with
+/// `p_uniform` a uniform interleave (one of the kinds every k-th layer), else type counts drawn
+/// uniformly over the compositions of `n` into the kinds, then a random permutation.
+pub fn sample_layout(
+    kinds: &[String],
+    n: usize,
+    spec: &SupernetSpec,
+    rng: &mut SplitMix64,
+) -> Vec<String> {
+    let u = rng.uniform();
+    if u < spec.p_all_fa {
+        return vec!["fa".to_string(); n];
+    }
+    if u < spec.p_all_fa + spec.p_uniform {
+        // A softmax layer (FA or SWA) every `period` layers, a linear one elsewhere.
+        let period = 2 + rng.below(3) as usize;
+        let soft = &kinds[rng.below(kinds.len().min(2) as u64) as usize];
+        let lin = kinds.last().expect("at least one kind");
+        return (0..n)
+            .map(|i| {
+                if i % period == period - 1 {
+                    soft.clone()
+                } else {
+                    lin.clone()
+                }
+            })
+            .collect();
+    }
+    // Uniform over compositions (stars and bars): choose k−1 bar positions among n+k−1.
+    let k = kinds.len();
+    let mut slots: Vec<usize> = (0..n + k - 1).collect();
+    rng.shuffle(&mut slots);
+    let mut bars: Vec<usize> = slots[..k - 1].to_vec();
+    bars.sort_unstable();
+    let mut counts = vec![0usize; k];
+    let mut prev = 0usize;
+    for (j, &b) in bars.iter().enumerate() {
+        counts[j] = b - prev;
+        prev = b + 1;
+    }
+    counts[k - 1] = n + k - 1 - prev;
+    let mut layout: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(j, &c)| std::iter::repeat_n(kinds[j].clone(), c))
+        .collect();
+    rng.shuffle(&mut layout);
+    layout
+}
