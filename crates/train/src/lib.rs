@@ -14,6 +14,7 @@ pub mod freeze;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod search;
 pub mod supernet;
 pub mod synthetic;
 pub mod tasks;

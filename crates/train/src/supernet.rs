@@ -116,18 +116,7 @@ impl Supernet {
 
     /// A standalone copy of the model of `layout` (for extraction and evaluation).
     pub fn extract(&mut self, layout: &[String]) -> Result<HybridModel> {
-        self.with_layout(layout, |m| HybridModel {
-            config: m.config.clone(),
-            top: m.top.clone(),
-            blocks: m
-                .blocks
-                .iter()
-                .map(|b| model::hybrid::Block {
-                    mixer: b.mixer.clone(),
-                    params: b.params.clone(),
-                })
-                .collect(),
-        })
+        self.with_layout(layout, |m| m.clone_model())
     }
 
     /// Trains the candidate mixers; `seqs` are token sequences (cut to `seq_len`), used in turn.

@@ -177,3 +177,41 @@ fn an_extracted_layout_is_a_standalone_model_that_saves_and_loads() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn search_keeps_the_budget_and_scores_the_teacher_layout_at_zero_kl() {
+    use train::search::{search, EvalSet, SearchSpec};
+    let mut s = supernet();
+    let data = seqs();
+    s.train(&data, &spec(40), |_| {}).unwrap();
+    let traces = vec![(data[0].clone(), 20), (data[1].clone(), 16)];
+    let retrieval = vec![
+        ("kv".to_string(), data[2].clone(), 29),
+        ("hop".to_string(), data[3].clone(), 30),
+    ];
+    let set = EvalSet::new(&s.teacher, traces, retrieval).unwrap();
+    let teacher = s.teacher.clone_model();
+    let t = set.score(&teacher).unwrap();
+    assert!(t.kl.abs() < 1e-9, "teacher KL {}", t.kl);
+    let spec = SearchSpec {
+        width: 2,
+        top: 3,
+        linear: "gdn".into(),
+    };
+    let r = search(&mut s, &set, 1, 2, &spec, |_, _| {}).unwrap();
+    let l = &r.best.layout;
+    assert_eq!(l.iter().filter(|k| *k == "fa").count(), 1);
+    assert_eq!(l.iter().filter(|k| *k == "swa").count(), 2);
+    assert_eq!(r.fa_heatmap.len(), 4);
+    assert_eq!(r.swa_heatmap.len(), 3);
+    // The FA layer is the heatmap's best by retrieval NLL (one FA layer: the beam keeps it).
+    let best_fa = (0..4)
+        .min_by(|&a, &b| {
+            r.fa_heatmap[a]
+                .score
+                .retrieval_nll()
+                .total_cmp(&r.fa_heatmap[b].score.retrieval_nll())
+        })
+        .unwrap();
+    assert_eq!(l[best_fa], "fa");
+}

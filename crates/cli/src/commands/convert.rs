@@ -234,8 +234,51 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         }
         finish(&mut stages, &stages_path, "transfer")?;
     }
+    // Stage: supernet.
+    if !stages.done.iter().any(|s| s == "supernet") {
+        let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset)?;
+        let spec = supernet_spec(a.preset, a.seed);
+        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
+            .into_iter()
+            .map(|i| i.tokens)
+            .collect();
+        let pb = ProgressBar::new(spec.steps as u64);
+        pb.set_style(
+            ProgressStyle::with_template("supernet: {bar:30} {pos}/{len} steps ETA {eta} {msg}")
+                .unwrap(),
+        );
+        let log = sn.train(&seqs, &spec, |l| {
+            pb.set_message(format!("KL {:.3}", l.kl));
+            pb.inc(1)
+        })?;
+        pb.finish_and_clear();
+        let tmp = a.out.join("supernet.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (k, c) in &sn.cands {
+            c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
+        }
+        let j = serde_json::json!({"spec": spec, "log": log});
+        write_atomic(
+            &tmp.join("supernet.json"),
+            serde_json::to_string_pretty(&j)?.as_bytes(),
+        )?;
+        let dir = a.out.join("supernet");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        let tail = &log[log.len().saturating_sub(8)..];
+        eprintln!(
+            "supernet: {} steps; mean KL of the first and last 8 sampled layouts {:.3} -> {:.3}",
+            log.len(),
+            log.iter().take(8).map(|l| l.kl as f64).sum::<f64>() / log.len().min(8).max(1) as f64,
+            tail.iter().map(|l| l.kl as f64).sum::<f64>() / tail.len().max(1) as f64
+        );
+        finish(&mut stages, &stages_path, "supernet")?;
+    }
     eprintln!(
-        "{}: stages done: {}. The supernet, search, distillation and the report are not built yet.",
+        "{}: stages done: {}. Search, distillation and the report are not built yet.",
         a.out.display(),
         stages.done.join(", ")
     );
@@ -273,6 +316,35 @@ fn transfer_plan(
             512,
         ),
     }
+}
+
+fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
+    let (steps, seq_len) = match p {
+        Preset::Quick => (96, 128),
+        Preset::Full => (2000, 1024),
+    };
+    train::supernet::SupernetSpec {
+        steps,
+        lr: 1e-3,
+        seq_len,
+        temperature: 1.0,
+        p_all_fa: 0.1,
+        p_uniform: 0.1,
+        seed,
+    }
+}
+
+/// The supernet from the teacher and the candidates in `dir` (a stage's output folder).
+fn load_supernet(m: &LoadedModel, dir: &Path, preset: Preset) -> Result<train::supernet::Supernet> {
+    let teacher = model::hybrid::HybridModel::from_llama(&m.model)?;
+    let (kinds, window, _, _) = transfer_plan(preset);
+    let mut cands = vec![];
+    for k in kinds {
+        let mut c = train::transfer::candidate_model(&teacher, k, window, 0)?;
+        c.load_mixers(&dir.join(format!("{k}.safetensors")))?;
+        cands.push((k.to_string(), c));
+    }
+    train::supernet::Supernet::new(teacher, cands)
 }
 
 fn read_items(path: &Path) -> Result<Vec<Item>> {

@@ -146,6 +146,15 @@ impl HybridModel {
         })
     }
 
+    /// A deep copy (weights included).
+    pub fn clone_model(&self) -> Self {
+        HybridModel {
+            config: self.config.clone(),
+            top: self.top.clone(),
+            blocks: self.blocks.clone(),
+        }
+    }
+
     pub fn n_params(&self) -> usize {
         self.top.n_params()
             + self

@@ -1,0 +1,348 @@
+//! Stage 5 of `hybrid convert`: scoring layouts on held-out data and searching placements
+//! under a budget (research/placement.md §2.3, §8.3).
+//!
+//! Scores, reported separately and combined (PostNAS: different tasks pick different layers):
+//! - `kl`: mean KL(teacher ‖ layout) over the generated tokens of held-out teacher traces;
+//! - per retrieval kind: mean negative log-likelihood of the answer tokens (continuous, so a
+//!   few items already rank layouts; PostNAS scores MMLU by the answer's loss the same way) and
+//!   exact-answer accuracy under teacher forcing.
+//!
+//! Search for a type-count budget (`fa=F,swa=S`), PostNAS's hierarchical reading: (1) the
+//! single-FA heatmap — every layer alone as FA, the rest linear — ranks layers by retrieval
+//! loss; (2) beam search places the F FA layers among the best-ranked positions by retrieval
+//! loss; (3) with those fixed, a second heatmap ranks the remaining layers as SWA by KL, and
+//! the S best become SWA. The rest stay linear.
+use crate::supernet::Supernet;
+use anyhow::{bail, Result};
+use model::hybrid::HybridModel;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Held-out data with the teacher's logits precomputed where KL is scored.
+pub struct EvalSet {
+    /// (tokens, first scored position, the teacher's log-probabilities at positions
+    /// start−1 .. len−1, [n, V]).
+    traces: Vec<(Vec<u32>, usize, Vec<f32>)>,
+    /// (kind, tokens, answer_start).
+    retrieval: Vec<(String, Vec<u32>, usize)>,
+    vocab: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Score {
+    pub kl: f64,
+    /// Per retrieval kind: (answer NLL, accuracy).
+    pub retrieval: BTreeMap<String, (f64, f64)>,
+}
+
+impl Score {
+    /// Mean answer NLL over the retrieval kinds.
+    pub fn retrieval_nll(&self) -> f64 {
+        let n = self.retrieval.len().max(1) as f64;
+        self.retrieval.values().map(|v| v.0).sum::<f64>() / n
+    }
+    /// Mean accuracy over the retrieval kinds.
+    pub fn retrieval_acc(&self) -> f64 {
+        let n = self.retrieval.len().max(1) as f64;
+        self.retrieval.values().map(|v| v.1).sum::<f64>() / n
+    }
+    /// The combined score (lower is better): KL plus the mean answer NLL.
+    pub fn combined(&self) -> f64 {
+        self.kl + self.retrieval_nll()
+    }
+}
+
+fn log_softmax_rows(logits: &[f32], v: usize) -> Vec<f32> {
+    logits
+        .chunks_exact(v)
+        .flat_map(tensor::cpu::log_softmax)
+        .collect()
+}
+
+impl EvalSet {
+    /// `traces`: (tokens, first generated position); `retrieval`: (kind, tokens, answer_start).
+    pub fn new(
+        teacher: &HybridModel,
+        traces: Vec<(Vec<u32>, usize)>,
+        retrieval: Vec<(String, Vec<u32>, usize)>,
+    ) -> Result<Self> {
+        let v = teacher.config.vocab_size;
+        let mut t = vec![];
+        for (toks, start) in traces {
+            if start == 0 || start >= toks.len() {
+                bail!("a trace's scored span is empty");
+            }
+            let logits = teacher.forward(&toks, 1, &mut teacher.new_state(1), true)?;
+            let lp = log_softmax_rows(&logits[(start - 1) * v..(toks.len() - 1) * v], v);
+            t.push((toks, start, lp));
+        }
+        Ok(EvalSet {
+            traces: t,
+            retrieval,
+            vocab: v,
+        })
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.traces.iter().map(|t| t.0.len()).sum::<usize>()
+            + self.retrieval.iter().map(|r| r.1.len()).sum::<usize>()
+    }
+
+    pub fn score(&self, m: &HybridModel) -> Result<Score> {
+        let v = self.vocab;
+        let mut kl = 0.0;
+        let mut n = 0usize;
+        for (toks, start, tlp) in &self.traces {
+            let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
+            let slp = log_softmax_rows(&logits[(start - 1) * v..(toks.len() - 1) * v], v);
+            for (p, q) in tlp.chunks_exact(v).zip(slp.chunks_exact(v)) {
+                kl += p
+                    .iter()
+                    .zip(q)
+                    .map(|(&a, &b)| (a as f64).exp() * (a - b) as f64)
+                    .sum::<f64>();
+                n += 1;
+            }
+        }
+        let mut per: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+        for (kind, toks, start) in &self.retrieval {
+            let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
+            let (mut nll, mut ok) = (0.0, true);
+            for pos in *start..toks.len() {
+                let row = &logits[(pos - 1) * v..pos * v];
+                let lp = tensor::cpu::log_softmax(row);
+                nll -= lp[toks[pos] as usize] as f64;
+                let am = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                    )
+                    .0;
+                ok &= am as u32 == toks[pos];
+            }
+            let e = per.entry(kind.clone()).or_default();
+            e.0 += nll / (toks.len() - start).max(1) as f64;
+            e.1 += ok as usize as f64;
+            e.2 += 1;
+        }
+        Ok(Score {
+            kl: kl / n.max(1) as f64,
+            retrieval: per
+                .into_iter()
+                .map(|(k, (nll, acc, c))| (k, (nll / c as f64, acc / c as f64)))
+                .collect(),
+        })
+    }
+}
+
+/// One scored layout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scored {
+    pub layout: Vec<String>,
+    pub score: Score,
+}
+
+/// Search settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchSpec {
+    /// Beam width of the FA placement.
+    pub width: usize,
+    /// FA positions considered by the beam: the best of the heatmap.
+    pub top: usize,
+    /// The linear type filling the layers that are neither FA nor SWA.
+    pub linear: String,
+}
+
+/// Everything the search evaluated, for the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub best: Scored,
+    /// Single-FA heatmap: layer i as the only FA layer, the rest linear.
+    pub fa_heatmap: Vec<Scored>,
+    /// With the chosen FA layers fixed: layer i as the only SWA layer.
+    pub swa_heatmap: Vec<Scored>,
+    pub evaluated: usize,
+}
+
+/// Searches placements of `fa` FA and `swa` SWA layers (the rest `spec.linear`).
+pub fn search(
+    sn: &mut Supernet,
+    set: &EvalSet,
+    fa: usize,
+    swa: usize,
+    spec: &SearchSpec,
+    mut progress: impl FnMut(&str, usize),
+) -> Result<SearchResult> {
+    let n = sn.teacher.blocks.len();
+    if fa + swa > n {
+        bail!("{fa} FA + {swa} SWA layers do not fit {n}");
+    }
+    let mut evaluated = 0;
+    let mut eval = |sn: &mut Supernet, layout: Vec<String>, stage: &str| -> Result<Scored> {
+        let score = sn.with_layout(&layout, |m| set.score(m))??;
+        evaluated += 1;
+        progress(stage, evaluated);
+        Ok(Scored { layout, score })
+    };
+    let lin = spec.linear.clone();
+    let with = |base: &[String], i: usize, k: &str| -> Vec<String> {
+        let mut l = base.to_vec();
+        l[i] = k.to_string();
+        l
+    };
+    let all_lin = vec![lin.clone(); n];
+    // (1) Single-FA heatmap.
+    let mut fa_heatmap = vec![];
+    for i in 0..n {
+        fa_heatmap.push(eval(sn, with(&all_lin, i, "fa"), "FA heatmap")?);
+    }
+    // (2) Beam over FA placements among the heatmap's best positions (by retrieval NLL).
+    let mut ranked: Vec<usize> = (0..n).collect();
+    ranked.sort_by(|&a, &b| {
+        fa_heatmap[a]
+            .score
+            .retrieval_nll()
+            .total_cmp(&fa_heatmap[b].score.retrieval_nll())
+    });
+    let pool: Vec<usize> = ranked.into_iter().take(spec.top.max(fa)).collect();
+    let mut beam: Vec<Scored> = vec![Scored {
+        layout: all_lin.clone(),
+        score: Score::default(),
+    }];
+    for step in 0..fa {
+        let mut next: Vec<Scored> = vec![];
+        for b in &beam {
+            for &i in &pool {
+                if b.layout[i] == "fa" {
+                    continue;
+                }
+                let l = with(&b.layout, i, "fa");
+                if next.iter().any(|s| s.layout == l) {
+                    continue;
+                }
+                // One FA layer: the heatmap already scored it.
+                let s = if step == 0 {
+                    fa_heatmap[i].clone()
+                } else {
+                    eval(sn, l, "FA beam")?
+                };
+                next.push(s);
+            }
+        }
+        next.sort_by(|a, b| a.score.retrieval_nll().total_cmp(&b.score.retrieval_nll()));
+        next.truncate(spec.width.max(1));
+        beam = next;
+    }
+    let fa_layout = beam.into_iter().next().map(|s| s.layout).unwrap_or(all_lin);
+    // (3) SWA heatmap with the FA layers fixed, then the `swa` best by KL.
+    let mut swa_heatmap = vec![];
+    let mut swa_rank = vec![];
+    for i in 0..n {
+        if fa_layout[i] == "fa" || swa == 0 {
+            continue;
+        }
+        let s = eval(sn, with(&fa_layout, i, "swa"), "SWA heatmap")?;
+        swa_rank.push((i, s.score.kl));
+        swa_heatmap.push(s);
+    }
+    swa_rank.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut best_layout = fa_layout;
+    for &(i, _) in swa_rank.iter().take(swa) {
+        best_layout[i] = "swa".into();
+    }
+    let best = eval(sn, best_layout, "final")?;
+    Ok(SearchResult {
+        best,
+        fa_heatmap,
+        swa_heatmap,
+        evaluated,
+    })
+}
+
+/// Baseline layouts at the same budget (the report's comparisons): a uniform interleave
+/// (softmax layers evenly spread, FA and SWA alternating, Kimi / Qwen3-Next style), evenly
+/// spaced FA with SWA after each, and FA at the first and last layers.
+pub fn baselines(n: usize, fa: usize, swa: usize, linear: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = vec![];
+    let soft = fa + swa;
+    if soft > 0 {
+        // Uniform interleave: softmax at every (n / soft)-th layer, the last one of each period.
+        let mut l = vec![linear.to_string(); n];
+        let mut kinds: Vec<&str> = vec![];
+        for j in 0..soft {
+            kinds.push(if (j * fa) / soft.max(1) != ((j + 1) * fa) / soft.max(1) {
+                "fa"
+            } else {
+                "swa"
+            });
+        }
+        for (j, k) in kinds.iter().enumerate() {
+            let pos = ((j + 1) * n) / soft - 1;
+            l[pos] = k.to_string();
+        }
+        out.push(("uniform interleave".to_string(), l));
+    }
+    // Evenly spaced FA, SWA filling the layers after them.
+    let mut l = vec![linear.to_string(); n];
+    for j in 0..fa {
+        l[((2 * j + 1) * n) / (2 * fa)] = "fa".into();
+    }
+    let mut placed = 0;
+    let mut i = 0;
+    while placed < swa && i < n {
+        if l[i] == linear {
+            l[i] = "swa".into();
+            placed += 1;
+        }
+        i += (n / (swa + 1)).max(1);
+    }
+    let mut i = 0;
+    while placed < swa && i < n {
+        if l[i] == linear {
+            l[i] = "swa".into();
+            placed += 1;
+        }
+        i += 1;
+    }
+    out.push(("evenly spaced FA".to_string(), l));
+    // FA at the first and last layers (what MSE/PPL ablation selectors pick, KLGS).
+    let mut l = vec![linear.to_string(); n];
+    for j in 0..fa {
+        let pos = if j % 2 == 0 { j / 2 } else { n - 1 - j / 2 };
+        l[pos] = "fa".into();
+    }
+    let mut placed = 0;
+    for i in (0..n).rev() {
+        if placed == swa {
+            break;
+        }
+        if l[i] == linear {
+            l[i] = "swa".into();
+            placed += 1;
+        }
+    }
+    out.push(("first/last FA".to_string(), l));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baselines_keep_the_budget() {
+        for (n, fa, swa) in [(30, 2, 4), (8, 1, 2), (12, 3, 0), (4, 0, 2)] {
+            for (name, l) in baselines(n, fa, swa, "gdn") {
+                assert_eq!(l.len(), n, "{name}");
+                assert_eq!(l.iter().filter(|k| *k == "fa").count(), fa, "{name} {l:?}");
+                assert_eq!(
+                    l.iter().filter(|k| *k == "swa").count(),
+                    swa,
+                    "{name} {l:?}"
+                );
+            }
+        }
+    }
+}
