@@ -272,7 +272,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         eprintln!(
             "supernet: {} steps; mean KL of the first and last 8 sampled layouts {:.3} -> {:.3}",
             log.len(),
-            log.iter().take(8).map(|l| l.kl as f64).sum::<f64>() / log.len().min(8).max(1) as f64,
+            log.iter().take(8).map(|l| l.kl as f64).sum::<f64>() / log.len().clamp(1, 8) as f64,
             tail.iter().map(|l| l.kl as f64).sum::<f64>() / tail.len().max(1) as f64
         );
         finish(&mut stages, &stages_path, "supernet")?;
