@@ -340,6 +340,8 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
         d,
         "--device",
         "cpu",
+        "--until",
+        "transfer",
     ];
     let out = hybrid(&args);
     assert!(
@@ -394,7 +396,9 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
         t.elapsed().as_secs_f64() < 10.0,
         "the rerun redid finished stages"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("stages done: teacher, corpus, transfer"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stages done: teacher, corpus, transfer.")
+    );
     fails_with(
         hybrid(&[
             "convert",
@@ -408,6 +412,69 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
             "cpu",
         ]),
         "holds a run with other settings",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The whole quick pipeline on the real teacher (what `make demo` runs): a report that compares
+/// the learned layout with the same-budget baselines, and a hybrid folder that loads.
+#[test]
+fn convert_quick_produces_a_report_and_a_loadable_hybrid() {
+    let dir = std::env::temp_dir().join(format!("hybrid-cv-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let m = model();
+    let out = hybrid(&[
+        "convert",
+        "--teacher",
+        &m,
+        "--budget",
+        "fa=2,swa=4",
+        "--out",
+        d,
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for row in [
+        "teacher (all FA)",
+        "learned, distilled",
+        "uniform interleave",
+        "first/last FA",
+        "Single-FA heatmap",
+    ] {
+        assert!(md.contains(row), "report lacks '{row}'");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    let learned = rows
+        .iter()
+        .find(|r| r["name"] == "learned, distilled")
+        .unwrap();
+    let layout: Vec<String> = serde_json::from_value(learned["layout"].clone()).unwrap();
+    assert_eq!(layout.iter().filter(|k| *k == "fa").count(), 2);
+    assert_eq!(layout.iter().filter(|k| *k == "swa").count(), 4);
+    let teacher_cache = rows[0]["cache_bytes_32k"].as_f64().unwrap();
+    assert!(learned["cache_bytes_32k"].as_f64().unwrap() < 0.15 * teacher_cache);
+    let h = model::hybrid::HybridModel::load(&dir.join("model")).unwrap();
+    assert_eq!(
+        h.config
+            .layer_names()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == "FA")
+            .count(),
+        2
+    );
+    assert!(
+        dir.join("model/tokenizer.json").exists()
+            && dir.join("model/tokenizer_config.json").exists()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

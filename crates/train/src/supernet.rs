@@ -34,6 +34,9 @@ pub struct SupernetSpec {
     pub p_all_fa: f64,
     pub p_uniform: f64,
     pub seed: u64,
+    /// Train this one layout instead of sampling (distillation of the extracted hybrid).
+    #[serde(default)]
+    pub fixed: Option<Vec<String>>,
 }
 
 /// One training step's record.
@@ -144,7 +147,10 @@ impl Supernet {
             let target = self
                 .teacher
                 .forward(toks, 1, &mut self.teacher.new_state(1), true)?;
-            let layout = sample_layout(&kinds, self.teacher.blocks.len(), spec, &mut rng);
+            let layout = match &spec.fixed {
+                Some(l) => l.clone(),
+                None => sample_layout(&kinds, self.teacher.blocks.len(), spec, &mut rng),
+            };
             let config = self.teacher.config.clone();
             self.assemble(&layout)?;
             let run = (|| -> Result<f32> {

@@ -72,6 +72,7 @@ fn spec(steps: usize) -> SupernetSpec {
         p_all_fa: 0.1,
         p_uniform: 0.1,
         seed: 1,
+        fixed: None,
     }
 }
 

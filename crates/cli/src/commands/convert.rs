@@ -46,7 +46,14 @@ pub struct ConvertArgs {
     pub device: Option<tensor::Device>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stop after this stage (teacher, corpus, transfer, supernet, search, distil, report).
+    #[arg(long)]
+    pub until: Option<String>,
 }
+
+const STAGES: [&str; 7] = [
+    "teacher", "corpus", "transfer", "supernet", "search", "distil", "report",
+];
 
 /// DIR/stages.json: which stages are finished, and with which arguments (a resumed run must
 /// not silently mix settings).
@@ -122,6 +129,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         );
     }
     stages = me;
+    if let Some(u) = &a.until {
+        if !STAGES.contains(&u.as_str()) {
+            bail!("--until {u}: not a stage ({})", STAGES.join(", "));
+        }
+    }
+    let stop_after = |name: &str| a.until.as_deref() == Some(name);
 
     // Stage: teacher. The teacher must be a full-attention model we can convert, and the
     // budget must fit its layer count.
@@ -137,6 +150,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             serde_json::to_string_pretty(&j)?.as_bytes(),
         )?;
         finish(&mut stages, &stages_path, "teacher")?;
+    }
+    if stop_after("teacher") {
+        return done_message(&a.out, &stages.done);
     }
 
     // Stage: corpus.
@@ -174,6 +190,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             held.len()
         );
         finish(&mut stages, &stages_path, "corpus")?;
+    }
+    if stop_after("corpus") {
+        return done_message(&a.out, &stages.done);
     }
     // Stage: transfer (candidates per layer initialised from the teacher, then attention
     // transfer on the training corpus).
@@ -234,6 +253,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         }
         finish(&mut stages, &stages_path, "transfer")?;
     }
+    if stop_after("transfer") {
+        return done_message(&a.out, &stages.done);
+    }
     // Stage: supernet.
     if !stages.done.iter().any(|s| s == "supernet") {
         let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset)?;
@@ -277,12 +299,287 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         );
         finish(&mut stages, &stages_path, "supernet")?;
     }
-    eprintln!(
-        "{}: stages done: {}. Search, distillation and the report are not built yet.",
-        a.out.display(),
-        stages.done.join(", ")
-    );
+    if stop_after("supernet") {
+        return done_message(&a.out, &stages.done);
+    }
+    // Stage: search.
+    let (fa, swa) = budget_counts(&budget, m.model.config.n_layers, a.preset);
+    if !stages.done.iter().any(|s| s == "search") {
+        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
+        let set = eval_set(
+            &sn.teacher,
+            &read_items(&a.out.join("corpus/heldout.jsonl"))?,
+            a.preset,
+        )?;
+        let spec = train::search::SearchSpec {
+            width: if a.preset == Preset::Quick { 2 } else { 4 },
+            top: if a.preset == Preset::Quick { 4 } else { 10 },
+            linear: "gdn".into(),
+        };
+        let n = sn.teacher.blocks.len();
+        let expect = n + fa.saturating_sub(1) * spec.width * spec.top + n.saturating_sub(fa) + 1;
+        let pb = ProgressBar::new(expect as u64);
+        pb.set_style(
+            ProgressStyle::with_template("search: {msg} {bar:30} {pos}/~{len} layouts ETA {eta}")
+                .unwrap(),
+        );
+        let r = train::search::search(&mut sn, &set, fa, swa, &spec, |stage, done| {
+            pb.set_message(stage.to_string());
+            pb.set_position(done as u64)
+        })?;
+        pb.finish_and_clear();
+        write_atomic(
+            &a.out.join("search.json"),
+            serde_json::to_string_pretty(&serde_json::json!({
+                "budget": budget, "fa": fa, "swa": swa, "spec": spec,
+                "eval_tokens": set.tokens(), "result": r,
+            }))?
+            .as_bytes(),
+        )?;
+        eprintln!(
+            "search: {} layouts evaluated; best {}",
+            r.evaluated,
+            layout_string(&r.best.layout)
+        );
+        finish(&mut stages, &stages_path, "search")?;
+    }
+    if stop_after("search") {
+        return done_message(&a.out, &stages.done);
+    }
+    let searched: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.out.join("search.json")).context("search.json is missing")?,
+    )?;
+    let best: Vec<String> = serde_json::from_value(searched["result"]["best"]["layout"].clone())?;
+
+    // Stage: distil (the best layout as a standalone hybrid, fine-tuned with KL to the
+    // teacher, saved with the teacher's tokenizer and chat template).
+    if !stages.done.iter().any(|s| s == "distil") {
+        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
+        let mut spec = supernet_spec(a.preset, a.seed ^ 0xd1);
+        spec.steps = if a.preset == Preset::Quick { 32 } else { 1000 };
+        spec.fixed = Some(best.clone());
+        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
+            .into_iter()
+            .map(|i| i.tokens)
+            .collect();
+        let pb = ProgressBar::new(spec.steps as u64);
+        pb.set_style(
+            ProgressStyle::with_template("distil: {bar:30} {pos}/{len} steps ETA {eta} {msg}")
+                .unwrap(),
+        );
+        let log = sn.train(&seqs, &spec, |l| {
+            pb.set_message(format!("KL {:.3}", l.kl));
+            pb.inc(1)
+        })?;
+        pb.finish_and_clear();
+        let hybrid = sn.extract(&best)?;
+        let tmp = a.out.join("model.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        hybrid.save(&tmp)?;
+        m.tokenizer
+            .inner
+            .save(tmp.join("tokenizer.json"), false)
+            .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
+        let g = model::gguf::Gguf::open(&teacher_path)?;
+        if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            let cfg = serde_json::json!({"chat_template": t});
+            write_atomic(
+                &tmp.join("tokenizer_config.json"),
+                serde_json::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
+        }
+        write_atomic(
+            &tmp.join("distil.json"),
+            serde_json::to_string_pretty(&serde_json::json!({"spec": spec, "log": log}))?
+                .as_bytes(),
+        )?;
+        let dir = a.out.join("model");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        finish(&mut stages, &stages_path, "distil")?;
+    }
+    if stop_after("distil") {
+        return done_message(&a.out, &stages.done);
+    }
+
+    // Stage: report.
+    if !stages.done.iter().any(|s| s == "report") {
+        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
+        let set = eval_set(
+            &sn.teacher,
+            &read_items(&a.out.join("corpus/heldout.jsonl"))?,
+            a.preset,
+        )?;
+        let n = sn.teacher.blocks.len();
+        let mut rows: Vec<(String, Vec<String>, train::search::Score, usize)> = vec![];
+        let teacher_layout = vec!["fa".to_string(); n];
+        let cache = |sn: &mut Supernet, l: &[String], ctx: usize| -> Result<usize> {
+            sn.with_layout(l, |mm| mm.cache_bytes(ctx, 2))
+        };
+        let distilled = model::hybrid::HybridModel::load(&a.out.join("model"))?;
+        let mut entries: Vec<(String, Vec<String>)> = vec![
+            ("teacher (all FA)".into(), teacher_layout),
+            ("learned (supernet)".into(), best.clone()),
+        ];
+        entries.extend(
+            train::search::baselines(n, fa, swa, "gdn")
+                .into_iter()
+                .map(|(k, l)| (format!("{k} (supernet)"), l)),
+        );
+        for (name, l) in &entries {
+            let score = sn.with_layout(l, |mm| set.score(mm))??;
+            rows.push((name.clone(), l.clone(), score, cache(&mut sn, l, 32768)?));
+        }
+        let ds = set.score(&distilled)?;
+        rows.insert(
+            2,
+            (
+                "learned, distilled".into(),
+                best.clone(),
+                ds,
+                distilled.cache_bytes(32768, 2),
+            ),
+        );
+        let teacher_cache = rows[0].3 as f64;
+        let mut md = String::new();
+        md.push_str(&format!(
+            "# hybrid convert report\n\nTeacher: `{}` ({} layers). Budget: `{}` ({fa} FA + {swa} SWA, the rest GDN). Preset: {:?}.\n\n",
+            teacher_path.display(), n, a.budget, a.preset
+        ));
+        md.push_str("Held-out scores (lower KL and answer NLL are better; accuracy is exact answers under teacher forcing). Baselines are evaluated on the same supernet weights, without their own distillation.\n\n");
+        md.push_str("| layout | layers | held-out KL | answer NLL | retrieval accuracy | cache bytes at 32K | vs teacher |\n|---|---|---|---|---|---|---|\n");
+        for (name, l, sc, cb) in &rows {
+            md.push_str(&format!(
+                "| {name} | `{}` | {:.4} | {:.3} | {:.2} | {} | {:.1}% |\n",
+                layout_string(l),
+                sc.kl,
+                sc.retrieval_nll(),
+                sc.retrieval_acc(),
+                cb,
+                100.0 * *cb as f64 / teacher_cache
+            ));
+        }
+        md.push_str("\nSingle-FA heatmap (layer i the only FA layer, the rest GDN): answer NLL per retrieval kind, and KL.\n\n| layer | KL | ");
+        let kinds: Vec<String> = rows[0].2.retrieval.keys().cloned().collect();
+        md.push_str(
+            &kinds
+                .iter()
+                .map(|k| format!("{k} NLL"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        );
+        md.push_str(" |\n|---|---|");
+        md.push_str(&kinds.iter().map(|_| "---|").collect::<String>());
+        md.push('\n');
+        if let Some(h) = searched["result"]["fa_heatmap"].as_array() {
+            for (i, e) in h.iter().enumerate() {
+                let sc: train::search::Score = serde_json::from_value(e["score"].clone())?;
+                md.push_str(&format!(
+                    "| {i} | {:.4} | {} |\n",
+                    sc.kl,
+                    kinds
+                        .iter()
+                        .map(|k| format!("{:.3}", sc.retrieval.get(k).map_or(f64::NAN, |x| x.0)))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ));
+            }
+        }
+        let j = serde_json::json!({
+            "teacher": teacher_path.display().to_string(), "budget": a.budget, "fa": fa, "swa": swa,
+            "rows": rows.iter().map(|(name, l, sc, cb)| serde_json::json!({"name": name, "layout": l, "score": sc, "cache_bytes_32k": cb})).collect::<Vec<_>>(),
+        });
+        write_atomic(
+            &a.out.join("report.json"),
+            serde_json::to_string_pretty(&j)?.as_bytes(),
+        )?;
+        write_atomic(&a.out.join("report.md"), md.as_bytes())?;
+        finish(&mut stages, &stages_path, "report")?;
+    }
+    done_message(&a.out, &stages.done)
+}
+
+fn done_message(out: &Path, done: &[String]) -> Result<()> {
+    let mut msg = format!("{}: stages done: {}.", out.display(), done.join(", "));
+    if done.iter().any(|s| s == "report") {
+        msg.push_str(&format!(
+            " The hybrid is in {}, the report in {}.",
+            out.join("model").display(),
+            out.join("report.md").display()
+        ));
+    }
+    eprintln!("{msg}");
     Ok(())
+}
+
+use train::supernet::Supernet;
+
+fn layout_string(l: &[String]) -> String {
+    l.iter()
+        .map(|k| match k.as_str() {
+            "fa" => 'F',
+            "swa" => 'S',
+            _ => '.',
+        })
+        .collect()
+}
+
+/// Type counts of the budget. A cost fraction becomes the most softmax layers whose decode
+/// cost fits: relative per-layer costs from `bench step` on this project's CPU kernels at 32K
+/// context (bench/step-cpu.json: FA 22.4 ms, SWA(window) 1.38 ms, GDN 0.38 ms per token).
+fn budget_counts(b: &Budget, n: usize, _p: Preset) -> (usize, usize) {
+    match *b {
+        Budget::Counts { fa, swa } => (fa, swa),
+        Budget::Cost(f) => {
+            let (c_fa, c_swa, c_lin) = (1.0, 1.375 / 22.4, 0.383 / 22.4);
+            let limit = f * n as f64;
+            let mut best = (0, 0);
+            for fa in 0..=n {
+                for swa in 0..=(n - fa) {
+                    let cost =
+                        fa as f64 * c_fa + swa as f64 * c_swa + (n - fa - swa) as f64 * c_lin;
+                    if cost <= limit && (fa, swa) > best && fa < n {
+                        best = (fa, swa);
+                    }
+                }
+            }
+            best
+        }
+    }
+}
+
+/// The held-out evaluation set: teacher traces (KL) and retrieval items beyond the SWA window.
+fn eval_set(
+    teacher: &model::hybrid::HybridModel,
+    held: &[Item],
+    p: Preset,
+) -> Result<train::search::EvalSet> {
+    let (n_traces, per_kind, trace_len) = match p {
+        Preset::Quick => (1, 1, 96),
+        Preset::Full => (16, 16, 512),
+    };
+    let traces: Vec<(Vec<u32>, usize)> = held
+        .iter()
+        .filter(|i| i.kind == "teacher")
+        .take(n_traces)
+        .map(|i| {
+            (
+                i.tokens[..i.tokens.len().min(i.answer_start + trace_len)].to_vec(),
+                i.answer_start,
+            )
+        })
+        .collect();
+    let mut retrieval = vec![];
+    for kind in ["passkey", "kv_recall", "multi_hop"] {
+        let mut items: Vec<&Item> = held.iter().filter(|i| i.kind == kind).collect();
+        // Farthest first: what a sliding window cannot see.
+        items.sort_by_key(|i| std::cmp::Reverse(i.distance));
+        for it in items.into_iter().take(per_kind) {
+            retrieval.push((kind.to_string(), it.tokens.clone(), it.answer_start));
+        }
+    }
+    train::search::EvalSet::new(teacher, traces, retrieval)
 }
 
 /// Candidate kinds, SWA window, transfer settings and how many corpus sequences to use.
@@ -331,6 +628,7 @@ fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
         p_all_fa: 0.1,
         p_uniform: 0.1,
         seed,
+        fixed: None,
     }
 }
 
