@@ -165,25 +165,20 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         let items = build_corpus(&m, gpu.as_ref(), &spec)?;
         let (train_items, held) = corpus::split(items, spec.heldout);
         let acc = teacher_accuracy(&m, &held)?;
-        let dir = a.out.join("corpus");
-        let tmp = a.out.join("corpus.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        write_jsonl(&tmp.join("train.jsonl"), &train_items)?;
-        write_jsonl(&tmp.join("heldout.jsonl"), &held)?;
-        let summary = serde_json::json!({
-            "spec": spec, "train": train_items.len(), "heldout": held.len(),
-            "train_tokens": train_items.iter().map(|i| i.tokens.len()).sum::<usize>(),
-            "teacher_heldout_accuracy": acc,
-        });
-        write_atomic(
-            &tmp.join("corpus.json"),
-            serde_json::to_string_pretty(&summary)?.as_bytes(),
-        )?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        stage_dir(&a.out, "corpus", |tmp| {
+            write_jsonl(&tmp.join("train.jsonl"), &train_items)?;
+            write_jsonl(&tmp.join("heldout.jsonl"), &held)?;
+            let summary = serde_json::json!({
+                "spec": spec, "train": train_items.len(), "heldout": held.len(),
+                "train_tokens": train_items.iter().map(|i| i.tokens.len()).sum::<usize>(),
+                "teacher_heldout_accuracy": acc,
+            });
+            write_atomic(
+                &tmp.join("corpus.json"),
+                serde_json::to_string_pretty(&summary)?.as_bytes(),
+            )?;
+            Ok(())
+        })?;
         eprintln!(
             "corpus: {} train / {} held-out items; teacher accuracy on held-out retrieval: {acc}",
             train_items.len(),
@@ -218,29 +213,24 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                 pb.set_position(d as u64)
             })?;
         pb.finish_and_clear();
-        let tmp = a.out.join("candidates.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        for (k, c) in kinds.iter().zip(&cands) {
-            c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
+        stage_dir(&a.out, "candidates", |tmp| {
+            for (k, c) in kinds.iter().zip(&cands) {
+                c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
+                write_atomic(
+                    &tmp.join(format!("{k}.config.json")),
+                    serde_json::to_string_pretty(&c.config)?.as_bytes(),
+                )?;
+            }
+            let j = serde_json::json!({
+                "window": window, "spec": spec, "sequences": seqs.len(),
+                "kinds": kinds.iter().zip(&reports).map(|(k, r)| (k.to_string(), r)).collect::<std::collections::BTreeMap<_, _>>(),
+            });
             write_atomic(
-                &tmp.join(format!("{k}.config.json")),
-                serde_json::to_string_pretty(&c.config)?.as_bytes(),
+                &tmp.join("transfer.json"),
+                serde_json::to_string_pretty(&j)?.as_bytes(),
             )?;
-        }
-        let j = serde_json::json!({
-            "window": window, "spec": spec, "sequences": seqs.len(),
-            "kinds": kinds.iter().zip(&reports).map(|(k, r)| (k.to_string(), r)).collect::<std::collections::BTreeMap<_, _>>(),
-        });
-        write_atomic(
-            &tmp.join("transfer.json"),
-            serde_json::to_string_pretty(&j)?.as_bytes(),
-        )?;
-        let dir = a.out.join("candidates");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+            Ok(())
+        })?;
         for (k, r) in kinds.iter().zip(&reports) {
             let mean = |f: &dyn Fn(&train::transfer::LayerTransfer) -> f64| {
                 r.iter().map(f).sum::<f64>() / r.len().max(1) as f64
@@ -274,22 +264,17 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             pb.inc(1)
         })?;
         pb.finish_and_clear();
-        let tmp = a.out.join("supernet.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        for (k, c) in &sn.cands {
-            c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
-        }
-        let j = serde_json::json!({"spec": spec, "log": log});
-        write_atomic(
-            &tmp.join("supernet.json"),
-            serde_json::to_string_pretty(&j)?.as_bytes(),
-        )?;
-        let dir = a.out.join("supernet");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        stage_dir(&a.out, "supernet", |tmp| {
+            for (k, c) in &sn.cands {
+                c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
+            }
+            let j = serde_json::json!({"spec": spec, "log": log});
+            write_atomic(
+                &tmp.join("supernet.json"),
+                serde_json::to_string_pretty(&j)?.as_bytes(),
+            )?;
+            Ok(())
+        })?;
         let tail = &log[log.len().saturating_sub(8)..];
         eprintln!(
             "supernet: {} steps; mean KL of the first and last 8 sampled layouts {:.3} -> {:.3}",
@@ -373,30 +358,27 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         })?;
         pb.finish_and_clear();
         let hybrid = sn.extract(&best)?;
-        let tmp = a.out.join("model.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        hybrid.save(&tmp)?;
-        m.tokenizer
-            .inner
-            .save(tmp.join("tokenizer.json"), false)
-            .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
-        let g = model::gguf::Gguf::open(&teacher_path)?;
-        if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-            let cfg = serde_json::json!({"chat_template": t});
+        stage_dir(&a.out, "model", |tmp| {
+            hybrid.save(tmp)?;
+            m.tokenizer
+                .inner
+                .save(tmp.join("tokenizer.json"), false)
+                .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
+            let g = model::gguf::Gguf::open(&teacher_path)?;
+            if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+                let cfg = serde_json::json!({"chat_template": t});
+                write_atomic(
+                    &tmp.join("tokenizer_config.json"),
+                    serde_json::to_string_pretty(&cfg)?.as_bytes(),
+                )?;
+            }
             write_atomic(
-                &tmp.join("tokenizer_config.json"),
-                serde_json::to_string_pretty(&cfg)?.as_bytes(),
+                &tmp.join("distil.json"),
+                serde_json::to_string_pretty(&serde_json::json!({"spec": spec, "log": log}))?
+                    .as_bytes(),
             )?;
-        }
-        write_atomic(
-            &tmp.join("distil.json"),
-            serde_json::to_string_pretty(&serde_json::json!({"spec": spec, "log": log}))?
-                .as_bytes(),
-        )?;
-        let dir = a.out.join("model");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+            Ok(())
+        })?;
         finish(&mut stages, &stages_path, "distil")?;
     }
     if stop_after("distil") {
@@ -655,6 +637,18 @@ fn read_items(path: &Path) -> Result<Vec<Item>> {
                 .with_context(|| format!("{} line {}: not a corpus item", path.display(), i + 1))
         })
         .collect()
+}
+
+/// Fills a stage's output folder DIR/`name` through DIR/`name`.tmp and a rename, so that a
+/// failure leaves no half-written stage under the final name.
+fn stage_dir(out: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = out.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fill(&tmp)?;
+    let dir = out.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into place", tmp.display()))
 }
 
 fn finish(stages: &mut Stages, path: &Path, name: &str) -> Result<()> {

@@ -32,35 +32,11 @@ impl HybridModel {
     /// written under temporary names and renamed, so an interrupted save leaves the old ones.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let params = self.named_params();
-        let bytes: BTreeMap<&String, Vec<u8>> = params
-            .map
-            .iter()
-            .map(|(k, p)| (k, p.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, TensorView)> = params
-            .map
-            .iter()
-            .map(|(k, p)| {
-                Ok((
-                    k.clone(),
-                    TensorView::new(Dtype::F32, p.shape.clone(), &bytes[k])?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let data = safetensors::serialize(views, None)?;
-        let write = |name: &str, content: &[u8]| -> Result<()> {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, content)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, dir.join(name))?;
-            Ok(())
-        };
-        write("model.safetensors", &data)?;
-        write(
-            "config.json",
-            serde_json::to_string_pretty(&self.config)?.as_bytes(),
-        )?;
+        write_params(&dir.join("model.safetensors"), &self.named_params())?;
+        let tmp = dir.join(".config.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&self.config)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("config.json"))?;
         Ok(())
     }
 
