@@ -10,9 +10,13 @@ build:
 fetch: build
 	$(HYBRID) fetch
 
-# Fetch the default model, build, and run a chat-templated generation.
+# The main job: fetch the default model, build, convert it into a hybrid with learned layer
+# placement (quick preset: 2 FA + 4 SWA of 30 layers, the rest GDN; resumes if interrupted),
+# print the report, and chat-generate with the teacher.
+DEMO_DIR ?= out/convert-quick
 demo: fetch
-	$(HYBRID) generate --chat --prompt "Explain in two sentences why the sky is blue." --max-tokens 96
+	$(HYBRID) convert --budget fa=2,swa=4 --preset quick --out $(DEMO_DIR)
+	cat $(DEMO_DIR)/report.md
 
 lint:
 	$(CARGO) fmt --all -- --check
