@@ -53,7 +53,7 @@ pub fn prompt_ids(m: &model::LoadedModel, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

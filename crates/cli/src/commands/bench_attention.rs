@@ -2,6 +2,7 @@
 //! the shapes of ../shared/peers/gpu_anchors.py's SDPA figures (16 heads, head dim 128): time
 //! of the forward (and with `--backward`, forward + backward), median over batches of
 //! launches timed with a synchronize and a host clock, as JSON.
+use super::bench::median;
 use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
@@ -28,11 +29,6 @@ pub struct AttentionArgs {
     /// head dim 128), whichever `fwd_ms` (the default forward) is.
     #[arg(long)]
     pub wgmma: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Seconds per call of `f`: one warm-up call, then 5 batches of enough calls to fill ~30 ms

@@ -2,6 +2,7 @@
 //! (batch 1), to show that linear mixers' step cost is independent of context and FA's grows
 //! with it. The cache is filled with random keys/values (FA, SWA) or a random state (linear
 //! mixers) standing for a prefill of that length; the timed steps append to it.
+use super::bench::median;
 use anyhow::{bail, Result};
 use clap::Args;
 use mixers::attention::{Attention, AttentionConfig};
@@ -31,11 +32,6 @@ pub struct StepArgs {
 
 /// Untimed steps first: page faults and cache warm-up belong to no context length.
 const WARMUP: usize = 16;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 pub fn run(a: StepArgs) -> Result<()> {
     let mut rng = InitRng::new(1);
