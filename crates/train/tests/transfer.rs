@@ -2,48 +2,13 @@
 //! weights (SWA with a window covering the sequence is the teacher exactly; linear mixers get
 //! the teacher's Q/K/V/O tiled over GQA groups), and attention transfer moves every candidate
 //! layer towards its teacher layer.
-use model::hybrid::{parse_layout, HybridConfig, HybridModel, Mixer};
+mod common;
+
+use model::hybrid::{HybridModel, Mixer};
 use train::transfer::{attention_transfer, candidate_model, TransferSpec};
 
 fn teacher() -> HybridModel {
-    let (layer_types, _) = parse_layout("fa,fa").unwrap();
-    let c = HybridConfig {
-        model_type: "hybrid".into(),
-        vocab_size: 50,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        partial_rotary_factor: 1.0,
-        sliding_window: None,
-        attn_output_gate: false,
-        max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        layer_types,
-        linear_attn_type: None,
-        linear_num_key_heads: None,
-        linear_num_value_heads: None,
-        linear_key_head_dim: None,
-        linear_value_head_dim: None,
-        linear_conv_kernel_dim: 4,
-        linear_gate_rank: 16,
-        linear_chunk_size: 16,
-        bos_token_id: None,
-        eos_token_id: None,
-    };
-    let mut m = HybridModel::init(c, 1).unwrap();
-    // Larger weights than the init so that attention carries signal.
-    let g = m.zero_grads();
-    let mut r = tensor::rng::SplitMix64::new(4);
-    m.visit_params(&g, |_, p, _| {
-        p.iter_mut()
-            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * 0.3)
-    });
-    m
+    common::teacher(2, 50, 1, 4)
 }
 
 fn seqs(n: usize, t: usize) -> Vec<Vec<u32>> {
