@@ -283,6 +283,22 @@ fn convert_rejects_budgets_that_do_not_fit_and_writes_nothing() {
             "--teacher",
             &m,
             "--budget",
+            "fa=2,swa=4",
+            "--preset",
+            "full",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "--preset full trains on a GPU",
+    );
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &m,
+            "--budget",
             "gdn=3",
             "--out",
             d,
@@ -343,6 +359,25 @@ fn convert_runs_resumes_and_refuses_mixed_settings() {
         "--until",
         "transfer",
     ];
+    // A disk that fills up during the corpus stage (a 64 KiB file size limit; SIGXFSZ ignored
+    // so that the write fails with an error instead of killing the process): one clear error,
+    // the finished teacher stage intact, no half-written corpus.
+    let limited = Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f 128; exec "$@""#)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_hybrid"))
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    fails_with(limited, "cannot write");
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("stages.json")).unwrap()).unwrap();
+    assert_eq!(st["done"], serde_json::json!(["teacher"]));
+    assert!(dir.join("teacher.json").exists());
+    assert!(!dir.join("corpus").exists(), "a half-written corpus stage");
+    // The rerun resumes after the teacher stage and finishes.
     let out = hybrid(&args);
     assert!(
         out.status.success(),
@@ -460,8 +495,8 @@ fn convert_quick_produces_a_report_and_a_loadable_hybrid() {
     let layout: Vec<String> = serde_json::from_value(learned["layout"].clone()).unwrap();
     assert_eq!(layout.iter().filter(|k| *k == "fa").count(), 2);
     assert_eq!(layout.iter().filter(|k| *k == "swa").count(), 4);
-    let teacher_cache = rows[0]["cache_bytes_32k"].as_f64().unwrap();
-    assert!(learned["cache_bytes_32k"].as_f64().unwrap() < 0.15 * teacher_cache);
+    let teacher_cache = rows[0]["cache_bytes"][1].as_f64().unwrap();
+    assert!(learned["cache_bytes"][1].as_f64().unwrap() < 0.15 * teacher_cache);
     let h = model::hybrid::HybridModel::load(&dir.join("model")).unwrap();
     assert_eq!(
         h.config
@@ -476,5 +511,56 @@ fn convert_quick_produces_a_report_and_a_loadable_hybrid() {
         dir.join("model/tokenizer.json").exists()
             && dir.join("model/tokenizer_config.json").exists()
     );
+    // Report contents beyond the table: retrieval by distance, decode speed, rank fidelity
+    // over at least 8 layouts, plots.
+    for section in [
+        "Retrieval accuracy by distance",
+        "Decode speed",
+        "Rank fidelity of the supernet",
+        "at 128K",
+    ] {
+        assert!(md.contains(section), "report lacks '{section}'");
+    }
+    let fid: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fidelity.json")).unwrap()).unwrap();
+    assert!(fid["layouts"].as_array().unwrap().len() >= 8);
+    let tau = fid["kendall_tau_kl"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&tau));
+    let speed = &j["decode_tokens_per_s"];
+    for who in ["teacher", "hybrid"] {
+        assert!(speed[who]["32768"].as_f64().unwrap() > 0.0);
+    }
+    for plot in [
+        "fa_heatmap",
+        "retrieval_by_distance",
+        "cache_vs_context",
+        "fidelity",
+    ] {
+        let bytes = std::fs::read(dir.join(format!("plots/{plot}.png"))).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{plot}.png is not a PNG");
+    }
+    // The saved hybrid is a model every text command takes: chat-templated generation.
+    let folder = dir.join("model");
+    let out = hybrid(&[
+        "generate",
+        "--model",
+        folder.to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "8",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!g["tokens"].as_array().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,6 +101,29 @@ impl Attention {
         }
     }
 
+    /// A state as if `n` tokens had been run (what a sliding window keeps of them), with
+    /// arbitrary finite keys and values: for measuring decode speed at a long context
+    /// without the prefill (the time of a step does not depend on the cached values).
+    pub fn filled_state(&self, b: usize, n: usize) -> AttnState {
+        let kept = self.cfg.window.map_or(n, |w| n.min(w.saturating_sub(1)));
+        let row = self.cfg.n_kv_heads * self.cfg.head_dim;
+        let fill = |s: usize| -> Vec<f32> {
+            // Room for the steps to come, so that the first one does not reallocate.
+            let mut v = Vec::with_capacity((kept + 1024) * row);
+            v.extend(
+                (0..kept * row)
+                    .map(|i| (((i * 7919 + s * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.1),
+            );
+            v
+        };
+        AttnState {
+            k: (0..b).map(fill).collect(),
+            v: (0..b).map(|s| fill(s + b)).collect(),
+            kept,
+            pos: n,
+        }
+    }
+
     /// Cache bytes for one sequence at context `n` with `bytes` per element.
     pub fn cache_bytes(&self, n: usize, bytes: usize) -> usize {
         let toks = self.cfg.window.map_or(n, |w| n.min(w));

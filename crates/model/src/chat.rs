@@ -22,6 +22,8 @@ impl Message {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja source, for writing it into a converted model's folder.
+    pub source: String,
     pub bos_token: String,
     pub eos_token: String,
 }
@@ -41,6 +43,7 @@ impl ChatTemplate {
             .map_err(|e| anyhow!("chat template does not parse: {e}"))?;
         Ok(ChatTemplate {
             env,
+            source: source.to_owned(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })

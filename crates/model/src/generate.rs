@@ -51,18 +51,25 @@ impl LoadedModel {
 
     /// Prompt token ids: raw text (with BOS if the model wants it) or a one-turn chat.
     pub fn prompt_tokens(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        if !chat {
-            return self.tokenizer.encode(prompt, true);
-        }
-        let t = self
-            .template
-            .as_ref()
-            .context("this model has no chat template (tokenizer.chat_template)")?;
-        let text = t.render(&[Message::new("user", prompt)], true)?;
-        // Templates that write the BOS text themselves must not get a second one.
-        let with_bos = !text.starts_with(&t.bos_token) || t.bos_token.is_empty();
-        self.tokenizer.encode(&text, with_bos)
+        prompt_tokens(&self.tokenizer, self.template.as_ref(), prompt, chat)
     }
+}
+
+/// Prompt token ids: raw text (with BOS if the model wants it) or a one-turn chat.
+pub fn prompt_tokens(
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &str,
+    chat: bool,
+) -> Result<Vec<u32>> {
+    if !chat {
+        return tokenizer.encode(prompt, true);
+    }
+    let t = template.context("this model has no chat template (tokenizer.chat_template)")?;
+    let text = t.render(&[Message::new("user", prompt)], true)?;
+    // Templates that write the BOS text themselves must not get a second one.
+    let with_bos = !text.starts_with(&t.bos_token) || t.bos_token.is_empty();
+    tokenizer.encode(&text, with_bos)
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +100,8 @@ pub fn generate(
 ) -> Result<Generation> {
     let mut cache = m.model.new_cache();
     generate_with(
-        m,
+        &m.tokenizer,
+        m.model.config.context_length,
         prompt,
         opts,
         |toks| m.model.forward(toks, &mut cache, false),
@@ -113,7 +121,8 @@ pub fn generate_gpu(
     let mut cache = gpu.new_cache(1, cap)?;
     let v = m.model.config.vocab_size;
     generate_with(
-        m,
+        &m.tokenizer,
+        m.model.config.context_length,
         prompt,
         opts,
         |toks| {
@@ -125,9 +134,10 @@ pub fn generate_gpu(
 }
 
 /// The generation loop over any forward function (`forward(tokens)` runs the tokens after
-/// what it has seen and returns the last token's logits).
+/// what it has seen and returns the last token's logits); `ctx` is the model's context.
 pub fn generate_with(
-    m: &LoadedModel,
+    tokenizer: &Tokenizer,
+    ctx: usize,
     prompt: &[u32],
     opts: &GenerateOptions,
     mut forward: impl FnMut(&[u32]) -> Result<Vec<f32>>,
@@ -137,7 +147,6 @@ pub fn generate_with(
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
-    let ctx = m.model.config.context_length;
     if prompt.len() >= ctx {
         bail!(
             "the prompt has {} tokens; the model's context is {ctx} tokens",
@@ -156,12 +165,12 @@ pub fn generate_with(
     let mut finish = "length";
     while tokens.len() < max_tokens {
         let next = sampler.sample(&logits);
-        if m.tokenizer.is_stop(next) {
+        if tokenizer.is_stop(next) {
             finish = "stop";
             break;
         }
         tokens.push(next);
-        text = m.tokenizer.decode(&tokens)?;
+        text = tokenizer.decode(&tokens)?;
         if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(cut);
             finish = "stop";

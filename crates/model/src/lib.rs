@@ -1,6 +1,7 @@
 //! `model`: everything between weights on disk and tokens out — GGUF reading, the Llama
 //! architecture, tokenizers, chat templates, sampling and the generation loop.
 
+pub mod bundle;
 pub mod chat;
 pub mod fetch;
 pub mod generate;
@@ -11,9 +12,10 @@ pub mod llama_gpu;
 pub mod sampling;
 pub mod tokenizer;
 
+pub use bundle::{AnyModel, HybridBundle, Runner};
 pub use chat::{ChatTemplate, Message};
 pub use generate::{
-    generate, generate_gpu, generate_with, GenerateOptions, Generation, LoadedModel,
+    generate, generate_gpu, generate_with, prompt_tokens, GenerateOptions, Generation, LoadedModel,
 };
 pub use llama::{KvCache, Llama, LlamaConfig};
 pub use sampling::{Sampler, SamplingParams};

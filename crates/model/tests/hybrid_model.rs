@@ -173,3 +173,35 @@ fn whole_model_backward_matches_finite_differences() {
         }
     }
 }
+
+/// `filled_state(n)` (decode-speed measurement without a prefill) holds what a real prefill
+/// of n tokens keeps: all n keys for FA, the last W−1 for SWA, and continues at position n.
+#[test]
+fn filled_state_keeps_what_a_prefill_keeps() {
+    use model::hybrid::LayerState;
+    let m = HybridModel::init(config("fa,swa,gdn", 24, true), 5).unwrap();
+    let n = 10;
+    let mut real = m.new_state(1);
+    m.forward(&tokens(n, 3), 1, &mut real, false).unwrap();
+    let mut filled = m.filled_state(1, n);
+    for (a, b) in real.iter().zip(&filled) {
+        match (a, b) {
+            (LayerState::Attention(a), LayerState::Attention(b)) => {
+                assert_eq!((a.kept, a.pos), (b.kept, b.pos));
+                assert_eq!(a.k[0].len(), b.k[0].len());
+                assert_eq!(a.v[0].len(), b.v[0].len());
+            }
+            (LayerState::Linear(_), LayerState::Linear(_)) => {}
+            _ => panic!("state kinds differ"),
+        }
+    }
+    // Steps after it run and keep advancing.
+    for _ in 0..3 {
+        let l = m.forward(&[1], 1, &mut filled, false).unwrap();
+        assert!(l.iter().all(|x| x.is_finite()));
+    }
+    match &filled[0] {
+        LayerState::Attention(a) => assert_eq!((a.kept, a.pos), (n + 3, n + 3)),
+        _ => unreachable!(),
+    }
+}

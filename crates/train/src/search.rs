@@ -23,9 +23,18 @@ pub struct EvalSet {
     /// (tokens, first scored position, the teacher's log-probabilities at positions
     /// start−1 .. len−1, [n, V]).
     traces: Vec<(Vec<u32>, usize, Vec<f32>)>,
-    /// (kind, tokens, answer_start).
-    retrieval: Vec<(String, Vec<u32>, usize)>,
+    retrieval: Vec<Probe>,
     vocab: usize,
+}
+
+/// One held-out retrieval item: its answer tokens start at `answer_start`; `distance` is the
+/// filler between the fact and the question (sentences), for accuracy by distance.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub kind: String,
+    pub tokens: Vec<u32>,
+    pub answer_start: usize,
+    pub distance: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -33,6 +42,13 @@ pub struct Score {
     pub kl: f64,
     /// Per retrieval kind: (answer NLL, accuracy).
     pub retrieval: BTreeMap<String, (f64, f64)>,
+    /// Per distance (filler sentences between fact and question), all kinds together:
+    /// (answer NLL, accuracy, items).
+    #[serde(default)]
+    pub by_distance: BTreeMap<usize, (f64, f64, usize)>,
+    /// Mean NLL of the traces' generated tokens (the teacher's own text): exp = perplexity.
+    #[serde(default)]
+    pub trace_nll: f64,
 }
 
 impl Score {
@@ -60,11 +76,11 @@ fn log_softmax_rows(logits: &[f32], v: usize) -> Vec<f32> {
 }
 
 impl EvalSet {
-    /// `traces`: (tokens, first generated position); `retrieval`: (kind, tokens, answer_start).
+    /// `traces`: (tokens, first generated position); `retrieval`: the held-out items.
     pub fn new(
         teacher: &HybridModel,
         traces: Vec<(Vec<u32>, usize)>,
-        retrieval: Vec<(String, Vec<u32>, usize)>,
+        retrieval: Vec<Probe>,
     ) -> Result<Self> {
         let v = teacher.config.vocab_size;
         let mut t = vec![];
@@ -85,16 +101,20 @@ impl EvalSet {
 
     pub fn tokens(&self) -> usize {
         self.traces.iter().map(|t| t.0.len()).sum::<usize>()
-            + self.retrieval.iter().map(|r| r.1.len()).sum::<usize>()
+            + self.retrieval.iter().map(|r| r.tokens.len()).sum::<usize>()
     }
 
     pub fn score(&self, m: &HybridModel) -> Result<Score> {
         let v = self.vocab;
         let mut kl = 0.0;
+        let mut trace_nll = 0.0;
         let mut n = 0usize;
         for (toks, start, tlp) in &self.traces {
             let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
             let slp = log_softmax_rows(&logits[(start - 1) * v..(toks.len() - 1) * v], v);
+            for (q, &next) in slp.chunks_exact(v).zip(&toks[*start..]) {
+                trace_nll -= q[next as usize] as f64;
+            }
             for (p, q) in tlp.chunks_exact(v).zip(slp.chunks_exact(v)) {
                 kl += p
                     .iter()
@@ -105,7 +125,9 @@ impl EvalSet {
             }
         }
         let mut per: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
-        for (kind, toks, start) in &self.retrieval {
+        let mut by_distance: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
+        for p in &self.retrieval {
+            let (kind, toks, start) = (&p.kind, &p.tokens, &p.answer_start);
             let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
             let (mut nll, mut ok) = (0.0, true);
             for pos in *start..toks.len() {
@@ -122,17 +144,28 @@ impl EvalSet {
                     .0;
                 ok &= am as u32 == toks[pos];
             }
-            let e = per.entry(kind.clone()).or_default();
-            e.0 += nll / (toks.len() - start).max(1) as f64;
-            e.1 += ok as usize as f64;
-            e.2 += 1;
+            let nll = nll / (toks.len() - start).max(1) as f64;
+            for e in [
+                per.entry(kind.clone()).or_default(),
+                by_distance.entry(p.distance).or_default(),
+            ] {
+                e.0 += nll;
+                e.1 += ok as usize as f64;
+                e.2 += 1;
+            }
         }
+        let mean = |(nll, acc, c): (f64, f64, usize)| (nll / c as f64, acc / c as f64, c);
         Ok(Score {
             kl: kl / n.max(1) as f64,
+            trace_nll: trace_nll / n.max(1) as f64,
             retrieval: per
                 .into_iter()
-                .map(|(k, (nll, acc, c))| (k, (nll / c as f64, acc / c as f64)))
+                .map(|(k, v)| {
+                    let (nll, acc, _) = mean(v);
+                    (k, (nll, acc))
+                })
                 .collect(),
+            by_distance: by_distance.into_iter().map(|(d, v)| (d, mean(v))).collect(),
         })
     }
 }
@@ -327,9 +360,47 @@ pub fn baselines(n: usize, fa: usize, swa: usize, linear: &str) -> Vec<(String, 
     out
 }
 
+/// Kendall's tau-b between two score lists (rank agreement, -1..1; ties count as neither
+/// concordant nor discordant, and the denominator corrects for them).
+pub fn kendall_tau(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let (mut conc, mut disc, mut ties_a, mut ties_b) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..a.len() {
+        for j in i + 1..a.len() {
+            let (da, db) = (a[i] - a[j], b[i] - b[j]);
+            match (da == 0.0, db == 0.0) {
+                (true, true) => {}
+                (true, false) => ties_a += 1,
+                (false, true) => ties_b += 1,
+                _ if (da > 0.0) == (db > 0.0) => conc += 1,
+                _ => disc += 1,
+            }
+        }
+    }
+    let denom = (((conc + disc + ties_a) * (conc + disc + ties_b)) as f64).sqrt();
+    (denom > 0.0).then(|| (conc - disc) as f64 / denom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kendall_tau_of_known_rankings() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(kendall_tau(&a, &a), Some(1.0));
+        assert_eq!(kendall_tau(&a, &[5.0, 4.0, 3.0, 2.0, 1.0]), Some(-1.0));
+        // One swapped pair of 10: (9 - 1) / 10.
+        let t = kendall_tau(&a, &[1.0, 2.0, 3.0, 5.0, 4.0]).unwrap();
+        assert!((t - 0.8).abs() < 1e-12, "{t}");
+        // (1,2,2,3) vs (1,3,2,4): 5 concordant pairs, 1 tied in a only: 5 / sqrt(5 * 6).
+        let t = kendall_tau(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert!((t - 0.912_870_929_175_276_9).abs() < 1e-12, "{t}");
+        assert_eq!(kendall_tau(&[1.0], &[1.0]), None);
+        assert_eq!(kendall_tau(&[1.0, 1.0], &[2.0, 3.0]), None);
+    }
 
     #[test]
     fn baselines_keep_the_budget() {

@@ -147,19 +147,35 @@ fn an_extracted_layout_is_a_standalone_model_that_saves_and_loads() {
 
 #[test]
 fn search_keeps_the_budget_and_scores_the_teacher_layout_at_zero_kl() {
-    use train::search::{search, EvalSet, SearchSpec};
+    use train::search::{search, EvalSet, Probe, SearchSpec};
     let mut s = supernet();
     let data = seqs();
     s.train(&data, &spec(40), |_| {}).unwrap();
     let traces = vec![(data[0].clone(), 20), (data[1].clone(), 16)];
+    let probe = |kind: &str, tokens: &Vec<u32>, answer_start, distance| Probe {
+        kind: kind.into(),
+        tokens: tokens.clone(),
+        answer_start,
+        distance,
+    };
     let retrieval = vec![
-        ("kv".to_string(), data[2].clone(), 29),
-        ("hop".to_string(), data[3].clone(), 30),
+        probe("kv", &data[2], 29, 4),
+        probe("hop", &data[3], 30, 4),
+        probe("kv", &data[4], 28, 9),
     ];
     let set = EvalSet::new(&s.teacher, traces, retrieval).unwrap();
     let teacher = s.teacher.clone_model();
     let t = set.score(&teacher).unwrap();
     assert!(t.kl.abs() < 1e-9, "teacher KL {}", t.kl);
+    // By distance: items 0+1 at 4, item 2 at 9; the kinds' and distances' NLLs are means of
+    // the same per-item NLLs, so their item-weighted averages agree.
+    assert_eq!(
+        t.by_distance.values().map(|v| v.2).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    let by_kind = (2.0 * t.retrieval["kv"].0 + t.retrieval["hop"].0) / 3.0;
+    let by_dist = (2.0 * t.by_distance[&4].0 + t.by_distance[&9].0) / 3.0;
+    assert!((by_kind - by_dist).abs() < 1e-9, "{by_kind} vs {by_dist}");
     let spec = SearchSpec {
         width: 2,
         top: 3,

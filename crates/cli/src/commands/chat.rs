@@ -4,7 +4,7 @@ use super::generate::SamplingArgs;
 use super::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use model::{generate, GenerateOptions, Message};
+use model::{GenerateOptions, Message};
 use std::io::{BufRead, Write};
 
 #[derive(Args, Clone, Debug)]
@@ -22,15 +22,9 @@ pub struct ChatArgs {
 
 pub fn run(a: ChatArgs) -> Result<()> {
     let device = a.model.device()?;
-    let m = a.model.load()?;
-    let gpu = match device {
-        tensor::Device::Cuda(n) => Some(model::llama_gpu::GpuLlama::new(&m.model, n)?),
-        tensor::Device::Cpu => None,
-    };
-    let tmpl = m
-        .template
-        .as_ref()
-        .context("this model has no chat template")?;
+    let m = a.model.load_any()?;
+    let runner = m.runner(device)?;
+    let tmpl = m.template().context("this model has no chat template")?;
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
@@ -53,15 +47,12 @@ pub fn run(a: ChatArgs) -> Result<()> {
         messages.push(Message::new("user", line.trim_end()));
         let text = tmpl.render(&messages, true)?;
         let with_bos = tmpl.bos_token.is_empty() || !text.starts_with(&tmpl.bos_token);
-        let prompt = m.tokenizer.encode(&text, with_bos)?;
+        let prompt = m.tokenizer().encode(&text, with_bos)?;
         let on_text = |s: &str| {
             let _ = out.write_all(s.as_bytes());
             let _ = out.flush();
         };
-        let g = match &gpu {
-            Some(gpu) => model::generate_gpu(&m, gpu, &prompt, &opts, on_text)?,
-            None => generate(&m, &prompt, &opts, on_text)?,
-        };
+        let g = runner.generate(&prompt, &opts, on_text)?;
         writeln!(out)?;
         messages.push(Message::new("assistant", &g.text));
     }

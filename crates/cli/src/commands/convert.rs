@@ -46,13 +46,14 @@ pub struct ConvertArgs {
     pub device: Option<tensor::Device>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop after this stage (teacher, corpus, transfer, supernet, search, distil, report).
+    /// Stop after this stage (teacher, corpus, transfer, supernet, search, distil, fidelity,
+    /// report).
     #[arg(long)]
     pub until: Option<String>,
 }
 
-const STAGES: [&str; 7] = [
-    "teacher", "corpus", "transfer", "supernet", "search", "distil", "report",
+const STAGES: [&str; 8] = [
+    "teacher", "corpus", "transfer", "supernet", "search", "distil", "fidelity", "report",
 ];
 
 /// DIR/stages.json: which stages are finished, and with which arguments (a resumed run must
@@ -98,6 +99,11 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let m = LoadedModel::load(&teacher_path)?;
     // The budget must fit the teacher before anything is written.
     budget.validate(m.model.config.n_layers)?;
+    if a.preset == Preset::Full {
+        // Its settings (2000 supernet steps of 1024 tokens, 512 transfer sequences) are sized
+        // for GPU training; on the CPU training path they would run for days.
+        bail!("--preset full trains on a GPU, and hybrid's GPU training loop is not built yet (the CPU path would take days at its settings); use --preset quick");
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the run folder {}", a.out.display()))?;
     let stages_path = a.out.join("stages.json");
@@ -357,21 +363,26 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             pb.inc(1)
         })?;
         pb.finish_and_clear();
-        let hybrid = sn.extract(&best)?;
+        let mut hybrid = sn.extract(&best)?;
+        hybrid.config.bos_token_id = m.tokenizer.bos;
+        hybrid.config.eos_token_id = m.tokenizer.eos;
         stage_dir(&a.out, "model", |tmp| {
             hybrid.save(tmp)?;
             m.tokenizer
                 .inner
                 .save(tmp.join("tokenizer.json"), false)
                 .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
-            let g = model::gguf::Gguf::open(&teacher_path)?;
-            if let Some(t) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-                let cfg = serde_json::json!({"chat_template": t});
-                write_atomic(
-                    &tmp.join("tokenizer_config.json"),
-                    serde_json::to_string_pretty(&cfg)?.as_bytes(),
-                )?;
-            }
+            let text = |id: Option<u32>| id.and_then(|i| m.tokenizer.token_text(i));
+            let tc = model::bundle::TokenizerConfig {
+                chat_template: m.template.as_ref().map(|t| t.source.clone()),
+                bos_token: text(m.tokenizer.bos),
+                eos_token: text(m.tokenizer.eos),
+                add_bos_token: Some(m.tokenizer.add_bos),
+            };
+            write_atomic(
+                &tmp.join("tokenizer_config.json"),
+                serde_json::to_string_pretty(&tc)?.as_bytes(),
+            )?;
             write_atomic(
                 &tmp.join("distil.json"),
                 serde_json::to_string_pretty(&serde_json::json!({"spec": spec, "log": log}))?
@@ -385,98 +396,29 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         return done_message(&a.out, &stages.done);
     }
 
-    // Stage: report.
+    let ctx = super::convert_report::RunCtx {
+        m: &m,
+        out: &a.out,
+        teacher_path: &teacher_path,
+        budget: &a.budget,
+        preset: a.preset,
+        seed: a.seed,
+        fa,
+        swa,
+        best,
+        device,
+    };
+    // Stage: fidelity (Kendall tau of supernet vs post-distillation scores over 8+ layouts).
+    if !stages.done.iter().any(|s| s == "fidelity") {
+        super::convert_report::fidelity_stage(&ctx)?;
+        finish(&mut stages, &stages_path, "fidelity")?;
+    }
+    if stop_after("fidelity") {
+        return done_message(&a.out, &stages.done);
+    }
+    // Stage: report (Markdown, JSON, plots).
     if !stages.done.iter().any(|s| s == "report") {
-        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
-        let set = eval_set(
-            &sn.teacher,
-            &read_items(&a.out.join("corpus/heldout.jsonl"))?,
-            a.preset,
-        )?;
-        let n = sn.teacher.blocks.len();
-        let mut rows: Vec<(String, Vec<String>, train::search::Score, usize)> = vec![];
-        let teacher_layout = vec!["fa".to_string(); n];
-        let cache = |sn: &mut Supernet, l: &[String], ctx: usize| -> Result<usize> {
-            sn.with_layout(l, |mm| mm.cache_bytes(ctx, 2))
-        };
-        let distilled = model::hybrid::HybridModel::load(&a.out.join("model"))?;
-        let mut entries: Vec<(String, Vec<String>)> = vec![
-            ("teacher (all FA)".into(), teacher_layout),
-            ("learned (supernet)".into(), best.clone()),
-        ];
-        entries.extend(
-            train::search::baselines(n, fa, swa, "gdn")
-                .into_iter()
-                .map(|(k, l)| (format!("{k} (supernet)"), l)),
-        );
-        for (name, l) in &entries {
-            let score = sn.with_layout(l, |mm| set.score(mm))??;
-            rows.push((name.clone(), l.clone(), score, cache(&mut sn, l, 32768)?));
-        }
-        let ds = set.score(&distilled)?;
-        rows.insert(
-            2,
-            (
-                "learned, distilled".into(),
-                best.clone(),
-                ds,
-                distilled.cache_bytes(32768, 2),
-            ),
-        );
-        let teacher_cache = rows[0].3 as f64;
-        let mut md = String::new();
-        md.push_str(&format!(
-            "# hybrid convert report\n\nTeacher: `{}` ({} layers). Budget: `{}` ({fa} FA + {swa} SWA, the rest GDN). Preset: {:?}.\n\n",
-            teacher_path.display(), n, a.budget, a.preset
-        ));
-        md.push_str("Held-out scores (lower KL and answer NLL are better; accuracy is exact answers under teacher forcing). Baselines are evaluated on the same supernet weights, without their own distillation.\n\n");
-        md.push_str("| layout | layers | held-out KL | answer NLL | retrieval accuracy | cache bytes at 32K | vs teacher |\n|---|---|---|---|---|---|---|\n");
-        for (name, l, sc, cb) in &rows {
-            md.push_str(&format!(
-                "| {name} | `{}` | {:.4} | {:.3} | {:.2} | {} | {:.1}% |\n",
-                layout_string(l),
-                sc.kl,
-                sc.retrieval_nll(),
-                sc.retrieval_acc(),
-                cb,
-                100.0 * *cb as f64 / teacher_cache
-            ));
-        }
-        md.push_str("\nSingle-FA heatmap (layer i the only FA layer, the rest GDN): answer NLL per retrieval kind, and KL.\n\n| layer | KL | ");
-        let kinds: Vec<String> = rows[0].2.retrieval.keys().cloned().collect();
-        md.push_str(
-            &kinds
-                .iter()
-                .map(|k| format!("{k} NLL"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-        );
-        md.push_str(" |\n|---|---|");
-        md.push_str(&kinds.iter().map(|_| "---|").collect::<String>());
-        md.push('\n');
-        if let Some(h) = searched["result"]["fa_heatmap"].as_array() {
-            for (i, e) in h.iter().enumerate() {
-                let sc: train::search::Score = serde_json::from_value(e["score"].clone())?;
-                md.push_str(&format!(
-                    "| {i} | {:.4} | {} |\n",
-                    sc.kl,
-                    kinds
-                        .iter()
-                        .map(|k| format!("{:.3}", sc.retrieval.get(k).map_or(f64::NAN, |x| x.0)))
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                ));
-            }
-        }
-        let j = serde_json::json!({
-            "teacher": teacher_path.display().to_string(), "budget": a.budget, "fa": fa, "swa": swa,
-            "rows": rows.iter().map(|(name, l, sc, cb)| serde_json::json!({"name": name, "layout": l, "score": sc, "cache_bytes_32k": cb})).collect::<Vec<_>>(),
-        });
-        write_atomic(
-            &a.out.join("report.json"),
-            serde_json::to_string_pretty(&j)?.as_bytes(),
-        )?;
-        write_atomic(&a.out.join("report.md"), md.as_bytes())?;
+        super::convert_report::report_stage(&ctx)?;
         finish(&mut stages, &stages_path, "report")?;
     }
     done_message(&a.out, &stages.done)
@@ -495,9 +437,7 @@ fn done_message(out: &Path, done: &[String]) -> Result<()> {
     Ok(())
 }
 
-use train::supernet::Supernet;
-
-fn layout_string(l: &[String]) -> String {
+pub(crate) fn layout_string(l: &[String]) -> String {
     l.iter()
         .map(|k| match k.as_str() {
             "fa" => 'F',
@@ -558,7 +498,12 @@ fn eval_set(
         // Farthest first: what a sliding window cannot see.
         items.sort_by_key(|i| std::cmp::Reverse(i.distance));
         for it in items.into_iter().take(per_kind) {
-            retrieval.push((kind.to_string(), it.tokens.clone(), it.answer_start));
+            retrieval.push(train::search::Probe {
+                kind: kind.to_string(),
+                tokens: it.tokens.clone(),
+                answer_start: it.answer_start,
+                distance: it.distance,
+            });
         }
     }
     train::search::EvalSet::new(teacher, traces, retrieval)
@@ -597,7 +542,7 @@ fn transfer_plan(
     }
 }
 
-fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
+pub(crate) fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
     let (steps, seq_len) = match p {
         Preset::Quick => (96, 128),
         Preset::Full => (2000, 1024),
@@ -615,7 +560,11 @@ fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
 }
 
 /// The supernet from the teacher and the candidates in `dir` (a stage's output folder).
-fn load_supernet(m: &LoadedModel, dir: &Path, preset: Preset) -> Result<train::supernet::Supernet> {
+pub(crate) fn load_supernet(
+    m: &LoadedModel,
+    dir: &Path,
+    preset: Preset,
+) -> Result<train::supernet::Supernet> {
     let teacher = model::hybrid::HybridModel::from_llama(&m.model)?;
     let (kinds, window, _, _) = transfer_plan(preset);
     let mut cands = vec![];
@@ -627,7 +576,7 @@ fn load_supernet(m: &LoadedModel, dir: &Path, preset: Preset) -> Result<train::s
     train::supernet::Supernet::new(teacher, cands)
 }
 
-fn read_items(path: &Path) -> Result<Vec<Item>> {
+pub(crate) fn read_items(path: &Path) -> Result<Vec<Item>> {
     let s =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     s.lines()
@@ -641,11 +590,18 @@ fn read_items(path: &Path) -> Result<Vec<Item>> {
 
 /// Fills a stage's output folder DIR/`name` through DIR/`name`.tmp and a rename, so that a
 /// failure leaves no half-written stage under the final name.
-fn stage_dir(out: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn stage_dir(
+    out: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let tmp = out.join(format!("{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let dir = out.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into place", tmp.display()))
@@ -658,7 +614,7 @@ fn finish(stages: &mut Stages, path: &Path, name: &str) -> Result<()> {
 
 /// Writes through a temporary file and a rename, so that a failure (a full disk) never leaves
 /// a half-written file under the final name.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let res = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))

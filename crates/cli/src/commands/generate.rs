@@ -1,7 +1,7 @@
 use super::ModelArgs;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use model::{generate, GenerateOptions, SamplingParams};
+use model::{GenerateOptions, SamplingParams};
 use std::io::Write;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -59,17 +59,11 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = a.model.device()?;
-    let m = a.model.load()?;
-    let gpu = match device {
-        tensor::Device::Cuda(n) => Some(model::llama_gpu::GpuLlama::new(&m.model, n)?),
-        tensor::Device::Cpu => None,
-    };
+    let m = a.model.load_any()?;
+    let runner = m.runner(device)?;
     let prompt = m.prompt_tokens(&a.prompt, a.chat)?;
     let run = |on_text: &mut dyn FnMut(&str)| -> Result<model::Generation> {
-        match &gpu {
-            Some(g) => model::generate_gpu(&m, g, &prompt, &opts_of(&a), on_text),
-            None => generate(&m, &prompt, &opts_of(&a), on_text),
-        }
+        runner.generate(&prompt, &opts_of(&a), on_text)
     };
     match a.format {
         Format::Text => {

@@ -6,6 +6,8 @@ pub mod bench_linear_bwd;
 pub mod bench_step;
 pub mod chat;
 pub mod convert;
+mod convert_plots;
+mod convert_report;
 pub mod device;
 pub mod generate;
 pub mod inspect;
@@ -61,6 +63,11 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<model::LoadedModel> {
         model::LoadedModel::load(&self.model_path()?)
+    }
+
+    /// A GGUF file or a hybrid folder (what `hybrid convert` writes).
+    pub fn load_any(&self) -> Result<model::AnyModel> {
+        model::AnyModel::load(&self.model_path()?)
     }
 }
 

@@ -185,6 +185,18 @@ impl HybridModel {
             .collect()
     }
 
+    /// States as if `n` tokens had been run (arbitrary cached values, zero recurrent
+    /// states): decode-speed measurement at long contexts without the prefill.
+    pub fn filled_state(&self, b: usize, n: usize) -> Vec<LayerState> {
+        self.blocks
+            .iter()
+            .map(|bl| match &bl.mixer {
+                Mixer::Attention(a) => LayerState::Attention(a.filled_state(b, n)),
+                Mixer::Linear(l) => LayerState::Linear(l.new_state(b)),
+            })
+            .collect()
+    }
+
     /// Cache bytes of one sequence at context `n` (attention K/V at `kv_bytes` per element;
     /// recurrent states in f32): the figure `inspect` reports.
     pub fn cache_bytes(&self, n: usize, kv_bytes: usize) -> usize {

@@ -14,6 +14,7 @@ pub fn smollm2() -> model::LoadedModel {
     model::LoadedModel::load(&p).expect("SmolLM2 loads")
 }
 
+#[allow(dead_code)]
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")

@@ -1,0 +1,216 @@
+//! Any model the text commands (`generate`, `chat`, `bench decode`) can run: a GGUF
+//! Llama-family file, or a hybrid folder as `hybrid convert` writes it (config.json +
+//! model.safetensors + tokenizer.json + tokenizer_config.json with the chat template).
+//! [`Runner`] holds the model on its device, so a chat keeps one GPU copy for every turn.
+use crate::chat::ChatTemplate;
+use crate::generate::{generate_with, GenerateOptions, Generation, LoadedModel};
+use crate::hybrid::gpu::GpuHybrid;
+use crate::hybrid::HybridModel;
+use crate::llama_gpu::GpuLlama;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tensor::Device;
+
+/// A hybrid folder's weights with its tokenizer and chat template.
+pub struct HybridBundle {
+    pub model: HybridModel,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+pub enum AnyModel {
+    Gguf(LoadedModel),
+    Hybrid(HybridBundle),
+}
+
+/// `tokenizer_config.json` fields a hybrid folder carries (Hugging Face's names).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub struct TokenizerConfig {
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    #[serde(default)]
+    pub bos_token: Option<String>,
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    #[serde(default)]
+    pub add_bos_token: Option<bool>,
+}
+
+impl HybridBundle {
+    /// Loads a folder written by `hybrid convert` (or any folder with these files).
+    pub fn load(dir: &Path) -> Result<Self> {
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            if !dir.join(f).exists() {
+                bail!(
+                    "{} is not a hybrid model folder: {f} is missing",
+                    dir.display()
+                );
+            }
+        }
+        let model = HybridModel::load(dir)?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc: TokenizerConfig = match std::fs::read_to_string(&tc_path) {
+            Ok(s) => serde_json::from_str(&s)
+                .with_context(|| format!("{} is not a tokenizer config", tc_path.display()))?,
+            Err(_) => TokenizerConfig::default(),
+        };
+        let tokenizer = Tokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            model.config.bos_token_id,
+            model.config.eos_token_id,
+            tc.add_bos_token.unwrap_or(false),
+        )?;
+        if tokenizer.vocab_size > model.config.vocab_size {
+            bail!(
+                "{}: the tokenizer has {} tokens but config.json's vocab_size is {}",
+                dir.display(),
+                tokenizer.vocab_size,
+                model.config.vocab_size
+            );
+        }
+        let template = match &tc.chat_template {
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                tc.bos_token.as_deref().unwrap_or(""),
+                tc.eos_token.as_deref().unwrap_or(""),
+            )?),
+            None => None,
+        };
+        Ok(HybridBundle {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+}
+
+impl AnyModel {
+    /// A GGUF file or a hybrid folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Ok(AnyModel::Hybrid(HybridBundle::load(path)?))
+        } else {
+            Ok(AnyModel::Gguf(LoadedModel::load(path)?))
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        match self {
+            AnyModel::Gguf(m) => &m.tokenizer,
+            AnyModel::Hybrid(h) => &h.tokenizer,
+        }
+    }
+
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        match self {
+            AnyModel::Gguf(m) => m.template.as_ref(),
+            AnyModel::Hybrid(h) => h.template.as_ref(),
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        match self {
+            AnyModel::Gguf(m) => m.model.config.context_length,
+            AnyModel::Hybrid(h) => h.model.config.max_position_embeddings,
+        }
+    }
+
+    /// Prompt token ids: raw text (with BOS if the model wants it) or a one-turn chat.
+    pub fn prompt_tokens(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        crate::generate::prompt_tokens(self.tokenizer(), self.template(), prompt, chat)
+    }
+
+    /// The model placed on `device` (a GPU copy is made once, here).
+    pub fn runner(&self, device: Device) -> Result<Runner<'_>> {
+        let on = match (self, device) {
+            (_, Device::Cpu) => OnDevice::Cpu,
+            (AnyModel::Gguf(m), Device::Cuda(n)) => {
+                OnDevice::Llama(Box::new(GpuLlama::new(&m.model, n)?))
+            }
+            (AnyModel::Hybrid(h), Device::Cuda(n)) => {
+                OnDevice::Hybrid(Box::new(GpuHybrid::new(&h.model, n)?))
+            }
+        };
+        Ok(Runner { model: self, on })
+    }
+}
+
+enum OnDevice {
+    Cpu,
+    Llama(Box<GpuLlama>),
+    Hybrid(Box<GpuHybrid>),
+}
+
+pub struct Runner<'a> {
+    pub model: &'a AnyModel,
+    on: OnDevice,
+}
+
+impl Runner<'_> {
+    /// Generates after `prompt` (see [`generate_with`] for streaming and stop handling).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let tok = self.model.tokenizer();
+        let ctx = self.model.context_length();
+        let cap = (prompt.len() + opts.max_tokens + 1).min(ctx);
+        match (&self.on, self.model) {
+            (OnDevice::Cpu, AnyModel::Gguf(m)) => {
+                let mut cache = m.model.new_cache();
+                generate_with(
+                    tok,
+                    ctx,
+                    prompt,
+                    opts,
+                    |t| m.model.forward(t, &mut cache, false),
+                    on_text,
+                )
+            }
+            (OnDevice::Cpu, AnyModel::Hybrid(h)) => {
+                let mut st = h.model.new_state(1);
+                generate_with(
+                    tok,
+                    ctx,
+                    prompt,
+                    opts,
+                    |t| h.model.forward(t, 1, &mut st, false),
+                    on_text,
+                )
+            }
+            (OnDevice::Llama(g), _) => {
+                let mut cache = g.new_cache(1, cap)?;
+                let v = g.config.vocab_size;
+                generate_with(
+                    tok,
+                    ctx,
+                    prompt,
+                    opts,
+                    |t| {
+                        let l = g.logits_to_host(&g.forward(t, &mut cache)?)?;
+                        Ok(l[l.len() - v..].to_vec())
+                    },
+                    on_text,
+                )
+            }
+            (OnDevice::Hybrid(g), _) => {
+                let mut st = g.new_state(1, cap)?;
+                let v = g.config.vocab_size;
+                generate_with(
+                    tok,
+                    ctx,
+                    prompt,
+                    opts,
+                    |t| {
+                        let l: Vec<f32> = g.gpu.download(&g.forward(t, &mut st)?)?;
+                        Ok(l[l.len() - v..].to_vec())
+                    },
+                    on_text,
+                )
+            }
+        }
+    }
+}
