@@ -564,3 +564,58 @@ fn convert_quick_produces_a_report_and_a_loadable_hybrid() {
     assert!(!g["tokens"].as_array().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench context`: the teacher and a layout of it side by side (JSON), and bad layouts named.
+#[test]
+fn bench_context_measures_layouts_and_names_bad_ones() {
+    let m = model();
+    let layout = format!("FS{}", ".".repeat(28));
+    let out = hybrid(&[
+        "bench",
+        "context",
+        "--model",
+        &m,
+        "--device",
+        "cpu",
+        "--layout",
+        "teacher",
+        "--layout",
+        &layout,
+        "--contexts",
+        "256,1024",
+        "--steps",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = j["results"].as_array().unwrap();
+    assert_eq!(r.len(), 4);
+    for x in r {
+        assert!(x["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // At 1024 tokens the layout (1 FA layer, 1 SWA of 64, 28 GDN states) caches under 30%.
+    assert!(r[3]["cache_bytes"].as_f64().unwrap() < 0.3 * r[1]["cache_bytes"].as_f64().unwrap());
+    fails_with(
+        hybrid(&[
+            "bench", "context", "--model", &m, "--device", "cpu", "--layout", "FS",
+        ]),
+        "has 2 layers; the model has 30",
+    );
+    fails_with(
+        hybrid(&[
+            "bench",
+            "context",
+            "--model",
+            &m,
+            "--device",
+            "cpu",
+            "--layout",
+            &format!("X{}", ".".repeat(29)),
+        ]),
+        "'X' is not a layer type",
+    );
+}

@@ -23,16 +23,17 @@ fn argmax(x: &[f32]) -> u32 {
 /// folder with SmolLM2's tokenizer and chat template; returns (folder, the model, SmolLM2).
 fn hybrid_folder(tag: &str) -> (PathBuf, HybridModel, LoadedModel) {
     let lm = common::smollm2();
+    // Head dims the GPU kernels take (attention 64/128, chunked linear value dims of 16s).
     let (layer_types, lin) = parse_layout("fa,swa,gdn,kda").unwrap();
     let config = HybridConfig {
         model_type: "hybrid".into(),
         vocab_size: lm.model.config.vocab_size,
-        hidden_size: 32,
-        intermediate_size: 48,
+        hidden_size: 64,
+        intermediate_size: 96,
         num_hidden_layers: layer_types.len(),
         num_attention_heads: 4,
         num_key_value_heads: 2,
-        head_dim: 8,
+        head_dim: 64,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         partial_rotary_factor: 1.0,
@@ -44,8 +45,8 @@ fn hybrid_folder(tag: &str) -> (PathBuf, HybridModel, LoadedModel) {
         linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
         linear_num_key_heads: Some(2),
         linear_num_value_heads: Some(2),
-        linear_key_head_dim: Some(8),
-        linear_value_head_dim: Some(8),
+        linear_key_head_dim: Some(32),
+        linear_value_head_dim: Some(32),
         linear_conv_kernel_dim: 4,
         linear_gate_rank: 4,
         linear_chunk_size: 4,

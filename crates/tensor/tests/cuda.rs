@@ -381,16 +381,30 @@ fn short_conv_with_history_matches_cpu() {
     assert!(rel_err(&want, &got) < 2e-2, "{}", rel_err(&want, &got));
 }
 
-/// The KV-cache attention kernel against the CPU core (GQA, window, a cached past, batch 2),
-/// fed through kv_append like a decode loop would; plus add and argmax.
+/// The KV-cache attention kernel against the CPU core (GQA, window, a cached past, batch 2,
+/// contexts up to 6000 keys split over blocks), fed through kv_append like a decode loop
+/// would; plus add and argmax.
 #[test]
 #[ignore]
 fn cache_attention_matches_cpu() {
     use mixers::attention_core::{self, Dims};
     let gpu = Gpu::open(0).unwrap();
-    let (b, h, hk, d, s_max) = (2, 4, 2, 64, 40);
-    for (past, t, window) in [(0, 9, 0), (11, 1, 0), (11, 5, 6), (30, 1, 8)] {
+    let (b, h, hk, d) = (2, 4, 2, 64);
+    // Short contexts run in one block per row; long ones split the keys over blocks
+    // (flash-decoding) and merge: a single decode step, a few tokens, a window wider than
+    // one split.
+    for (past, t, window) in [
+        (0, 9, 0),
+        (11, 1, 0),
+        (11, 5, 6),
+        (30, 1, 8),
+        (3000, 1, 0),
+        (2999, 3, 0),
+        (3000, 2, 700),
+        (6000, 1, 0),
+    ] {
         let s = past + t;
+        let s_max = s + 3;
         let kall = from_bf(&to_bf(&rnd(b * s * hk * d, 21)));
         let vall = from_bf(&to_bf(&rnd(b * s * hk * d, 22)));
         let q = from_bf(&to_bf(&rnd(b * t * h * d, 23)));

@@ -24,6 +24,8 @@ pub enum BenchCommand {
     ChunkLinear(super::bench_linear::ChunkLinearArgs),
     /// Chunked GDN / KDA / GLA forward + backward on the GPU (training shapes).
     ChunkLinearBwd(super::bench_linear_bwd::ChunkLinearBwdArgs),
+    /// Decode speed at long contexts, the teacher and hybrid layouts of it side by side.
+    Context(super::bench_context::ContextArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -68,6 +70,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::ChunkLinear(g) => return super::bench_linear::run(g),
         BenchCommand::ChunkLinearBwd(g) => return super::bench_linear_bwd::run(g),
         BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
+        BenchCommand::Context(g) => return super::bench_context::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

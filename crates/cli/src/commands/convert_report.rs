@@ -17,7 +17,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use model::hybrid::HybridModel;
 use model::LoadedModel;
 use std::path::Path;
-use std::time::Instant;
 use train::corpus::Item;
 use train::search::{EvalSet, Probe, Score};
 use train::tasks::rng::SplitMix64;
@@ -218,42 +217,6 @@ fn greedy_agreement(teacher: &HybridModel, m: &HybridModel, traces: &[Vec<u32>])
     Ok(same as f64 / total.max(1) as f64)
 }
 
-/// Decode tokens/s of one sequence at context `ctx`: the caches are filled as if `ctx` tokens
-/// had been run (values do not change a step's time), then `steps` single-token steps are
-/// timed on the run's device.
-pub(crate) fn decode_tokens_per_s(
-    m: &HybridModel,
-    device: tensor::Device,
-    ctx: usize,
-    steps: usize,
-) -> Result<f64> {
-    let tok = [1u32];
-    match device {
-        tensor::Device::Cpu => {
-            let mut st = m.filled_state(1, ctx);
-            m.forward(&tok, 1, &mut st, false)?; // warm-up
-            let t0 = Instant::now();
-            for _ in 0..steps {
-                m.forward(&tok, 1, &mut st, false)?;
-            }
-            Ok(steps as f64 / t0.elapsed().as_secs_f64())
-        }
-        tensor::Device::Cuda(n) => {
-            let g = model::hybrid::gpu::GpuHybrid::new(m, n)?;
-            let mut st = g.new_state(1, ctx + steps + 2)?;
-            st.len = ctx;
-            g.forward(&tok, &mut st)?;
-            g.gpu.synchronize()?;
-            let t0 = Instant::now();
-            for _ in 0..steps {
-                g.forward(&tok, &mut st)?;
-            }
-            g.gpu.synchronize()?;
-            Ok(steps as f64 / t0.elapsed().as_secs_f64())
-        }
-    }
-}
-
 /// One row of the report's main table.
 #[derive(serde::Serialize)]
 struct Row {
@@ -324,7 +287,9 @@ pub(crate) fn report_stage(c: &RunCtx) -> Result<()> {
         let mut per = vec![];
         for ctx in [4096usize, 32768] {
             pb.set_message(format!("decode speed {name} at {ctx}"));
-            per.push(decode_tokens_per_s(mm, c.device, ctx, steps)?);
+            per.push(model::hybrid::speed::decode_tokens_per_s(
+                mm, c.device, ctx, steps,
+            )?);
             pb.inc(1);
         }
         speed.push((name, per));

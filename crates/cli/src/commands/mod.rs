@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_agreement;
 pub mod bench_attention;
+pub mod bench_context;
 pub mod bench_linear;
 pub mod bench_linear_bwd;
 pub mod bench_step;

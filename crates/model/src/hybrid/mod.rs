@@ -13,6 +13,7 @@ pub mod config;
 pub mod from_llama;
 pub mod gpu;
 pub mod io;
+pub mod speed;
 
 pub use config::{parse_layout, HybridConfig, LayerKind};
 

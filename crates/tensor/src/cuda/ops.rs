@@ -198,12 +198,27 @@ impl Gpu {
         }
         let f = self.function(ATTENTION, "attention_bf16")?;
         let rows = b * t * h;
+        // Keys per split: at least 256 (a block's worth of work), and no more splits than
+        // keep about 1024 blocks in flight; a long prefill (many rows) runs unsplit.
+        let keys = if window > 0 {
+            window.min(past + t)
+        } else {
+            past + t
+        };
+        let max_splits = (1024 / rows).max(1);
+        let splits = keys.div_ceil(256).clamp(1, max_splits);
+        let split_len = keys.div_ceil(splits);
+        let part = if splits > 1 {
+            Some(self.zeros::<f32>(rows * splits * (d + 2))?)
+        } else {
+            None
+        };
         let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
+            grid_dim: (rows as u32, splits as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ti, hi, hki, di, smi, pi, wi, ri) = (
+        let (ti, hi, hki, di, smi, pi, wi, ri, sli) = (
             t as i32,
             h as i32,
             hk as i32,
@@ -212,13 +227,15 @@ impl Gpu {
             past as i32,
             window as i32,
             rows as i32,
+            split_len as i32,
         );
         let scale = (d as f32).powf(-0.5);
+        let null = 0u64;
         let mut bl = self.stream.launch_builder(&f);
         bl.arg(q)
             .arg(kc)
             .arg(vc)
-            .arg(o)
+            .arg(&*o)
             .arg(&ti)
             .arg(&hi)
             .arg(&hki)
@@ -227,9 +244,29 @@ impl Gpu {
             .arg(&pi)
             .arg(&wi)
             .arg(&scale)
-            .arg(&ri);
-        // SAFETY: argument list matches the kernel; the cache holds past + t positions (callers).
+            .arg(&ri)
+            .arg(&sli);
+        match &part {
+            Some(p) => bl.arg(p),
+            None => bl.arg(&null),
+        };
+        // SAFETY: argument list matches the kernel; the cache holds past + t positions (callers);
+        // `part` holds rows × splits × (D + 2) values when there are several splits (else the
+        // kernel never reads the null pointer).
         unsafe { bl.launch(cfg) }.map_err(|e| cuda_err("attention launch", e))?;
+        if let Some(p) = &part {
+            let m = self.function(ATTENTION, "attention_merge")?;
+            let (spi, di, ri) = (splits as i32, d as i32, rows as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut bl = self.stream.launch_builder(&m);
+            bl.arg(p).arg(o).arg(&di).arg(&spi).arg(&ri);
+            // SAFETY: part was filled by the launch above for rows × splits; o holds rows × D.
+            unsafe { bl.launch(cfg) }.map_err(|e| cuda_err("attention merge launch", e))?;
+        }
         Ok(())
     }
 
