@@ -335,6 +335,38 @@ fn convert_rejects_budgets_that_do_not_fit_and_writes_nothing() {
         ]),
         "tokenizer",
     );
+    // Teachers that are not supported full-attention models.
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            &fixture("unknown_arch.gguf"),
+            "--budget",
+            "fa=1",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "architecture 'mamba9' is not supported",
+    );
+    let folder = std::env::temp_dir().join(format!("hybrid-cv-folder-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    fails_with(
+        hybrid(&[
+            "convert",
+            "--teacher",
+            folder.to_str().unwrap(),
+            "--budget",
+            "fa=1",
+            "--out",
+            d,
+            "--device",
+            "cpu",
+        ]),
+        "the teacher must be a full-attention model in a GGUF file",
+    );
+    let _ = std::fs::remove_dir_all(&folder);
     assert!(!dir.exists(), "a rejected run must not create its folder");
 }
 

@@ -95,6 +95,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     };
     let teacher_path = margs.model_path()?;
     let budget = Budget::parse(&a.budget)?;
+    if teacher_path.is_dir() {
+        bail!(
+            "--teacher {}: a folder; the teacher must be a full-attention model in a GGUF file (hybrid folders are already converted)",
+            teacher_path.display()
+        );
+    }
     let device = margs.device()?;
     let m = LoadedModel::load(&teacher_path)?;
     // The budget must fit the teacher before anything is written.
