@@ -1,5 +1,5 @@
 //! The GPU backward kernels (tensor::cuda's ops_bwd: RMSNorm, short causal conv, distillation
-//! KL) against their CPU references. `#[ignore]`d: CI has no GPU; scripts/gpu-check runs them
+//! KL; the backward GEMMs) against their CPU references. `#[ignore]`d: CI has no GPU; scripts/gpu-check runs them
 //! on the device machine with `--ignored`.
 use half::bf16;
 use tensor::cuda::Gpu;
@@ -193,4 +193,181 @@ fn kl_div_matches_train_loss_formula() {
         println!("kl_div n {n} v {v} T {temp}: loss {got_loss:.6} (want {want_loss:.6}) rel err {el:.2e}, grad {eg:.2e}");
         assert!(el < 1e-5 && eg < 1e-5, "rel errs loss {el} grad {eg}");
     }
+}
+
+/// The backward GEMMs: every transpose combination of `gemm_bf16_f32`, overwriting and
+/// accumulating, against an f64 product of the same bf16-rounded operands (odd sizes, so
+/// that a swapped leading dimension cannot pass).
+#[test]
+#[ignore]
+fn gemm_transposes_and_accumulation_match_cpu() {
+    let gpu = Gpu::open(0).unwrap();
+    let (m, n, k) = (37, 19, 53);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let a = bf_round(&rnd(m * k, 1.0, 1));
+        let b = bf_round(&rnd(n * k, 1.0, 2));
+        let c0 = rnd(m * n, 1.0, 3);
+        // op(a)[i, p] and op(b)[p, j] from their stored layouts.
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        let prod: Vec<f32> = (0..m * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                (0..k)
+                    .map(|p| at(i, p) as f64 * bt(p, j) as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        let (ga, gb) = (
+            gpu.upload(&to_bf(&a)).unwrap(),
+            gpu.upload(&to_bf(&b)).unwrap(),
+        );
+        for accumulate in [false, true] {
+            let mut c = gpu.upload(&c0).unwrap();
+            gpu.gemm_bf16_f32((ta, tb), &ga, &gb, &mut c, (m, n, k), accumulate)
+                .unwrap();
+            let got: Vec<f32> = gpu.download(&c).unwrap();
+            let want: Vec<f32> = if accumulate {
+                prod.iter().zip(&c0).map(|(p, c)| p + c).collect()
+            } else {
+                prod.clone()
+            };
+            let e = rel_err(&want, &got);
+            assert!(e < 1e-5, "ta={ta} tb={tb} accumulate={accumulate}: {e}");
+        }
+    }
+}
+
+/// The training backward of the hybrid layers' small ops (tensor::cuda::train_ops) against
+/// mixers::ops (L2 norm, gated RMSNorm with both gate activations) and the formulas of the
+/// decay gate (GDN per head, KDA per channel, with pre-activations past softplus's threshold),
+/// sigmoid and SwiGLU. Weight gradients must add to what the buffers held.
+#[test]
+#[ignore]
+fn training_ops_backward_match_cpu() {
+    use mixers::ops::{self, GateAct};
+    use tensor::cuda::GateActivation;
+    let gpu = Gpu::open(0).unwrap();
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let down = |v: &cudarc::driver::CudaSlice<f32>| -> Vec<f32> { gpu.download(v).unwrap() };
+    // L2 norm.
+    let (rows, w) = (37, 64);
+    let mut y = rnd(rows * w, 1.0, 10);
+    let inv = ops::l2norm_rows(&mut y, w);
+    let dy = rnd(rows * w, 1.0, 11);
+    let want = ops::l2norm_rows_backward(&y, &inv, &dy, w);
+    let mut dx = gpu.zeros::<f32>(rows * w).unwrap();
+    gpu.l2norm_bwd_f32(&up(&y), &up(&inv), &up(&dy), &mut dx, rows, w)
+        .unwrap();
+    let e = rel_err(&want, &down(&dx));
+    assert!(e < 1e-5, "l2norm: {e}");
+    // Gated RMSNorm.
+    for (act, gact) in [
+        (GateAct::Silu, GateActivation::Silu),
+        (GateAct::Sigmoid, GateActivation::Sigmoid),
+    ] {
+        let (rows, w) = (29, 64);
+        let (o, z) = (rnd(rows * w, 1.0, 12), rnd(rows * w, 2.0, 13));
+        let weight = rnd(w, 1.0, 14);
+        let (_, rs) = ops::gated_rmsnorm(&o, &z, &weight, 1e-6, act);
+        let dy = rnd(rows * w, 1.0, 15);
+        let dw0 = rnd(w, 1.0, 16);
+        let mut dw_want = dw0.clone();
+        let (do_want, dz_want) =
+            ops::gated_rmsnorm_backward(&o, &z, &weight, &rs, &dy, act, &mut dw_want);
+        let (mut d_o, mut dz, mut dw) = (
+            gpu.zeros::<f32>(rows * w).unwrap(),
+            gpu.zeros::<f32>(rows * w).unwrap(),
+            up(&dw0),
+        );
+        gpu.gated_rmsnorm_bwd_f32(
+            &up(&o),
+            &up(&z),
+            &up(&weight),
+            &up(&rs),
+            &up(&dy),
+            &mut d_o,
+            &mut dz,
+            &mut dw,
+            (rows, w),
+            gact,
+        )
+        .unwrap();
+        for (what, want, got) in [
+            ("do", &do_want, down(&d_o)),
+            ("dz", &dz_want, down(&dz)),
+            ("dweight", &dw_want, down(&dw)),
+        ] {
+            let e = rel_err(want, &got);
+            assert!(e < 1e-5, "gated rmsnorm {act:?} {what}: {e}");
+        }
+    }
+    // Decay gate: GDN (one gate per head) and KDA (per channel, groups of K share A_log).
+    for (p, group) in [(4, 1), (32, 8)] {
+        let rows = 50;
+        let mut u = rnd(rows * p, 3.0, 17);
+        u[3] = 25.0; // past softplus's threshold: identity there
+        let dg = rnd(rows * p, 1.0, 18);
+        let a_log = rnd(p / group, 1.0, 19);
+        let (ddt0, dal0) = (rnd(p, 1.0, 20), rnd(p / group, 1.0, 21));
+        let mut du_want = vec![0f32; rows * p];
+        let (mut ddt_want, mut dal_want): (Vec<f64>, Vec<f64>) = (
+            ddt0.iter().map(|&v| v as f64).collect(),
+            dal0.iter().map(|&v| v as f64).collect(),
+        );
+        for i in 0..rows * p {
+            let j = i % p;
+            let e = a_log[j / group].exp();
+            let du = dg[i] * -e * ops::softplus_grad(u[i]);
+            du_want[i] = du;
+            ddt_want[j] += du as f64;
+            dal_want[j / group] += (dg[i] * -e * ops::softplus(u[i])) as f64;
+        }
+        let (mut du, mut ddt, mut dal) =
+            (gpu.zeros::<f32>(rows * p).unwrap(), up(&ddt0), up(&dal0));
+        gpu.decay_gate_bwd_f32(
+            &up(&u),
+            &up(&dg),
+            &up(&a_log),
+            &mut du,
+            &mut ddt,
+            &mut dal,
+            (rows, p, group),
+        )
+        .unwrap();
+        let f32v = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        for (what, want, got) in [
+            ("du", du_want.clone(), down(&du)),
+            ("d dt_bias", f32v(&ddt_want), down(&ddt)),
+            ("d A_log", f32v(&dal_want), down(&dal)),
+        ] {
+            let e = rel_err(&want, &got);
+            assert!(e < 1e-5, "decay gate p={p} group={group} {what}: {e}");
+        }
+    }
+    // Sigmoid and SwiGLU.
+    let n = 1000;
+    let beta: Vec<f32> = rnd(n, 2.0, 22).iter().map(|&x| ops::sigmoid(x)).collect();
+    let dbeta = rnd(n, 1.0, 23);
+    let mut db = gpu.zeros::<f32>(n).unwrap();
+    gpu.sigmoid_bwd_f32(&up(&beta), &up(&dbeta), &mut db, n)
+        .unwrap();
+    let want: Vec<f32> = beta
+        .iter()
+        .zip(&dbeta)
+        .map(|(b, d)| d * b * (1.0 - b))
+        .collect();
+    assert!(rel_err(&want, &down(&db)) < 1e-6);
+    let (gate, upv, dact) = (rnd(n, 2.0, 24), rnd(n, 1.0, 25), rnd(n, 1.0, 26));
+    let (mut dgate, mut dup) = (gpu.zeros::<f32>(n).unwrap(), gpu.zeros::<f32>(n).unwrap());
+    gpu.swiglu_bwd_f32(&up(&gate), &up(&upv), &up(&dact), &mut dgate, &mut dup, n)
+        .unwrap();
+    let dup_want: Vec<f32> = (0..n)
+        .map(|i| dact[i] * tensor::cpu::silu(gate[i]))
+        .collect();
+    let dgate_want: Vec<f32> = (0..n)
+        .map(|i| dact[i] * upv[i] * tensor::cpu::silu_grad(gate[i]))
+        .collect();
+    assert!(rel_err(&dup_want, &down(&dup)) < 1e-5);
+    assert!(rel_err(&dgate_want, &down(&dgate)) < 1e-5);
 }

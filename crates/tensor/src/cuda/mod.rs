@@ -15,6 +15,8 @@ mod hybrid_ops;
 pub mod libs;
 mod ops;
 mod ops_bwd;
+mod train_ops;
+pub use train_ops::GateActivation;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
 pub use chunk_linear_bwd::ChunkGrads;
@@ -48,6 +50,7 @@ pub const CHUNK_LINEAR_BWD: (&str, &str) = (
 );
 pub const CONV_BWD: (&str, &str) = ("conv_bwd", include_str!("kernels/conv_bwd.cu"));
 pub const LOSS: (&str, &str) = ("loss", include_str!("kernels/loss.cu"));
+pub const TRAIN_OPS: (&str, &str) = ("train_ops", include_str!("kernels/train_ops.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]
