@@ -2,9 +2,10 @@
 //! (L2 norm, gated RMSNorm, decay gate, sigmoid, SwiGLU), the pieces of GPU training beyond
 //! the GEMMs, norms, convs, attention and chunked kernels. Each checks its buffers against the
 //! shapes. Weight gradients accumulate (`+=`) in a fixed order, as the CPU backward does.
-use super::{cuda_err, Gpu, TRAIN_OPS};
+use super::{cuda_err, Gpu, CONVERT, TRAIN_OPS};
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 fn check(what: &str, got: usize, want: usize) -> Result<()> {
     if got < want {
@@ -212,6 +213,170 @@ impl Gpu {
         b.arg(gate).arg(up).arg(dact).arg(dgate).arg(dup).arg(&ni);
         // SAFETY: argument list matches swiglu_bwd_f32; lengths checked above.
         unsafe { b.launch(per_element(n)) }.map_err(|e| cuda_err("swiglu backward launch", e))?;
+        Ok(())
+    }
+
+    /// bf16 copy of x (round to nearest even), n elements.
+    pub fn f32_to_bf16(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<bf16>, n: usize) -> Result<()> {
+        check("to bf16: x", x.len(), n)?;
+        check("to bf16: y", y.len(), n)?;
+        let f = self.function(CONVERT, "f32_to_bf16_kernel")?;
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(y).arg(&ni);
+        // SAFETY: argument list matches f32_to_bf16_kernel; lengths checked above.
+        unsafe { b.launch(per_element(n)) }.map_err(|e| cuda_err("to bf16 launch", e))?;
+        Ok(())
+    }
+
+    /// f32 copy of a bf16 x, n elements.
+    pub fn bf16_to_f32(&self, x: &CudaSlice<bf16>, y: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        check("to f32: x", x.len(), n)?;
+        check("to f32: y", y.len(), n)?;
+        let f = self.function(CONVERT, "bf16_to_f32_kernel")?;
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(y).arg(&ni);
+        // SAFETY: argument list matches bf16_to_f32_kernel; lengths checked above.
+        unsafe { b.launch(per_element(n)) }.map_err(|e| cuda_err("to f32 launch", e))?;
+        Ok(())
+    }
+
+    /// Short causal conv + SiLU from a zero history (`mixers::conv::forward`): x, y [b, t, c],
+    /// weight [c, kw].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_silu_fwd_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        (b, t, c, kw): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let n = b * t * c;
+        check("conv forward: x", x.len(), n)?;
+        check("conv forward: y", y.len(), n)?;
+        check("conv forward: weight", weight.len(), c * kw)?;
+        let f = self.function(TRAIN_OPS, "conv_silu_fwd_f32")?;
+        let (ti, ci, ki, ni) = (t as i32, c as i32, kw as i32, n as i64);
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(x)
+            .arg(weight)
+            .arg(y)
+            .arg(&ti)
+            .arg(&ci)
+            .arg(&ki)
+            .arg(&ni);
+        // SAFETY: argument list matches conv_silu_fwd_f32; lengths checked above.
+        unsafe { bl.launch(per_element(n)) }.map_err(|e| cuda_err("conv forward launch", e))?;
+        Ok(())
+    }
+
+    /// Row L2 norm in place, writing the inverse norms inv [rows].
+    pub fn l2norm_fwd_f32(
+        &self,
+        x: &mut CudaSlice<f32>,
+        inv: &mut CudaSlice<f32>,
+        rows: usize,
+        w: usize,
+    ) -> Result<()> {
+        check("l2norm: x", x.len(), rows * w)?;
+        check("l2norm: inv", inv.len(), rows)?;
+        let f = self.function(TRAIN_OPS, "l2norm_fwd_f32")?;
+        let (ri, wi) = (rows as i32, w as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(inv).arg(&ri).arg(&wi);
+        // SAFETY: argument list matches l2norm_fwd_f32; lengths checked above.
+        unsafe { b.launch(per_row(rows)) }.map_err(|e| cuda_err("l2norm launch", e))?;
+        Ok(())
+    }
+
+    /// Sigmoid in place, n elements.
+    pub fn sigmoid_f32(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        check("sigmoid: x", x.len(), n)?;
+        let f = self.function(TRAIN_OPS, "sigmoid_f32")?;
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(&ni);
+        // SAFETY: argument list matches sigmoid_f32; length checked above.
+        unsafe { b.launch(per_element(n)) }.map_err(|e| cuda_err("sigmoid launch", e))?;
+        Ok(())
+    }
+
+    /// Decay gate forward over rows of p gates: u = a + dt_bias (kept for the backward),
+    /// g = −exp(A_log[j / group]) · softplus(u).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decay_gate_fwd_f32(
+        &self,
+        a: &CudaSlice<f32>,
+        dt_bias: &CudaSlice<f32>,
+        a_log: &CudaSlice<f32>,
+        u: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        (rows, p, group): (usize, usize, usize),
+    ) -> Result<()> {
+        if group == 0 || p % group != 0 {
+            return Err(Error::Msg(format!(
+                "decay gate: {p} gates do not split into groups of {group}"
+            )));
+        }
+        let n = rows * p;
+        for (what, len) in [("a", a.len()), ("u", u.len()), ("g", g.len())] {
+            check(&format!("decay gate: {what}"), len, n)?;
+        }
+        check("decay gate: dt_bias", dt_bias.len(), p)?;
+        check("decay gate: A_log", a_log.len(), p / group)?;
+        let f = self.function(TRAIN_OPS, "decay_gate_fwd_f32")?;
+        let (ni, pi, gi) = (n as i64, p as i32, group as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(a)
+            .arg(dt_bias)
+            .arg(a_log)
+            .arg(u)
+            .arg(g)
+            .arg(&ni)
+            .arg(&pi)
+            .arg(&gi);
+        // SAFETY: argument list matches decay_gate_fwd_f32; lengths checked above.
+        unsafe { b.launch(per_element(n)) }.map_err(|e| cuda_err("decay gate launch", e))?;
+        Ok(())
+    }
+
+    /// Gated RMSNorm forward per row of w, writing y and r [rows] (the inverse RMS).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gated_rmsnorm_fwd_f32(
+        &self,
+        o: &CudaSlice<f32>,
+        z: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rs: &mut CudaSlice<f32>,
+        (rows, w): (usize, usize),
+        eps: f32,
+        act: GateActivation,
+    ) -> Result<()> {
+        for (what, len) in [("o", o.len()), ("z", z.len()), ("y", y.len())] {
+            check(&format!("gated rmsnorm: {what}"), len, rows * w)?;
+        }
+        check("gated rmsnorm: weight", weight.len(), w)?;
+        check("gated rmsnorm: rs", rs.len(), rows)?;
+        let f = self.function(TRAIN_OPS, "gated_rmsnorm_fwd_f32")?;
+        let (ri, wi, ai) = (
+            rows as i32,
+            w as i32,
+            (act == GateActivation::Sigmoid) as i32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(o)
+            .arg(z)
+            .arg(weight)
+            .arg(y)
+            .arg(rs)
+            .arg(&ri)
+            .arg(&wi)
+            .arg(&eps)
+            .arg(&ai);
+        // SAFETY: argument list matches gated_rmsnorm_fwd_f32; lengths checked above.
+        unsafe { b.launch(per_row(rows)) }.map_err(|e| cuda_err("gated rmsnorm launch", e))?;
         Ok(())
     }
 

@@ -111,3 +111,72 @@ extern "C" __global__ void sum_rows_in_order(const float* part, float* out, int 
         for (int k = 0; k < slices; ++k) s += part[(long)k * cols + c];
     out[j] += s;
 }
+
+// ---- Forward passes that save what the backward needs (f32) ----
+
+// Short causal conv + SiLU from a zero history (mixers::conv::forward): x, y [b, t, c],
+// weight [c, kw]; y = silu(sum_j weight[c, j] x[t - (kw - 1) + j]).
+extern "C" __global__ void conv_silu_fwd_f32(const float* x, const float* weight, float* y,
+                                             int t, int c, int kw, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int ch = (int)(i % c);
+    long bt = i / c;
+    int ti = (int)(bt % t);
+    long row0 = bt - ti;  // first token of this sequence
+    float acc = 0.0f;
+    for (int j = 0; j < kw; ++j) {
+        int src = ti - (kw - 1) + j;
+        if (src >= 0) acc += weight[ch * kw + j] * x[(row0 + src) * c + ch];
+    }
+    y[i] = acc / (1.0f + __expf(-acc));
+}
+
+// Row L2 norm in place (x / sqrt(sum x^2 + 1e-6)), saving the inverse norms. One warp a row.
+extern "C" __global__ void l2norm_fwd_f32(float* x, float* inv, int rows, int w) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float* r = x + (long)row * w;
+    float s = 0.0f;
+    for (int i = lane; i < w; i += 32) s += r[i] * r[i];
+    s = warp_sum_(s);
+    float n = rsqrtf(s + 1e-6f);
+    for (int i = lane; i < w; i += 32) r[i] *= n;
+    if (lane == 0) inv[row] = n;
+}
+
+extern "C" __global__ void sigmoid_f32(float* x, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = sigmoidf_(x[i]);
+}
+
+// u = a + dt_bias[j] (kept for the backward), g = -exp(A_log[j / group]) softplus(u).
+extern "C" __global__ void decay_gate_fwd_f32(const float* a, const float* dt_bias, const float* a_log,
+                                              float* u, float* g, long n, int p, int group) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int j = (int)(i % p);
+    float x = a[i] + dt_bias[j];
+    u[i] = x;
+    g[i] = -__expf(a_log[j / group]) * softplusf_(x);
+}
+
+// Gated RMSNorm forward per row of w (act 0 silu, 1 sigmoid), saving r = (mean(o^2)+eps)^-1/2.
+extern "C" __global__ void gated_rmsnorm_fwd_f32(const float* o, const float* z, const float* weight,
+                                                 float* y, float* rs, int rows, int w, float eps, int act) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    long base = (long)row * w;
+    float s = 0.0f;
+    for (int i = lane; i < w; i += 32) s += o[base + i] * o[base + i];
+    s = warp_sum_(s);
+    float r = rsqrtf(s / (float)w + eps);
+    for (int i = lane; i < w; i += 32) {
+        float zi = z[base + i], sg = sigmoidf_(zi);
+        float a = act == 0 ? zi * sg : sg;
+        y[base + i] = o[base + i] * r * weight[i] * a;
+    }
+    if (lane == 0) rs[row] = r;
+}
