@@ -18,6 +18,7 @@ use anyhow::{bail, Result};
 use mixers::linear_mixer::LinearKind;
 use mixers::params::{InitRng, Params};
 use model::hybrid::config::LinearAttnType;
+use model::hybrid::gpu_train::{GpuAdamW, GpuLinearTrain};
 use model::hybrid::{HybridModel, Mixer};
 
 /// A model like `teacher` with every layer's mixer replaced by a `kind` candidate
@@ -142,12 +143,16 @@ pub struct LayerTransfer {
 
 /// Trains every mixer of every candidate model against the teacher's mixers, layer by layer
 /// from the teacher's own activations (one teacher pass per sequence serves all candidates).
-/// `progress(done, total)` is called after each sequence. Returns one report per candidate.
+/// With `gpu`, GDN candidates train on the GPU (`model::hybrid::gpu_train`: the same loss,
+/// optimizer and steps; the teacher's activations still come from the CPU), the others on the
+/// CPU. `progress(done, total)` is called after each sequence. Returns one report per
+/// candidate.
 pub fn attention_transfer(
     teacher: &HybridModel,
     cands: &mut [HybridModel],
     seqs: &[Vec<u32>],
     spec: &TransferSpec,
+    gpu: Option<&tensor::cuda::Gpu>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<LayerTransfer>>> {
     let layers = teacher.blocks.len();
@@ -174,6 +179,20 @@ pub fn attention_transfer(
                 .collect()
         })
         .collect();
+    // GPU trainers (and their optimizers) of the GDN candidate layers, when a GPU is given.
+    let mut on_gpu: Vec<Vec<Option<(GpuLinearTrain, GpuAdamW)>>> = vec![];
+    for c in cands.iter() {
+        let mut per = vec![];
+        for b in &c.blocks {
+            per.push(match (gpu, &b.mixer) {
+                (Some(g), Mixer::Linear(l)) if l.cfg.kind == LinearKind::Gdn => {
+                    Some((GpuLinearTrain::new(g, l)?, GpuAdamW::new(spec.lr, 0.0)))
+                }
+                _ => None,
+            });
+        }
+        on_gpu.push(per);
+    }
     // (squared error, squared teacher norm) per candidate and layer.
     let mut before = vec![vec![(0f64, 0f64); layers]; cands.len()];
     let total = spec.epochs * seqs.len();
@@ -184,6 +203,14 @@ pub fn attention_transfer(
             let io = teacher.mixer_io(toks, 1, toks.len())?;
             for (ci, cand) in cands.iter_mut().enumerate() {
                 for (l, (h, y)) in io.iter().enumerate() {
+                    if let (Some(g), Some((tr, opt))) = (gpu, on_gpu[ci][l].as_mut()) {
+                        let out = tr.train_step(g, h, (1, toks.len()), |o| mse(o, y).1, opt)?;
+                        if epoch == 0 {
+                            before[ci][l].0 += sq_err(&out, y);
+                            before[ci][l].1 += sq_norm(y);
+                        }
+                        continue;
+                    }
                     let bl = &mut cand.blocks[l];
                     let (out, grads) = mixer_step(&bl.mixer, h, toks.len(), y);
                     if epoch == 0 {
@@ -198,6 +225,16 @@ pub fn attention_transfer(
             }
             done += 1;
             progress(done, total);
+        }
+    }
+    // The GPU-trained mixers back into the candidates.
+    if let Some(g) = gpu {
+        for (ci, cand) in cands.iter_mut().enumerate() {
+            for (l, slot) in on_gpu[ci].iter().enumerate() {
+                if let (Some((tr, _)), Mixer::Linear(lm)) = (slot, &mut cand.blocks[l].mixer) {
+                    tr.write_back(g, lm)?;
+                }
+            }
         }
     }
     // Measured again after the last step (during training the loss mixes early and late steps).

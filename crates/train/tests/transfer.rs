@@ -76,6 +76,7 @@ fn attention_transfer_moves_every_candidate_layer_towards_the_teacher() {
             std::slice::from_mut(&mut c),
             &seqs(6, 40),
             &spec,
+            None,
             |_, _| {},
         )
         .unwrap()
@@ -89,5 +90,64 @@ fn attention_transfer_moves_every_candidate_layer_towards_the_teacher() {
                 r.rel_mse_after
             );
         }
+    }
+}
+
+/// On the GPU (`--ignored`; scripts/gpu-check): GDN candidates trained by
+/// `model::hybrid::gpu_train` (same loss, optimizer and steps; bf16 GEMMs) move towards the
+/// teacher as the CPU's do, to within bf16 noise of the CPU's result.
+#[test]
+#[ignore]
+fn attention_transfer_on_the_gpu_follows_the_cpu() {
+    // Head dims the GPU kernels take (the chunked recurrence needs value dims of 16s).
+    let mut cfg = teacher().config.clone();
+    cfg.hidden_size = 128;
+    cfg.head_dim = 32;
+    let t = HybridModel::init(cfg, 5).unwrap();
+    let spec = TransferSpec {
+        epochs: 3,
+        lr: 3e-3,
+        max_len: 64,
+    };
+    let data = seqs(6, 64);
+    let gpu = tensor::cuda::Gpu::open(0).unwrap();
+    let mut cpu_c = candidate_model(&t, "gdn", 4, 0).unwrap();
+    let mut gpu_c = candidate_model(&t, "gdn", 4, 0).unwrap();
+    let cpu = attention_transfer(
+        &t,
+        std::slice::from_mut(&mut cpu_c),
+        &data,
+        &spec,
+        None,
+        |_, _| {},
+    )
+    .unwrap()
+    .remove(0);
+    let on_gpu = attention_transfer(
+        &t,
+        std::slice::from_mut(&mut gpu_c),
+        &data,
+        &spec,
+        Some(&gpu),
+        |_, _| {},
+    )
+    .unwrap()
+    .remove(0);
+    for (c, g) in cpu.iter().zip(&on_gpu) {
+        assert!((c.rel_mse_before - g.rel_mse_before).abs() < 0.02 * c.rel_mse_before);
+        assert!(
+            g.rel_mse_after < 0.8 * g.rel_mse_before,
+            "layer {}: {} -> {} on the GPU",
+            g.layer,
+            g.rel_mse_before,
+            g.rel_mse_after
+        );
+        assert!(
+            (c.rel_mse_after - g.rel_mse_after).abs() < 0.15 * c.rel_mse_after,
+            "layer {}: CPU {} vs GPU {}",
+            g.layer,
+            c.rel_mse_after,
+            g.rel_mse_after
+        );
     }
 }

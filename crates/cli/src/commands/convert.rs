@@ -220,10 +220,19 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             ProgressStyle::with_template("transfer: {bar:30} {pos}/{len} sequences ETA {eta}")
                 .unwrap(),
         );
-        let reports =
-            train::transfer::attention_transfer(&teacher, &mut cands, &seqs, &spec, |d, _| {
-                pb.set_position(d as u64)
-            })?;
+        // GDN candidates train on the GPU when the run has one (the others on the CPU).
+        let gpu = match device {
+            tensor::Device::Cuda(n) => Some(tensor::cuda::Gpu::open(n)?),
+            tensor::Device::Cpu => None,
+        };
+        let reports = train::transfer::attention_transfer(
+            &teacher,
+            &mut cands,
+            &seqs,
+            &spec,
+            gpu.as_ref(),
+            |d, _| pb.set_position(d as u64),
+        )?;
         pb.finish_and_clear();
         stage_dir(&a.out, "candidates", |tmp| {
             for (k, c) in kinds.iter().zip(&cands) {

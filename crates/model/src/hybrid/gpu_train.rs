@@ -411,6 +411,50 @@ impl GpuLinearTrain {
         Ok(dx)
     }
 
+    /// Sets every gradient to zero (before a step's backward).
+    pub fn zero_grads(&mut self, g: &Gpu) -> Result<()> {
+        for v in self.grads.values_mut() {
+            g.stream.memset_zeros(v)?;
+        }
+        Ok(())
+    }
+
+    /// One training step on one batch: forward over x [B·T, hidden] (host), the loss gradient
+    /// `loss_grad(output) -> dy` on the host, backward, and an AdamW step on every parameter.
+    /// Returns the output (before the step).
+    pub fn train_step(
+        &mut self,
+        g: &Gpu,
+        x: &[f32],
+        (b, t): (usize, usize),
+        loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
+        opt: &mut GpuAdamW,
+    ) -> Result<Vec<f32>> {
+        self.zero_grads(g)?;
+        let (y, saved) = self.forward(g, &g.upload(x)?, b, t)?;
+        let out: Vec<f32> = g.download(&y)?;
+        let dy = loss_grad(&out);
+        if dy.len() != out.len() {
+            bail!(
+                "the loss gradient has {} values for an output of {}",
+                dy.len(),
+                out.len()
+            );
+        }
+        self.backward(g, &saved, &g.upload(&dy)?)?;
+        opt.step(g, &mut self.params, &self.grads)?;
+        Ok(out)
+    }
+
+    /// Writes the GPU parameters back into the CPU mixer (after training).
+    pub fn write_back(&self, g: &Gpu, m: &mut LinearMixer) -> Result<()> {
+        for (k, p) in m.params.map.iter_mut() {
+            let data: Vec<f32> = g.download(&self.params[k])?;
+            p.data.copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
     /// The parameters or the gradients as host `Params` (checkpoint names and shapes).
     pub fn to_host(&self, g: &Gpu, grads: bool) -> Result<Params> {
         let mut p = Params::default();
@@ -424,5 +468,58 @@ impl GpuLinearTrain {
             p.insert(k, shape, data);
         }
         Ok(p)
+    }
+}
+
+/// AdamW (PyTorch semantics, as `train::optim::AdamW`) over named f32 GPU tensors, with its
+/// moments on the GPU. No weight decay on 1-D tensors (norm gains, A_log, dt_bias).
+pub struct GpuAdamW {
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+    moments: BTreeMap<String, (CudaSlice<f32>, CudaSlice<f32>)>,
+    step: u64,
+}
+
+impl GpuAdamW {
+    pub fn new(lr: f32, weight_decay: f32) -> Self {
+        GpuAdamW {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay,
+            moments: BTreeMap::new(),
+            step: 0,
+        }
+    }
+
+    pub fn step(
+        &mut self,
+        g: &Gpu,
+        params: &mut BTreeMap<String, CudaSlice<f32>>,
+        grads: &BTreeMap<String, CudaSlice<f32>>,
+    ) -> Result<()> {
+        self.step += 1;
+        for (k, p) in params.iter_mut() {
+            let n = p.len();
+            if !self.moments.contains_key(k) {
+                self.moments
+                    .insert(k.clone(), (g.zeros::<f32>(n)?, g.zeros::<f32>(n)?));
+            }
+            let (m, v) = self.moments.get_mut(k).expect("inserted above");
+            let grad = grads
+                .get(k)
+                .ok_or_else(|| anyhow::anyhow!("no gradient for {k}"))?;
+            let wd = if n > 1 && !k.contains("norm") && k != "A_log" && k != "dt_bias" {
+                self.weight_decay
+            } else {
+                0.0
+            };
+            g.adamw_f32(
+                p, grad, m, v, n, self.lr, self.betas, self.eps, wd, self.step,
+            )?;
+        }
+        Ok(())
     }
 }
