@@ -89,3 +89,51 @@ fn gdn_mixer_training_step_matches_cpu() {
     let e = GpuLinearTrain::new(&gpu, &kda).err().unwrap().to_string();
     assert!(e.contains("covers GDN mixers so far"), "{e}");
 }
+
+/// The attention mixer's training step (FA, and SWA with a window shorter than the
+/// sequences) against `Attention::{forward, backward}`.
+#[test]
+#[ignore]
+fn attention_mixer_training_step_matches_cpu() {
+    use mixers::attention::{Attention, AttentionConfig};
+    use model::hybrid::gpu_train::GpuAttentionTrain;
+    let gpu = Gpu::open(0).unwrap();
+    for window in [None, Some(24)] {
+        let cfg = AttentionConfig {
+            hidden: 128,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            rope_theta: 10000.0,
+            rot_dims: 64,
+            window,
+            output_gate: false,
+        };
+        let mut a = Attention::init(cfg.clone(), &mut InitRng::new(9));
+        for p in a.params.map.values_mut() {
+            p.data.iter_mut().for_each(|v| *v *= 5.0);
+        }
+        let (b, t) = (2, 150);
+        let n = b * t;
+        let mut rng = tensor::rng::SplitMix64::new(4);
+        let x = rng.normals(n * cfg.hidden, 1.0);
+        let dy = rng.normals(n * cfg.hidden, 1.0);
+        let (y_cpu, saved) = a.forward(&x, b, t, None);
+        let mut grads = a.params.zeros_like();
+        let dx_cpu = a.backward(&saved, &dy, &mut grads);
+        let mut ga = GpuAttentionTrain::new(&gpu, &a).unwrap();
+        let (y, s) = ga.forward(&gpu, &gpu.upload(&x).unwrap(), b, t).unwrap();
+        let dx = ga.backward(&gpu, &s, &gpu.upload(&dy).unwrap()).unwrap();
+        let y: Vec<f32> = gpu.download(&y).unwrap();
+        let dx: Vec<f32> = gpu.download(&dx).unwrap();
+        let e = rel_err(&y_cpu, &y);
+        assert!(e < 2e-2, "window {window:?}: output {e}");
+        let e = rel_err(&dx_cpu, &dx);
+        assert!(e < 3e-2, "window {window:?}: input gradient {e}");
+        let gg = ga.to_host(&gpu, true).unwrap();
+        for (k, want) in &grads.map {
+            let e = rel_err(&want.data, gg.get(k));
+            assert!(e < 3e-2, "window {window:?}: gradient of {k}: {e}");
+        }
+    }
+}

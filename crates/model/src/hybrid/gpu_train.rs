@@ -471,6 +471,273 @@ impl GpuLinearTrain {
     }
 }
 
+/// An attention mixer (FA, or SWA with its window) on the GPU for training: f32 master
+/// parameters and gradients; bf16 projections, RoPE and flash attention (forward and backward
+/// kernels of `tensor::cuda::flash`). Specification: `mixers::attention::Attention::{forward,
+/// backward}` on whole sequences.
+///
+/// Not yet run on a GPU (written when the session's device time was spent): its test,
+/// tests/gpu_train.rs `attention_mixer_training_step_matches_cpu`, runs with the next
+/// `scripts/gpu-check`, and `convert` does not use it until that passes.
+pub struct GpuAttentionTrain {
+    pub cfg: mixers::attention::AttentionConfig,
+    pub params: BTreeMap<String, CudaSlice<f32>>,
+    pub grads: BTreeMap<String, CudaSlice<f32>>,
+    shapes: BTreeMap<String, Vec<usize>>,
+    inv_freq: CudaSlice<f32>,
+    /// −inv_freq: RoPE's backward is the rotation by the opposite angle.
+    neg_inv_freq: CudaSlice<f32>,
+}
+
+pub struct GpuAttentionSaved {
+    b: usize,
+    t: usize,
+    xb: CudaSlice<bf16>,
+    wb: BTreeMap<String, CudaSlice<bf16>>,
+    q: CudaSlice<bf16>,
+    k: CudaSlice<bf16>,
+    v: CudaSlice<bf16>,
+    o: CudaSlice<bf16>,
+    lse: CudaSlice<f32>,
+}
+
+const ATTN_PROJ: [&str; 4] = [
+    "q_proj.weight",
+    "k_proj.weight",
+    "v_proj.weight",
+    "o_proj.weight",
+];
+
+impl GpuAttentionTrain {
+    pub fn new(g: &Gpu, a: &mixers::attention::Attention) -> Result<Self> {
+        let c = &a.cfg;
+        if c.output_gate {
+            bail!("GPU training of attention with an output gate is not built yet");
+        }
+        if c.head_dim != 64 && c.head_dim != 128 {
+            bail!(
+                "GPU attention training needs head dim 64 or 128 (flash attention), got {}",
+                c.head_dim
+            );
+        }
+        let (mut params, mut grads, mut shapes) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (k, p) in &a.params.map {
+            params.insert(k.clone(), g.upload(&p.data)?);
+            grads.insert(k.clone(), g.zeros::<f32>(p.data.len())?);
+            shapes.insert(k.clone(), p.shape.clone());
+        }
+        let inv: Vec<f32> = (0..c.rot_dims / 2)
+            .map(|i| c.rope_theta.powf(-2.0 * i as f64 / c.rot_dims as f64) as f32)
+            .collect();
+        let neg: Vec<f32> = inv.iter().map(|v| -v).collect();
+        Ok(GpuAttentionTrain {
+            cfg: c.clone(),
+            params,
+            grads,
+            shapes,
+            inv_freq: g.upload(&inv)?,
+            neg_inv_freq: g.upload(&neg)?,
+        })
+    }
+
+    fn dims(&self, b: usize, t: usize) -> tensor::cuda::flash::FlashDims {
+        tensor::cuda::flash::FlashDims {
+            b,
+            t,
+            s: t,
+            h: self.cfg.n_heads,
+            hk: self.cfg.n_kv_heads,
+            d: self.cfg.head_dim,
+        }
+    }
+
+    /// Forward over x [B·T, hidden] (f32), whole sequences: the output [B·T, hidden].
+    pub fn forward(
+        &self,
+        g: &Gpu,
+        x: &CudaSlice<f32>,
+        b: usize,
+        t: usize,
+    ) -> Result<(CudaSlice<f32>, GpuAttentionSaved)> {
+        let c = &self.cfg;
+        let (n, d, h, hk, dh) = (b * t, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim);
+        if x.len() < n * d {
+            bail!("the input holds {} values, not {b} x {t} x {d}", x.len());
+        }
+        let xb = to_bf(g, x)?;
+        let mut wb = BTreeMap::new();
+        for name in ATTN_PROJ {
+            wb.insert(name.to_string(), to_bf(g, &self.params[name])?);
+        }
+        let proj = |w: &str, out: usize| -> Result<CudaSlice<bf16>> {
+            to_bf(g, &GpuLinearTrain::lin(g, &xb, &wb[w], (n, out, d))?)
+        };
+        let mut q = proj("q_proj.weight", h * dh)?;
+        let mut k = proj("k_proj.weight", hk * dh)?;
+        let v = proj("v_proj.weight", hk * dh)?;
+        g.rope_bf16(&mut q, &self.inv_freq, n, h, dh, c.rot_dims, 0, t)?;
+        g.rope_bf16(&mut k, &self.inv_freq, n, hk, dh, c.rot_dims, 0, t)?;
+        let mut o = g.zeros::<bf16>(n * h * dh)?;
+        let mut lse = g.zeros::<f32>(b * h * t)?;
+        g.flash_attn_fwd_bf16(
+            &q,
+            &k,
+            &v,
+            &mut o,
+            &mut lse,
+            self.dims(b, t),
+            (dh as f32).powf(-0.5),
+            c.window,
+        )?;
+        let y = GpuLinearTrain::lin(g, &o, &wb["o_proj.weight"], (n, d, h * dh))?;
+        Ok((
+            y,
+            GpuAttentionSaved {
+                b,
+                t,
+                xb,
+                wb,
+                q,
+                k,
+                v,
+                o,
+                lse,
+            },
+        ))
+    }
+
+    /// Backward from dy [B·T, hidden]: adds every parameter's gradient into `grads` and
+    /// returns dx [B·T, hidden].
+    pub fn backward(
+        &mut self,
+        g: &Gpu,
+        s: &GpuAttentionSaved,
+        dy: &CudaSlice<f32>,
+    ) -> Result<CudaSlice<f32>> {
+        let c = self.cfg.clone();
+        let (b, t) = (s.b, s.t);
+        let (n, d, h, hk, dh) = (b * t, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim);
+        let dims = self.dims(b, t);
+        let gr = &mut self.grads;
+        macro_rules! grad {
+            ($k:expr) => {
+                gr.get_mut($k)
+                    .expect("every parameter has a gradient buffer")
+            };
+        }
+        let mut d_o = g.zeros::<f32>(n * h * dh)?;
+        GpuLinearTrain::lin_bwd(
+            g,
+            &s.o,
+            &s.wb["o_proj.weight"],
+            dy,
+            grad!("o_proj.weight"),
+            &mut d_o,
+            (n, d, h * dh),
+            false,
+        )?;
+        let dob = to_bf(g, &d_o)?;
+        let (mut dq, mut dk, mut dv) = (
+            g.zeros::<bf16>(n * h * dh)?,
+            g.zeros::<bf16>(n * hk * dh)?,
+            g.zeros::<bf16>(n * hk * dh)?,
+        );
+        g.flash_attn_bwd_bf16(
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.o,
+            &dob,
+            &s.lse,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            dims,
+            (dh as f32).powf(-0.5),
+            c.window,
+        )?;
+        g.rope_bf16(&mut dq, &self.neg_inv_freq, n, h, dh, c.rot_dims, 0, t)?;
+        g.rope_bf16(&mut dk, &self.neg_inv_freq, n, hk, dh, c.rot_dims, 0, t)?;
+        let mut dx = g.zeros::<f32>(n * d)?;
+        for (i, (dpb, proj, out)) in [
+            (&dq, "q_proj.weight", h * dh),
+            (&dk, "k_proj.weight", hk * dh),
+            (&dv, "v_proj.weight", hk * dh),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            g.gemm_bf16_f32((true, false), dpb, &s.xb, grad!(proj), (out, d, n), true)?;
+            g.gemm_bf16_f32(
+                (false, false),
+                dpb,
+                &s.wb[proj],
+                &mut dx,
+                (n, d, out),
+                i > 0,
+            )?;
+        }
+        Ok(dx)
+    }
+
+    pub fn zero_grads(&mut self, g: &Gpu) -> Result<()> {
+        for v in self.grads.values_mut() {
+            g.stream.memset_zeros(v)?;
+        }
+        Ok(())
+    }
+
+    /// One training step (see [`GpuLinearTrain::train_step`]).
+    pub fn train_step(
+        &mut self,
+        g: &Gpu,
+        x: &[f32],
+        (b, t): (usize, usize),
+        loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
+        opt: &mut GpuAdamW,
+    ) -> Result<Vec<f32>> {
+        self.zero_grads(g)?;
+        let (y, saved) = self.forward(g, &g.upload(x)?, b, t)?;
+        let out: Vec<f32> = g.download(&y)?;
+        let dy = loss_grad(&out);
+        if dy.len() != out.len() {
+            bail!(
+                "the loss gradient has {} values for an output of {}",
+                dy.len(),
+                out.len()
+            );
+        }
+        self.backward(g, &saved, &g.upload(&dy)?)?;
+        opt.step(g, &mut self.params, &self.grads)?;
+        Ok(out)
+    }
+
+    /// Writes the GPU parameters back into the CPU mixer.
+    pub fn write_back(&self, g: &Gpu, a: &mut mixers::attention::Attention) -> Result<()> {
+        for (k, p) in a.params.map.iter_mut() {
+            let data: Vec<f32> = g.download(&self.params[k])?;
+            p.data.copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    /// The parameters or the gradients as host `Params`.
+    pub fn to_host(&self, g: &Gpu, grads: bool) -> Result<Params> {
+        let mut p = Params::default();
+        for (k, shape) in &self.shapes {
+            let src = if grads {
+                &self.grads[k]
+            } else {
+                &self.params[k]
+            };
+            let data: Vec<f32> = g.download(src)?;
+            p.insert(k, shape, data);
+        }
+        Ok(p)
+    }
+}
+
 /// AdamW (PyTorch semantics, as `train::optim::AdamW`) over named f32 GPU tensors, with its
 /// moments on the GPU. No weight decay on 1-D tensors (norm gains, A_log, dt_bias).
 pub struct GpuAdamW {
