@@ -65,7 +65,7 @@ fn gdn_mixer_training_step_matches_cpu() {
     assert!(e < 2e-2, "output: {e}");
     let e = rel_err(&dx_cpu, &dx);
     assert!(e < 3e-2, "input gradient: {e}");
-    let gg = gm.to_host(&gpu, true).unwrap();
+    let gg = gm.w.to_host(&gpu, true).unwrap();
     for (k, want) in &grads.map {
         let e = rel_err(&want.data, gg.get(k));
         assert!(e < 3e-2, "gradient of {k}: {e}");
@@ -73,7 +73,7 @@ fn gdn_mixer_training_step_matches_cpu() {
     // A second backward accumulates: every gradient doubles.
     let dx2 = gm.backward(&gpu, &s, &gpu.upload(&dy).unwrap()).unwrap();
     let _ = dx2;
-    let gg2 = gm.to_host(&gpu, true).unwrap();
+    let gg2 = gm.w.to_host(&gpu, true).unwrap();
     for (k, p) in &gg.map {
         let twice: Vec<f32> = p.data.iter().map(|v| 2.0 * v).collect();
         assert!(rel_err(&twice, gg2.get(k)) < 1e-5, "{k} did not accumulate");
@@ -130,7 +130,7 @@ fn attention_mixer_training_step_matches_cpu() {
         assert!(e < 2e-2, "window {window:?}: output {e}");
         let e = rel_err(&dx_cpu, &dx);
         assert!(e < 3e-2, "window {window:?}: input gradient {e}");
-        let gg = ga.to_host(&gpu, true).unwrap();
+        let gg = ga.w.to_host(&gpu, true).unwrap();
         for (k, want) in &grads.map {
             let e = rel_err(&want.data, gg.get(k));
             assert!(e < 3e-2, "window {window:?}: gradient of {k}: {e}");

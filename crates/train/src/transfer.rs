@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use mixers::linear_mixer::LinearKind;
 use mixers::params::{InitRng, Params};
 use model::hybrid::config::LinearAttnType;
-use model::hybrid::gpu_train::{GpuAdamW, GpuLinearTrain};
+use model::hybrid::gpu_train::{train_step, GpuAdamW, GpuLinearTrain};
 use model::hybrid::{HybridModel, Mixer};
 
 /// A model like `teacher` with every layer's mixer replaced by a `kind` candidate
@@ -204,7 +204,7 @@ pub fn attention_transfer(
             for (ci, cand) in cands.iter_mut().enumerate() {
                 for (l, (h, y)) in io.iter().enumerate() {
                     if let (Some(g), Some((tr, opt))) = (gpu, on_gpu[ci][l].as_mut()) {
-                        let out = tr.train_step(g, h, (1, toks.len()), |o| mse(o, y).1, opt)?;
+                        let out = train_step(tr, g, h, (1, toks.len()), |o| mse(o, y).1, opt)?;
                         if epoch == 0 {
                             before[ci][l].0 += sq_err(&out, y);
                             before[ci][l].1 += sq_norm(y);
@@ -232,7 +232,7 @@ pub fn attention_transfer(
         for (ci, cand) in cands.iter_mut().enumerate() {
             for (l, slot) in on_gpu[ci].iter().enumerate() {
                 if let (Some((tr, _)), Mixer::Linear(lm)) = (slot, &mut cand.blocks[l].mixer) {
-                    tr.write_back(g, lm)?;
+                    tr.w.write_back(g, &mut lm.params)?;
                 }
             }
         }

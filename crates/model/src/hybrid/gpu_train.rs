@@ -21,9 +21,7 @@ use tensor::cuda::{ChunkDims, ChunkScratch, GateActivation, Gpu};
 /// A GDN mixer's parameters on the GPU (f32 masters) and their gradients.
 pub struct GpuLinearTrain {
     pub cfg: mixers::linear_mixer::LinearConfig,
-    pub params: BTreeMap<String, CudaSlice<f32>>,
-    pub grads: BTreeMap<String, CudaSlice<f32>>,
-    shapes: BTreeMap<String, Vec<usize>>,
+    pub w: GpuParams,
 }
 
 /// What [`GpuLinearTrain::backward`] needs from the forward.
@@ -55,6 +53,106 @@ fn to_bf(g: &Gpu, x: &CudaSlice<f32>) -> Result<CudaSlice<bf16>> {
     Ok(y)
 }
 
+/// A mixer's parameters on the GPU (f32 masters) with their gradients, under checkpoint names.
+pub struct GpuParams {
+    pub params: BTreeMap<String, CudaSlice<f32>>,
+    pub grads: BTreeMap<String, CudaSlice<f32>>,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl GpuParams {
+    pub fn upload(g: &Gpu, p: &Params) -> Result<Self> {
+        let (mut params, mut grads, mut shapes) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (k, v) in &p.map {
+            params.insert(k.clone(), g.upload(&v.data)?);
+            grads.insert(k.clone(), g.zeros::<f32>(v.data.len())?);
+            shapes.insert(k.clone(), v.shape.clone());
+        }
+        Ok(GpuParams {
+            params,
+            grads,
+            shapes,
+        })
+    }
+
+    /// Sets every gradient to zero (before a step's backward).
+    pub fn zero_grads(&mut self, g: &Gpu) -> Result<()> {
+        for v in self.grads.values_mut() {
+            g.stream.memset_zeros(v)?;
+        }
+        Ok(())
+    }
+
+    /// The parameters or the gradients as host `Params` (checkpoint names and shapes).
+    pub fn to_host(&self, g: &Gpu, grads: bool) -> Result<Params> {
+        let mut p = Params::default();
+        for (k, shape) in &self.shapes {
+            let src = if grads {
+                &self.grads[k]
+            } else {
+                &self.params[k]
+            };
+            let data: Vec<f32> = g.download(src)?;
+            p.insert(k, shape, data);
+        }
+        Ok(p)
+    }
+
+    /// Writes the parameters back into the CPU mixer's (after training).
+    pub fn write_back(&self, g: &Gpu, p: &mut Params) -> Result<()> {
+        for (k, v) in p.map.iter_mut() {
+            let data: Vec<f32> = g.download(&self.params[k])?;
+            v.data.copy_from_slice(&data);
+        }
+        Ok(())
+    }
+}
+
+/// A mixer that trains on the GPU: a forward that keeps what its backward needs, and a
+/// backward that accumulates the gradients of `weights()` and returns the input's.
+pub trait GpuTrainable {
+    type Saved;
+    fn forward(
+        &self,
+        g: &Gpu,
+        x: &CudaSlice<f32>,
+        b: usize,
+        t: usize,
+    ) -> Result<(CudaSlice<f32>, Self::Saved)>;
+    fn backward(&mut self, g: &Gpu, s: &Self::Saved, dy: &CudaSlice<f32>)
+        -> Result<CudaSlice<f32>>;
+    fn weights(&mut self) -> &mut GpuParams;
+}
+
+/// One training step on one batch: forward over x [B·T, hidden] (host), the loss gradient
+/// `loss_grad(output) -> dy` on the host, backward, and an AdamW step on every parameter.
+/// Returns the output (before the step).
+pub fn train_step<M: GpuTrainable>(
+    m: &mut M,
+    g: &Gpu,
+    x: &[f32],
+    (b, t): (usize, usize),
+    loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
+    opt: &mut GpuAdamW,
+) -> Result<Vec<f32>> {
+    m.weights().zero_grads(g)?;
+    let (y, saved) = m.forward(g, &g.upload(x)?, b, t)?;
+    let out: Vec<f32> = g.download(&y)?;
+    let dy = loss_grad(&out);
+    if dy.len() != out.len() {
+        bail!(
+            "the loss gradient has {} values for an output of {}",
+            dy.len(),
+            out.len()
+        );
+    }
+    m.backward(g, &saved, &g.upload(&dy)?)?;
+    let w = m.weights();
+    opt.step(g, &mut w.params, &w.grads)?;
+    Ok(out)
+}
+
 const PROJ: [&str; 6] = [
     "q_proj.weight",
     "k_proj.weight",
@@ -75,23 +173,14 @@ impl GpuLinearTrain {
         if m.cfg.conv_size == 0 {
             bail!("GPU training of a GDN mixer needs its short convs (conv_size > 0)");
         }
-        let (mut params, mut grads, mut shapes) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        for (k, p) in &m.params.map {
-            params.insert(k.clone(), g.upload(&p.data)?);
-            grads.insert(k.clone(), g.zeros::<f32>(p.data.len())?);
-            shapes.insert(k.clone(), p.shape.clone());
-        }
         Ok(GpuLinearTrain {
             cfg: m.cfg.clone(),
-            params,
-            grads,
-            shapes,
+            w: GpuParams::upload(g, &m.params)?,
         })
     }
 
     fn p(&self, name: &str) -> &CudaSlice<f32> {
-        &self.params[name]
+        &self.w.params[name]
     }
 
     /// y [n, out] = x [n, in] · Wᵀ, bf16 operands, f32 result.
@@ -265,8 +354,8 @@ impl GpuLinearTrain {
         let (d, nh, hv, kd, vd) = (c.hidden, c.n_heads, c.n_v_heads, c.head_k_dim, c.head_v_dim);
         let (hk, hvv) = (nh * kd, hv * vd);
         // The gradient buffers, by name, each borrowed mutably while the parameters are read.
-        let gr = &mut self.grads;
-        let prm = &self.params;
+        let gr = &mut self.w.grads;
+        let prm = &self.w.params;
         let p = |k: &str| &prm[k];
         macro_rules! grad {
             ($k:expr) => {
@@ -410,64 +499,29 @@ impl GpuLinearTrain {
         }
         Ok(dx)
     }
+}
 
-    /// Sets every gradient to zero (before a step's backward).
-    pub fn zero_grads(&mut self, g: &Gpu) -> Result<()> {
-        for v in self.grads.values_mut() {
-            g.stream.memset_zeros(v)?;
-        }
-        Ok(())
+impl GpuTrainable for GpuLinearTrain {
+    type Saved = GpuLinearSaved;
+    fn forward(
+        &self,
+        g: &Gpu,
+        x: &CudaSlice<f32>,
+        b: usize,
+        t: usize,
+    ) -> Result<(CudaSlice<f32>, GpuLinearSaved)> {
+        GpuLinearTrain::forward(self, g, x, b, t)
     }
-
-    /// One training step on one batch: forward over x [B·T, hidden] (host), the loss gradient
-    /// `loss_grad(output) -> dy` on the host, backward, and an AdamW step on every parameter.
-    /// Returns the output (before the step).
-    pub fn train_step(
+    fn backward(
         &mut self,
         g: &Gpu,
-        x: &[f32],
-        (b, t): (usize, usize),
-        loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
-        opt: &mut GpuAdamW,
-    ) -> Result<Vec<f32>> {
-        self.zero_grads(g)?;
-        let (y, saved) = self.forward(g, &g.upload(x)?, b, t)?;
-        let out: Vec<f32> = g.download(&y)?;
-        let dy = loss_grad(&out);
-        if dy.len() != out.len() {
-            bail!(
-                "the loss gradient has {} values for an output of {}",
-                dy.len(),
-                out.len()
-            );
-        }
-        self.backward(g, &saved, &g.upload(&dy)?)?;
-        opt.step(g, &mut self.params, &self.grads)?;
-        Ok(out)
+        s: &GpuLinearSaved,
+        dy: &CudaSlice<f32>,
+    ) -> Result<CudaSlice<f32>> {
+        GpuLinearTrain::backward(self, g, s, dy)
     }
-
-    /// Writes the GPU parameters back into the CPU mixer (after training).
-    pub fn write_back(&self, g: &Gpu, m: &mut LinearMixer) -> Result<()> {
-        for (k, p) in m.params.map.iter_mut() {
-            let data: Vec<f32> = g.download(&self.params[k])?;
-            p.data.copy_from_slice(&data);
-        }
-        Ok(())
-    }
-
-    /// The parameters or the gradients as host `Params` (checkpoint names and shapes).
-    pub fn to_host(&self, g: &Gpu, grads: bool) -> Result<Params> {
-        let mut p = Params::default();
-        for (k, shape) in &self.shapes {
-            let src = if grads {
-                &self.grads[k]
-            } else {
-                &self.params[k]
-            };
-            let data: Vec<f32> = g.download(src)?;
-            p.insert(k, shape, data);
-        }
-        Ok(p)
+    fn weights(&mut self) -> &mut GpuParams {
+        &mut self.w
     }
 }
 
@@ -481,9 +535,7 @@ impl GpuLinearTrain {
 /// `scripts/gpu-check`, and `convert` does not use it until that passes.
 pub struct GpuAttentionTrain {
     pub cfg: mixers::attention::AttentionConfig,
-    pub params: BTreeMap<String, CudaSlice<f32>>,
-    pub grads: BTreeMap<String, CudaSlice<f32>>,
-    shapes: BTreeMap<String, Vec<usize>>,
+    pub w: GpuParams,
     inv_freq: CudaSlice<f32>,
     /// −inv_freq: RoPE's backward is the rotation by the opposite angle.
     neg_inv_freq: CudaSlice<f32>,
@@ -520,22 +572,13 @@ impl GpuAttentionTrain {
                 c.head_dim
             );
         }
-        let (mut params, mut grads, mut shapes) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        for (k, p) in &a.params.map {
-            params.insert(k.clone(), g.upload(&p.data)?);
-            grads.insert(k.clone(), g.zeros::<f32>(p.data.len())?);
-            shapes.insert(k.clone(), p.shape.clone());
-        }
         let inv: Vec<f32> = (0..c.rot_dims / 2)
             .map(|i| c.rope_theta.powf(-2.0 * i as f64 / c.rot_dims as f64) as f32)
             .collect();
         let neg: Vec<f32> = inv.iter().map(|v| -v).collect();
         Ok(GpuAttentionTrain {
             cfg: c.clone(),
-            params,
-            grads,
-            shapes,
+            w: GpuParams::upload(g, &a.params)?,
             inv_freq: g.upload(&inv)?,
             neg_inv_freq: g.upload(&neg)?,
         })
@@ -568,7 +611,7 @@ impl GpuAttentionTrain {
         let xb = to_bf(g, x)?;
         let mut wb = BTreeMap::new();
         for name in ATTN_PROJ {
-            wb.insert(name.to_string(), to_bf(g, &self.params[name])?);
+            wb.insert(name.to_string(), to_bf(g, &self.w.params[name])?);
         }
         let proj = |w: &str, out: usize| -> Result<CudaSlice<bf16>> {
             to_bf(g, &GpuLinearTrain::lin(g, &xb, &wb[w], (n, out, d))?)
@@ -619,7 +662,7 @@ impl GpuAttentionTrain {
         let (b, t) = (s.b, s.t);
         let (n, d, h, hk, dh) = (b * t, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim);
         let dims = self.dims(b, t);
-        let gr = &mut self.grads;
+        let gr = &mut self.w.grads;
         macro_rules! grad {
             ($k:expr) => {
                 gr.get_mut($k)
@@ -680,61 +723,29 @@ impl GpuAttentionTrain {
         }
         Ok(dx)
     }
+}
 
-    pub fn zero_grads(&mut self, g: &Gpu) -> Result<()> {
-        for v in self.grads.values_mut() {
-            g.stream.memset_zeros(v)?;
-        }
-        Ok(())
+impl GpuTrainable for GpuAttentionTrain {
+    type Saved = GpuAttentionSaved;
+    fn forward(
+        &self,
+        g: &Gpu,
+        x: &CudaSlice<f32>,
+        b: usize,
+        t: usize,
+    ) -> Result<(CudaSlice<f32>, GpuAttentionSaved)> {
+        GpuAttentionTrain::forward(self, g, x, b, t)
     }
-
-    /// One training step (see [`GpuLinearTrain::train_step`]).
-    pub fn train_step(
+    fn backward(
         &mut self,
         g: &Gpu,
-        x: &[f32],
-        (b, t): (usize, usize),
-        loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
-        opt: &mut GpuAdamW,
-    ) -> Result<Vec<f32>> {
-        self.zero_grads(g)?;
-        let (y, saved) = self.forward(g, &g.upload(x)?, b, t)?;
-        let out: Vec<f32> = g.download(&y)?;
-        let dy = loss_grad(&out);
-        if dy.len() != out.len() {
-            bail!(
-                "the loss gradient has {} values for an output of {}",
-                dy.len(),
-                out.len()
-            );
-        }
-        self.backward(g, &saved, &g.upload(&dy)?)?;
-        opt.step(g, &mut self.params, &self.grads)?;
-        Ok(out)
+        s: &GpuAttentionSaved,
+        dy: &CudaSlice<f32>,
+    ) -> Result<CudaSlice<f32>> {
+        GpuAttentionTrain::backward(self, g, s, dy)
     }
-
-    /// Writes the GPU parameters back into the CPU mixer.
-    pub fn write_back(&self, g: &Gpu, a: &mut mixers::attention::Attention) -> Result<()> {
-        for (k, p) in a.params.map.iter_mut() {
-            let data: Vec<f32> = g.download(&self.params[k])?;
-            p.data.copy_from_slice(&data);
-        }
-        Ok(())
-    }
-
-    /// The parameters or the gradients as host `Params`.
-    pub fn to_host(&self, g: &Gpu, grads: bool) -> Result<Params> {
-        let mut p = Params::default();
-        for (k, shape) in &self.shapes {
-            let src = if grads {
-                &self.grads[k]
-            } else {
-                &self.params[k]
-            };
-            let data: Vec<f32> = g.download(src)?;
-            p.insert(k, shape, data);
-        }
-        Ok(p)
+    fn weights(&mut self) -> &mut GpuParams {
+        &mut self.w
     }
 }
 

@@ -18,46 +18,7 @@ impl Gpu {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
-            return Err(crate::Error::Msg(format!(
-                "matmul_nt_bf16_f32: buffers of {}, {}, {} values for m={m} n={n} k={k}",
-                a.len(),
-                b.len(),
-                c.len()
-            )));
-        }
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let stream = &self.stream;
-        let (ap, _ra) = a.device_ptr(stream);
-        let (bp, _rb) = b.device_ptr(stream);
-        let (cp, _rc) = c.device_ptr_mut(stream);
-        // Row-major C = A Bᵀ is column-major Cᵀ = B Aᵀ (as in matmul_nt_bf16).
-        // SAFETY: pointers are live device allocations of the sizes checked above; alpha and
-        // beta are host scalars that outlive the call.
-        unsafe {
-            gemm_ex(
-                *self.blas.handle(),
-                sys::cublasOperation_t::CUBLAS_OP_T,
-                sys::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                m as i32,
-                k as i32,
-                (&alpha) as *const f32 as *const _,
-                bp as *const _,
-                sys::cudaDataType_t::CUDA_R_16BF,
-                k as i32,
-                ap as *const _,
-                sys::cudaDataType_t::CUDA_R_16BF,
-                k as i32,
-                (&beta) as *const f32 as *const _,
-                cp as *mut _,
-                sys::cudaDataType_t::CUDA_R_32F,
-                n as i32,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| cuda_err("cuBLAS GEMM (f32 out)", e))
+        self.gemm_bf16_f32((false, true), a, b, c, (m, n, k), false)
     }
 
     /// `c[M,N] (+)= op(a) · op(b)`, bf16 operands, f32 accumulation and result, row-major:
