@@ -142,6 +142,9 @@ enum OnDevice {
     Hybrid(Box<GpuHybrid>),
 }
 
+/// Runs tokens after what it has seen; returns the last token's logits on the host.
+type StepFn<'a> = Box<dyn FnMut(&[u32]) -> Result<Vec<f32>> + 'a>;
+
 pub struct Runner<'a> {
     pub model: &'a AnyModel,
     on: OnDevice,
@@ -158,59 +161,34 @@ impl Runner<'_> {
         let tok = self.model.tokenizer();
         let ctx = self.model.context_length();
         let cap = (prompt.len() + opts.max_tokens + 1).min(ctx);
-        match (&self.on, self.model) {
+        // The forward of this device and model kind: the tokens after what it has seen, to
+        // the last token's logits on the host.
+        let forward: StepFn<'_> = match (&self.on, self.model) {
             (OnDevice::Cpu, AnyModel::Gguf(m)) => {
                 let mut cache = m.model.new_cache();
-                generate_with(
-                    tok,
-                    ctx,
-                    prompt,
-                    opts,
-                    |t| m.model.forward(t, &mut cache, false),
-                    on_text,
-                )
+                Box::new(move |t| m.model.forward(t, &mut cache, false))
             }
             (OnDevice::Cpu, AnyModel::Hybrid(h)) => {
                 let mut st = h.model.new_state(1);
-                generate_with(
-                    tok,
-                    ctx,
-                    prompt,
-                    opts,
-                    |t| h.model.forward(t, 1, &mut st, false),
-                    on_text,
-                )
+                Box::new(move |t| h.model.forward(t, 1, &mut st, false))
             }
             (OnDevice::Llama(g), _) => {
                 let mut cache = g.new_cache(1, cap)?;
                 let v = g.config.vocab_size;
-                generate_with(
-                    tok,
-                    ctx,
-                    prompt,
-                    opts,
-                    |t| {
-                        let l = g.logits_to_host(&g.forward(t, &mut cache)?)?;
-                        Ok(l[l.len() - v..].to_vec())
-                    },
-                    on_text,
-                )
+                Box::new(move |t| {
+                    let l = g.logits_to_host(&g.forward(t, &mut cache)?)?;
+                    Ok(l[l.len() - v..].to_vec())
+                })
             }
             (OnDevice::Hybrid(g), _) => {
                 let mut st = g.new_state(1, cap)?;
                 let v = g.config.vocab_size;
-                generate_with(
-                    tok,
-                    ctx,
-                    prompt,
-                    opts,
-                    |t| {
-                        let l: Vec<f32> = g.gpu.download(&g.forward(t, &mut st)?)?;
-                        Ok(l[l.len() - v..].to_vec())
-                    },
-                    on_text,
-                )
+                Box::new(move |t| {
+                    let l: Vec<f32> = g.gpu.download(&g.forward(t, &mut st)?)?;
+                    Ok(l[l.len() - v..].to_vec())
+                })
             }
-        }
+        };
+        generate_with(tok, ctx, prompt, opts, forward, on_text)
     }
 }

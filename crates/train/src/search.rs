@@ -134,15 +134,7 @@ impl EvalSet {
                 let row = &logits[(pos - 1) * v..pos * v];
                 let lp = tensor::cpu::log_softmax(row);
                 nll -= lp[toks[pos] as usize] as f64;
-                let am = row
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-                    )
-                    .0;
-                ok &= am as u32 == toks[pos];
+                ok &= model::sampling::argmax(row) == toks[pos];
             }
             let nll = nll / (toks.len() - start).max(1) as f64;
             for e in [

@@ -210,11 +210,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             .iter()
             .map(|k| train::transfer::candidate_model(&teacher, k, window, a.seed))
             .collect::<Result<Vec<_>>>()?;
-        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
-            .into_iter()
-            .map(|i| i.tokens)
-            .take(n_seqs)
-            .collect();
+        let mut seqs = train_seqs(&a.out)?;
+        seqs.truncate(n_seqs);
         let pb = ProgressBar::new((spec.epochs * seqs.len()) as u64);
         pb.set_style(
             ProgressStyle::with_template("transfer: {bar:30} {pos}/{len} sequences ETA {eta}")
@@ -271,20 +268,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if !stages.done.iter().any(|s| s == "supernet") {
         let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset)?;
         let spec = supernet_spec(a.preset, a.seed);
-        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
-            .into_iter()
-            .map(|i| i.tokens)
-            .collect();
-        let pb = ProgressBar::new(spec.steps as u64);
-        pb.set_style(
-            ProgressStyle::with_template("supernet: {bar:30} {pos}/{len} steps ETA {eta} {msg}")
-                .unwrap(),
-        );
-        let log = sn.train(&seqs, &spec, |l| {
-            pb.set_message(format!("KL {:.3}", l.kl));
-            pb.inc(1)
-        })?;
-        pb.finish_and_clear();
+        let log = train_with_progress(&mut sn, &train_seqs(&a.out)?, &spec, "supernet")?;
         stage_dir(&a.out, "supernet", |tmp| {
             for (k, c) in &sn.cands {
                 c.save_mixers(&tmp.join(format!("{k}.safetensors")))?;
@@ -364,20 +348,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         let mut spec = supernet_spec(a.preset, a.seed ^ 0xd1);
         spec.steps = if a.preset == Preset::Quick { 32 } else { 1000 };
         spec.fixed = Some(best.clone());
-        let seqs: Vec<Vec<u32>> = read_items(&a.out.join("corpus/train.jsonl"))?
-            .into_iter()
-            .map(|i| i.tokens)
-            .collect();
-        let pb = ProgressBar::new(spec.steps as u64);
-        pb.set_style(
-            ProgressStyle::with_template("distil: {bar:30} {pos}/{len} steps ETA {eta} {msg}")
-                .unwrap(),
-        );
-        let log = sn.train(&seqs, &spec, |l| {
-            pb.set_message(format!("KL {:.3}", l.kl));
-            pb.inc(1)
-        })?;
-        pb.finish_and_clear();
+        let log = train_with_progress(&mut sn, &train_seqs(&a.out)?, &spec, "distil")?;
         let mut hybrid = sn.extract(&best)?;
         hybrid.config.bos_token_id = m.tokenizer.bos;
         hybrid.config.eos_token_id = m.tokenizer.eos;
@@ -591,6 +562,36 @@ pub(crate) fn load_supernet(
     train::supernet::Supernet::new(teacher, cands)
 }
 
+/// The token sequences of the training corpus (DIR/corpus/train.jsonl).
+pub(crate) fn train_seqs(out: &Path) -> Result<Vec<Vec<u32>>> {
+    Ok(read_items(&out.join("corpus/train.jsonl"))?
+        .into_iter()
+        .map(|i| i.tokens)
+        .collect())
+}
+
+/// Supernet training (sampled or fixed layouts) with a progress bar named `what`.
+fn train_with_progress(
+    sn: &mut train::supernet::Supernet,
+    seqs: &[Vec<u32>],
+    spec: &train::supernet::SupernetSpec,
+    what: &str,
+) -> Result<Vec<train::supernet::StepLog>> {
+    let pb = ProgressBar::new(spec.steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what}: {{bar:30}} {{pos}}/{{len}} steps ETA {{eta}} {{msg}}"
+        ))
+        .unwrap(),
+    );
+    let log = sn.train(seqs, spec, |l| {
+        pb.set_message(format!("KL {:.3}", l.kl));
+        pb.inc(1)
+    })?;
+    pb.finish_and_clear();
+    Ok(log)
+}
+
 pub(crate) fn read_items(path: &Path) -> Result<Vec<Item>> {
     let s =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -721,18 +722,8 @@ fn teacher_accuracy(m: &LoadedModel, held: &[Item]) -> Result<serde_json::Value>
         let logits = m
             .model
             .forward(&it.tokens, &mut m.model.new_cache(), true)?;
-        let ok = (it.answer_start..it.tokens.len()).all(|pos| {
-            let row = &logits[(pos - 1) * v..pos * v];
-            let am = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-                )
-                .0;
-            am as u32 == it.tokens[pos]
-        });
+        let ok = (it.answer_start..it.tokens.len())
+            .all(|pos| model::sampling::argmax(&logits[(pos - 1) * v..pos * v]) == it.tokens[pos]);
         let e = per.entry(it.kind.clone()).or_default();
         e.0 += ok as usize;
         e.1 += 1;

@@ -9,7 +9,8 @@
 //!   retrieval accuracy by distance, cache bytes at 4K / 32K / 128K, measured decode tokens/s
 //!   at 4K and 32K, the single-FA heatmap, and tau.
 use super::convert::{
-    layout_string, load_supernet, read_items, stage_dir, supernet_spec, write_atomic, Preset,
+    layout_string, load_supernet, read_items, stage_dir, supernet_spec, train_seqs, write_atomic,
+    Preset,
 };
 use super::convert_plots as plots;
 use anyhow::{Context, Result};
@@ -117,10 +118,7 @@ pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
     for (j, l) in random.into_iter().enumerate() {
         layouts.push((format!("random {}", j + 1), l));
     }
-    let seqs: Vec<Vec<u32>> = read_items(&c.out.join("corpus/train.jsonl"))?
-        .into_iter()
-        .map(|i| i.tokens)
-        .collect();
+    let seqs = train_seqs(c.out)?;
     let steps = match c.preset {
         Preset::Quick => 8,
         Preset::Full => 150,
@@ -186,33 +184,29 @@ fn fmt_opt(x: Option<f64>) -> String {
     x.map_or("n/a".into(), |v| format!("{v:.2}"))
 }
 
+/// Greedy next tokens of `m` at every position of each trace (teacher forcing).
+fn greedy_tokens(m: &HybridModel, traces: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+    let v = m.config.vocab_size;
+    traces
+        .iter()
+        .map(|t| {
+            let logits = m.forward(t, 1, &mut m.new_state(1), true)?;
+            Ok(logits
+                .chunks_exact(v)
+                .map(model::sampling::argmax)
+                .collect())
+        })
+        .collect()
+}
+
 /// Greedy agreement with the teacher: the share of positions of the held-out traces where the
-/// model's argmax is the teacher's (teacher forcing).
-fn greedy_agreement(teacher: &HybridModel, m: &HybridModel, traces: &[Vec<u32>]) -> Result<f64> {
-    let v = teacher.config.vocab_size;
+/// model's argmax is the teacher's (`teacher`: the teacher's greedy tokens, computed once).
+fn greedy_agreement(teacher: &[Vec<u32>], m: &HybridModel, traces: &[Vec<u32>]) -> Result<f64> {
+    let mine = greedy_tokens(m, traces)?;
     let (mut same, mut total) = (0usize, 0usize);
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &x)| {
-                    if x > b.1 {
-                        (i, x)
-                    } else {
-                        b
-                    }
-                },
-            )
-            .0
-    };
-    for t in traces {
-        let a = teacher.forward(t, 1, &mut teacher.new_state(1), true)?;
-        let b = m.forward(t, 1, &mut m.new_state(1), true)?;
-        for (ra, rb) in a.chunks_exact(v).zip(b.chunks_exact(v)) {
-            same += (argmax(ra) == argmax(rb)) as usize;
-            total += 1;
-        }
+    for (a, b) in teacher.iter().zip(&mine) {
+        same += a.iter().zip(b).filter(|(x, y)| x == y).count();
+        total += a.len();
     }
     Ok(same as f64 / total.max(1) as f64)
 }
@@ -243,6 +237,7 @@ pub(crate) fn report_stage(c: &RunCtx) -> Result<()> {
         .collect();
     let n = sn.teacher.blocks.len();
     let teacher = sn.teacher.clone_model();
+    let teacher_greedy = greedy_tokens(&teacher, &traces)?;
     let distilled = HybridModel::load(&c.out.join("model"))?;
     let mut entries: Vec<(String, Vec<String>)> = vec![
         ("teacher (all FA)".into(), vec!["fa".to_string(); n]),
@@ -264,7 +259,7 @@ pub(crate) fn report_stage(c: &RunCtx) -> Result<()> {
             name: name.into(),
             layout: l.to_vec(),
             perplexity: score.trace_nll.exp(),
-            greedy_agreement: greedy_agreement(&teacher, mm, &traces)?,
+            greedy_agreement: greedy_agreement(&teacher_greedy, mm, &traces)?,
             cache_bytes: CONTEXTS.map(|ctx| mm.cache_bytes(ctx, 2)),
             score,
         })
