@@ -47,7 +47,7 @@ pub struct GpuLinearSaved {
     yb: CudaSlice<bf16>,
 }
 
-fn to_bf(g: &Gpu, x: &CudaSlice<f32>) -> Result<CudaSlice<bf16>> {
+pub(crate) fn to_bf(g: &Gpu, x: &CudaSlice<f32>) -> Result<CudaSlice<bf16>> {
     let mut y = g.zeros::<bf16>(x.len())?;
     g.f32_to_bf16(x, &mut y, x.len())?;
     Ok(y)
@@ -184,7 +184,7 @@ impl GpuLinearTrain {
     }
 
     /// y [n, out] = x [n, in] · Wᵀ, bf16 operands, f32 result.
-    fn lin(
+    pub(crate) fn lin(
         g: &Gpu,
         xb: &CudaSlice<bf16>,
         w: &CudaSlice<bf16>,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod from_llama;
 pub mod gpu;
+pub mod gpu_supernet;
 pub mod gpu_train;
 pub mod io;
 pub mod speed;

@@ -15,6 +15,7 @@ mod hybrid_ops;
 pub mod libs;
 mod ops;
 mod ops_bwd;
+mod model_train_ops;
 mod train_ops;
 pub use train_ops::GateActivation;
 
@@ -51,6 +52,7 @@ pub const CHUNK_LINEAR_BWD: (&str, &str) = (
 pub const CONV_BWD: (&str, &str) = ("conv_bwd", include_str!("kernels/conv_bwd.cu"));
 pub const LOSS: (&str, &str) = ("loss", include_str!("kernels/loss.cu"));
 pub const TRAIN_OPS: (&str, &str) = ("train_ops", include_str!("kernels/train_ops.cu"));
+pub const MODEL_TRAIN: (&str, &str) = ("model_train", include_str!("kernels/model_train.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,223 @@
+//! Whole-model training on the GPU (model::hybrid::gpu_supernet) against its specification,
+//! the CPU model of the assembled layout (`HybridModel::{forward_train, backward}`): logits,
+//! the KL loss, every trained mixer's gradient, the clip norm, which mixers a step changes,
+//! and the per-row scoring statistics. `#[ignore]`d: CI has no GPU; scripts/gpu-check runs it.
+use model::hybrid::config::LinearAttnType;
+use model::hybrid::gpu_supernet::GpuSupernet;
+use model::hybrid::{parse_layout, HybridConfig, HybridModel};
+
+fn config(layout: &str) -> HybridConfig {
+    let (layer_types, lin) = parse_layout(layout).unwrap();
+    HybridConfig {
+        model_type: "hybrid".into(),
+        vocab_size: 97,
+        hidden_size: 128,
+        intermediate_size: 96,
+        num_hidden_layers: layer_types.len(),
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        partial_rotary_factor: 1.0,
+        sliding_window: Some(9),
+        attn_output_gate: false,
+        max_position_embeddings: 256,
+        tie_word_embeddings: true,
+        layer_types,
+        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
+        linear_num_key_heads: Some(4),
+        linear_num_value_heads: Some(4),
+        linear_key_head_dim: Some(64),
+        linear_value_head_dim: Some(64),
+        linear_conv_kernel_dim: 4,
+        linear_gate_rank: 16,
+        linear_chunk_size: 64,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+/// Larger random weights than the init so that every path carries signal.
+fn model(layout: &str, seed: u64) -> HybridModel {
+    let mut m = HybridModel::init(config(layout), seed).unwrap();
+    let gr = m.zero_grads();
+    let mut r = tensor::rng::SplitMix64::new(seed + 11);
+    m.visit_params(&gr, |name, p, _| {
+        let s = if name.ends_with("norm.weight") {
+            0.2
+        } else {
+            0.06
+        };
+        p.iter_mut()
+            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
+    });
+    m
+}
+
+fn rel_err(want: &[f32], got: &[f32]) -> f32 {
+    assert_eq!(want.len(), got.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    want.iter()
+        .zip(got)
+        .map(|(a, b)| {
+            if b.is_finite() {
+                (a - b).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
+        .fold(0f32, f32::max)
+        / scale
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let z = row.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32;
+    row.iter().map(|&x| x - m - z).collect()
+}
+
+/// KL(teacher ‖ student) averaged over rows and its gradient (temperature 1), as
+/// train::loss::kl_div.
+fn kl(student: &[f32], teacher: &[f32], v: usize) -> (f32, Vec<f32>) {
+    let n = student.len() / v;
+    let mut grad = vec![0f32; student.len()];
+    let mut total = 0f64;
+    for r in 0..n {
+        let (s, t) = (
+            log_softmax(&student[r * v..(r + 1) * v]),
+            log_softmax(&teacher[r * v..(r + 1) * v]),
+        );
+        for j in 0..v {
+            total += (t[j].exp() * (t[j] - s[j])) as f64;
+            grad[r * v + j] = (s[j].exp() - t[j].exp()) / n as f32;
+        }
+    }
+    ((total / n as f64) as f32, grad)
+}
+
+/// The CPU model of `layout`: the teacher's blocks with the candidates' mixers, holding the
+/// weights the GPU has now (earlier steps train them).
+fn cpu_student(
+    teacher: &HybridModel,
+    cands: &[(String, HybridModel)],
+    sn: &GpuSupernet,
+    layout: &[String],
+) -> HybridModel {
+    let mut student = teacher.clone_model();
+    for (i, k) in layout.iter().enumerate() {
+        if let Some((_, c)) = cands.iter().find(|(name, _)| name == k) {
+            let mut mixer = c.blocks[i].mixer.clone();
+            let p = sn.mixer_params(k, i).unwrap();
+            for (name, val) in mixer.params_mut().map.iter_mut() {
+                val.data.copy_from_slice(p.get(name));
+            }
+            student.blocks[i].mixer = mixer;
+        }
+    }
+    student
+}
+
+#[test]
+#[ignore]
+fn supernet_training_pass_matches_the_cpu_model() {
+    let teacher = model("fa,fa,fa,fa", 1);
+    let cands = vec![
+        ("swa".to_string(), model("swa,swa,swa,swa", 2)),
+        ("gdn".to_string(), model("gdn,gdn,gdn,gdn", 3)),
+    ];
+    let mut sn = GpuSupernet::new(&teacher, &cands, 0).unwrap();
+    let v = teacher.config.vocab_size;
+    let (b, t) = (2, 80);
+    let mut r = tensor::rng::SplitMix64::new(9);
+    let tokens: Vec<u32> = (0..b * t).map(|_| r.below(v as u64) as u32).collect();
+    let t_cpu = teacher.forward_train(&tokens, b, t).unwrap().0;
+    let t_gpu = sn.teacher_logits(&tokens, (b, t)).unwrap();
+    let e = rel_err(&t_cpu, &sn.g.download(&t_gpu).unwrap());
+    assert!(e < 3e-2, "teacher logits: {e}");
+
+    for layout in [["fa", "gdn", "swa", "gdn"], ["gdn", "fa", "swa", "fa"]] {
+        let layout: Vec<String> = layout.iter().map(|s| s.to_string()).collect();
+        let student = cpu_student(&teacher, &cands, &sn, &layout);
+        let (logits, saved) = student.forward_train(&tokens, b, t).unwrap();
+        let (kl_cpu, dlogits) = kl(&logits, &t_cpu, v);
+        let mut grads = student.zero_grads();
+        student.backward(&saved, &dlogits, &mut grads);
+
+        let (lg, _) = sn.forward(&layout, &tokens, (b, t), false).unwrap();
+        let e = rel_err(&logits, &sn.g.download(&lg).unwrap());
+        assert!(e < 3e-2, "{layout:?}: logits {e}");
+        let kl_gpu = sn
+            .loss_and_grads(&layout, &tokens, (b, t), &t_gpu, 1.0)
+            .unwrap();
+        assert!(
+            (kl_gpu - kl_cpu).abs() < 0.03 * kl_cpu.abs() + 1e-4,
+            "{layout:?}: KL {kl_gpu} vs {kl_cpu}"
+        );
+        let mut sumsq = 0f64;
+        for (i, k) in layout.iter().enumerate() {
+            if k == "fa" {
+                continue;
+            }
+            let got = sn.mixers[i]
+                .get_mut(k)
+                .unwrap()
+                .weights()
+                .to_host(&sn.g, true)
+                .unwrap();
+            for (name, want) in &grads.blocks[i].1.map {
+                let e = rel_err(&want.data, got.get(name));
+                assert!(e < 5e-2, "{layout:?} layer {i} {k}: gradient of {name}: {e}");
+                sumsq += want.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+            }
+        }
+        // A step changes exactly the layout's non-FA mixers.
+        let before: Vec<Vec<_>> = (0..4)
+            .map(|i| {
+                ["fa", "swa", "gdn"]
+                    .iter()
+                    .map(|k| sn.mixer_params(k, i).unwrap())
+                    .collect()
+            })
+            .collect();
+        let norm = sn.step(&layout, 1e-3, 1e9).unwrap();
+        let want = sumsq.sqrt() as f32;
+        assert!((norm - want).abs() < 0.05 * want, "clip norm {norm} vs {want}");
+        for i in 0..4 {
+            for (j, k) in ["fa", "swa", "gdn"].iter().enumerate() {
+                let after = sn.mixer_params(k, i).unwrap();
+                let changed = after
+                    .map
+                    .iter()
+                    .any(|(name, p)| p.data != before[i][j].get(name));
+                assert_eq!(
+                    changed,
+                    layout[i] == *k && *k != "fa",
+                    "{layout:?}: layer {i} {k} changed = {changed}"
+                );
+            }
+        }
+    }
+
+    // Row statistics of a layout on one sequence, against the CPU.
+    let layout: Vec<String> = ["swa", "gdn", "fa", "gdn"].map(String::from).to_vec();
+    let student = cpu_student(&teacher, &cands, &sn, &layout);
+    let seq = &tokens[..t];
+    let from = 30;
+    let st = sn.row_stats(&layout, seq, from, true).unwrap();
+    let lc = student.forward_train(seq, 1, t).unwrap().0;
+    let tc = teacher.forward_train(seq, 1, t).unwrap().0;
+    assert_eq!(st.nll.len(), t - from);
+    let mut agree = 0;
+    for (j, r) in (from - 1..t - 1).enumerate() {
+        let lp = log_softmax(&lc[r * v..(r + 1) * v]);
+        let tp = log_softmax(&tc[r * v..(r + 1) * v]);
+        let nll = -lp[seq[r + 1] as usize];
+        assert!((st.nll[j] - nll).abs() < 0.05 * nll.abs() + 0.02, "row {r}: nll {} vs {nll}", st.nll[j]);
+        let kl: f32 = (0..v).map(|c| tp[c].exp() * (tp[c] - lp[c])).sum();
+        let got = st.kl.as_ref().unwrap()[j];
+        assert!((got - kl).abs() < 0.05 * kl.abs() + 1e-3, "row {r}: KL {got} vs {kl}");
+        agree += (st.argmax[j] == model::sampling::argmax(&lc[r * v..(r + 1) * v])) as usize;
+    }
+    assert!(agree * 10 >= (t - from) * 9, "argmax agrees on {agree} of {} rows", t - from);
+}
