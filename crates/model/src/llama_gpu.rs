@@ -52,7 +52,11 @@ fn to_bf16(m: &Matrix) -> Vec<bf16> {
 
 impl GpuLlama {
     pub fn new(cpu: &Llama, ordinal: usize) -> Result<Self> {
-        let gpu = Gpu::open(ordinal)?;
+        Self::on(cpu, Gpu::open(ordinal)?)
+    }
+
+    /// The model on an opened GPU (e.g. one with its own stream, for concurrent workers).
+    pub fn on(cpu: &Llama, gpu: Gpu) -> Result<Self> {
         let c = cpu.config.clone();
         let up = |m: &Matrix| -> Result<CudaSlice<bf16>> { Ok(gpu.upload(&to_bf16(m))?) };
         let mut blocks = vec![];

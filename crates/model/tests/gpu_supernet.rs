@@ -73,7 +73,11 @@ fn rel_err(want: &[f32], got: &[f32]) -> f32 {
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {
     let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let z = row.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32;
+    let z = row
+        .iter()
+        .map(|&x| ((x - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
     row.iter().map(|&x| x - m - z).collect()
 }
 
@@ -126,7 +130,8 @@ fn supernet_training_pass_matches_the_cpu_model() {
         ("swa".to_string(), model("swa,swa,swa,swa", 2)),
         ("gdn".to_string(), model("gdn,gdn,gdn,gdn", 3)),
     ];
-    let mut sn = GpuSupernet::new(&teacher, &cands, 0).unwrap();
+    let named: Vec<(&str, &HybridModel)> = cands.iter().map(|(k, m)| (k.as_str(), m)).collect();
+    let mut sn = GpuSupernet::new(&teacher, &named, 0).unwrap();
     let v = teacher.config.vocab_size;
     let (b, t) = (2, 80);
     let mut r = tensor::rng::SplitMix64::new(9);
@@ -167,7 +172,10 @@ fn supernet_training_pass_matches_the_cpu_model() {
                 .unwrap();
             for (name, want) in &grads.blocks[i].1.map {
                 let e = rel_err(&want.data, got.get(name));
-                assert!(e < 5e-2, "{layout:?} layer {i} {k}: gradient of {name}: {e}");
+                assert!(
+                    e < 5e-2,
+                    "{layout:?} layer {i} {k}: gradient of {name}: {e}"
+                );
                 sumsq += want.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
             }
         }
@@ -182,7 +190,10 @@ fn supernet_training_pass_matches_the_cpu_model() {
             .collect();
         let norm = sn.step(&layout, 1e-3, 1e9).unwrap();
         let want = sumsq.sqrt() as f32;
-        assert!((norm - want).abs() < 0.05 * want, "clip norm {norm} vs {want}");
+        assert!(
+            (norm - want).abs() < 0.05 * want,
+            "clip norm {norm} vs {want}"
+        );
         for i in 0..4 {
             for (j, k) in ["fa", "swa", "gdn"].iter().enumerate() {
                 let after = sn.mixer_params(k, i).unwrap();
@@ -213,11 +224,22 @@ fn supernet_training_pass_matches_the_cpu_model() {
         let lp = log_softmax(&lc[r * v..(r + 1) * v]);
         let tp = log_softmax(&tc[r * v..(r + 1) * v]);
         let nll = -lp[seq[r + 1] as usize];
-        assert!((st.nll[j] - nll).abs() < 0.05 * nll.abs() + 0.02, "row {r}: nll {} vs {nll}", st.nll[j]);
+        assert!(
+            (st.nll[j] - nll).abs() < 0.05 * nll.abs() + 0.02,
+            "row {r}: nll {} vs {nll}",
+            st.nll[j]
+        );
         let kl: f32 = (0..v).map(|c| tp[c].exp() * (tp[c] - lp[c])).sum();
         let got = st.kl.as_ref().unwrap()[j];
-        assert!((got - kl).abs() < 0.05 * kl.abs() + 1e-3, "row {r}: KL {got} vs {kl}");
+        assert!(
+            (got - kl).abs() < 0.05 * kl.abs() + 1e-3,
+            "row {r}: KL {got} vs {kl}"
+        );
         agree += (st.argmax[j] == model::sampling::argmax(&lc[r * v..(r + 1) * v])) as usize;
     }
-    assert!(agree * 10 >= (t - from) * 9, "argmax agrees on {agree} of {} rows", t - from);
+    assert!(
+        agree * 10 >= (t - from) * 9,
+        "argmax agrees on {agree} of {} rows",
+        t - from
+    );
 }

@@ -98,7 +98,7 @@ fn attention_mixer_training_step_matches_cpu() {
     use mixers::attention::{Attention, AttentionConfig};
     use model::hybrid::gpu_train::GpuAttentionTrain;
     let gpu = Gpu::open(0).unwrap();
-    for window in [None, Some(24)] {
+    for window in [None, Some(24), Some(4)] {
         let cfg = AttentionConfig {
             hidden: 128,
             n_heads: 4,

@@ -161,7 +161,11 @@ pub fn split(items: Vec<Item>, heldout: f64) -> (Vec<Item>, Vec<Item>) {
     let (mut train, mut held) = (vec![], vec![]);
     for it in items {
         let n = seen.entry(it.kind.clone()).or_default();
-        if period != usize::MAX && *n % period == period - 1 {
+        // One item of every block of `period`, at a position that rotates from block to block:
+        // items cycle through the distances, and a fixed position would hold out one distance
+        // only whenever the period is a multiple of the distance count.
+        let held_pos = |n: usize| period - 1 - (n / period) % period;
+        if period != usize::MAX && *n % period == held_pos(*n) {
             held.push(it);
         } else {
             train.push(it);
@@ -229,5 +233,42 @@ mod tests {
             assert_eq!(held.iter().filter(|i| i.kind == k).count(), 2, "{k}");
         }
         assert_eq!(seed_prompts(45).len(), 45);
+    }
+
+    #[test]
+    fn the_heldout_split_covers_every_distance_when_the_period_divides_their_cycle() {
+        // 5 distances and a held-out share of 1/5: a fixed position in each block of 5 would
+        // hold out the farthest distance only.
+        let spec = CorpusSpec {
+            traces: 0,
+            trace_tokens: 0,
+            items_per_kind: 50,
+            distances: vec![2, 8, 24, 64, 160],
+            heldout: 0.2,
+            seed: 1,
+        };
+        let items: Vec<Item> = retrieval_items(&spec)
+            .into_iter()
+            .map(|(kind, prompt, answer, distance)| Item {
+                kind,
+                prompt,
+                answer,
+                tokens: vec![],
+                answer_start: 0,
+                distance,
+            })
+            .collect();
+        let (_, held) = split(items, 0.2);
+        for k in ["passkey", "kv_recall", "multi_hop"] {
+            let mine: Vec<&Item> = held.iter().filter(|i| i.kind == k).collect();
+            assert_eq!(mine.len(), 10, "{k}");
+            for d in &spec.distances {
+                assert_eq!(
+                    mine.iter().filter(|i| i.distance == *d).count(),
+                    2,
+                    "{k} at {d}"
+                );
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! the S best become SWA. The rest stay linear.
 use crate::supernet::Supernet;
 use anyhow::{bail, Result};
+use model::hybrid::gpu_supernet::{GpuSupernet, RowStats};
 use model::hybrid::HybridModel;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,6 +50,10 @@ pub struct Score {
     /// Mean NLL of the traces' generated tokens (the teacher's own text): exp = perplexity.
     #[serde(default)]
     pub trace_nll: f64,
+    /// Share of the traces' scored positions where the argmax is the teacher's (teacher
+    /// forcing).
+    #[serde(default)]
+    pub greedy_agreement: f64,
 }
 
 impl Score {
@@ -99,46 +104,109 @@ impl EvalSet {
         })
     }
 
+    /// An evaluation set for [`EvalSet::score_gpu`], which recomputes the teacher's logits on
+    /// the GPU: nothing is precomputed on the CPU.
+    pub fn for_gpu(
+        vocab: usize,
+        traces: Vec<(Vec<u32>, usize)>,
+        retrieval: Vec<Probe>,
+    ) -> Result<Self> {
+        let mut t = vec![];
+        for (toks, start) in traces {
+            if start == 0 || start >= toks.len() {
+                bail!("a trace's scored span is empty");
+            }
+            t.push((toks, start, vec![]));
+        }
+        Ok(EvalSet {
+            traces: t,
+            retrieval,
+            vocab,
+        })
+    }
+
     pub fn tokens(&self) -> usize {
         self.traces.iter().map(|t| t.0.len()).sum::<usize>()
             + self.retrieval.iter().map(|r| r.tokens.len()).sum::<usize>()
     }
 
+    /// The score of a CPU model (the teacher's log-probabilities precomputed by `new`).
     pub fn score(&self, m: &HybridModel) -> Result<Score> {
         let v = self.vocab;
-        let mut kl = 0.0;
-        let mut trace_nll = 0.0;
-        let mut n = 0usize;
-        for (toks, start, tlp) in &self.traces {
+        self.score_by(|toks, from, trace| {
             let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
-            let slp = log_softmax_rows(&logits[(start - 1) * v..(toks.len() - 1) * v], v);
-            for (q, &next) in slp.chunks_exact(v).zip(&toks[*start..]) {
-                trace_nll -= q[next as usize] as f64;
-            }
-            for (p, q) in tlp.chunks_exact(v).zip(slp.chunks_exact(v)) {
-                kl += p
-                    .iter()
-                    .zip(q)
-                    .map(|(&a, &b)| (a as f64).exp() * (a - b) as f64)
-                    .sum::<f64>();
-                n += 1;
-            }
+            let slp = log_softmax_rows(&logits[(from - 1) * v..(toks.len() - 1) * v], v);
+            let rows = slp.chunks_exact(v);
+            let nll = rows
+                .clone()
+                .zip(&toks[from..])
+                .map(|(q, &next)| -q[next as usize])
+                .collect();
+            let argmax = rows.clone().map(model::sampling::argmax).collect();
+            let (kl, teacher_argmax) = match trace {
+                None => (None, None),
+                Some(i) => {
+                    let tlp = &self.traces[i].2;
+                    if tlp.is_empty() {
+                        bail!("this evaluation set was built for the GPU: it holds no teacher log-probabilities");
+                    }
+                    let kl = tlp
+                        .chunks_exact(v)
+                        .zip(rows)
+                        .map(|(p, q)| {
+                            p.iter()
+                                .zip(q)
+                                .map(|(&a, &b)| (a as f64).exp() * (a - b) as f64)
+                                .sum::<f64>() as f32
+                        })
+                        .collect();
+                    let ta = tlp.chunks_exact(v).map(model::sampling::argmax).collect();
+                    (Some(kl), Some(ta))
+                }
+            };
+            Ok(RowStats {
+                nll,
+                argmax,
+                kl,
+                teacher_argmax,
+            })
+        })
+    }
+
+    /// The score of `layout` in a GPU supernet (the teacher's logits recomputed there).
+    pub fn score_gpu(&self, g: &GpuSupernet, layout: &[String]) -> Result<Score> {
+        self.score_by(|toks, from, trace| g.row_stats(layout, toks, from, trace.is_some()))
+    }
+
+    /// The score from per-row statistics: `rows(tokens, first scored position, trace index)`
+    /// gives, for the positions `from..len`, the next-token NLL and argmax, and for traces the
+    /// KL to the teacher and the teacher's argmax.
+    fn score_by(
+        &self,
+        mut rows: impl FnMut(&[u32], usize, Option<usize>) -> Result<RowStats>,
+    ) -> Result<Score> {
+        let (mut kl, mut trace_nll, mut agree) = (0.0, 0.0, 0usize);
+        let mut n = 0usize;
+        for (i, (toks, start, _)) in self.traces.iter().enumerate() {
+            let r = rows(toks, *start, Some(i))?;
+            let (Some(k), Some(ta)) = (&r.kl, &r.teacher_argmax) else {
+                bail!("a trace's row statistics lack the teacher's KL or argmax");
+            };
+            trace_nll += r.nll.iter().map(|&x| x as f64).sum::<f64>();
+            kl += k.iter().map(|&x| x as f64).sum::<f64>();
+            agree += r.argmax.iter().zip(ta).filter(|(a, b)| a == b).count();
+            n += r.nll.len();
         }
         let mut per: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
         let mut by_distance: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
         for p in &self.retrieval {
-            let (kind, toks, start) = (&p.kind, &p.tokens, &p.answer_start);
-            let logits = m.forward(toks, 1, &mut m.new_state(1), true)?;
-            let (mut nll, mut ok) = (0.0, true);
-            for pos in *start..toks.len() {
-                let row = &logits[(pos - 1) * v..pos * v];
-                let lp = tensor::cpu::log_softmax(row);
-                nll -= lp[toks[pos] as usize] as f64;
-                ok &= model::sampling::argmax(row) == toks[pos];
-            }
-            let nll = nll / (toks.len() - start).max(1) as f64;
+            let (toks, start) = (&p.tokens, p.answer_start);
+            let r = rows(toks, start, None)?;
+            let nll =
+                r.nll.iter().map(|&x| x as f64).sum::<f64>() / (toks.len() - start).max(1) as f64;
+            let ok = r.argmax.iter().zip(&toks[start..]).all(|(a, b)| a == b);
             for e in [
-                per.entry(kind.clone()).or_default(),
+                per.entry(p.kind.clone()).or_default(),
                 by_distance.entry(p.distance).or_default(),
             ] {
                 e.0 += nll;
@@ -150,6 +218,7 @@ impl EvalSet {
         Ok(Score {
             kl: kl / n.max(1) as f64,
             trace_nll: trace_nll / n.max(1) as f64,
+            greedy_agreement: agree as f64 / n.max(1) as f64,
             retrieval: per
                 .into_iter()
                 .map(|(k, v)| {
@@ -206,7 +275,7 @@ pub fn search(
     }
     let mut evaluated = 0;
     let mut eval = |sn: &mut Supernet, layout: Vec<String>, stage: &str| -> Result<Scored> {
-        let score = sn.with_layout(&layout, |m| set.score(m))??;
+        let score = sn.score(set, &layout)?;
         evaluated += 1;
         progress(stage, evaluated);
         Ok(Scored { layout, score })

@@ -10,9 +10,11 @@
 //! the teacher's blocks for the step and swapped back after it.
 use crate::loss::kl_div;
 use crate::optim::{clip_grad_norm, AdamState, AdamW};
+use crate::search::{EvalSet, Score};
 use crate::tasks::rng::SplitMix64;
 use anyhow::{bail, Result};
 use model::hybrid::config::LinearAttnType;
+use model::hybrid::gpu_supernet::GpuSupernet;
 use model::hybrid::HybridModel;
 use std::collections::HashMap;
 
@@ -22,6 +24,9 @@ pub struct Supernet {
     /// Per candidate type ("swa", "gdn", ...): a model whose layer i holds that type's mixer.
     pub cands: Vec<(String, HybridModel)>,
     opt: HashMap<(String, usize, String), AdamState>,
+    /// When set, training and scoring run on the GPU; the CPU models are synced after each
+    /// training run.
+    gpu: Option<GpuSupernet>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -37,6 +42,13 @@ pub struct SupernetSpec {
     /// Train this one layout instead of sampling (distillation of the extracted hybrid).
     #[serde(default)]
     pub fixed: Option<Vec<String>>,
+    /// Sequences per step on the GPU (packed windows of `seq_len` tokens); the CPU trains one.
+    #[serde(default = "one")]
+    pub batch: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One training step's record.
@@ -62,7 +74,43 @@ impl Supernet {
             teacher,
             cands,
             opt: HashMap::new(),
+            gpu: None,
         })
+    }
+
+    /// Moves training and scoring to GPU `ordinal` (the teacher's frozen weights and every
+    /// candidate mixer are uploaded once).
+    pub fn use_gpu(&mut self, ordinal: usize) -> Result<()> {
+        let named: Vec<(&str, &HybridModel)> =
+            self.cands.iter().map(|(k, m)| (k.as_str(), m)).collect();
+        self.gpu = Some(GpuSupernet::new(&self.teacher, &named, ordinal)?);
+        Ok(())
+    }
+
+    pub fn on_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
+    /// The score of `layout` on `set`: on the GPU when the supernet is there.
+    pub fn score(&mut self, set: &EvalSet, layout: &[String]) -> Result<Score> {
+        match &self.gpu {
+            Some(g) => set.score_gpu(g, layout),
+            None => self.with_layout(layout, |m| set.score(m))?,
+        }
+    }
+
+    /// Copies the GPU's trained candidate mixers into the CPU models.
+    fn sync_from_gpu(&mut self) -> Result<()> {
+        let Some(g) = &self.gpu else { return Ok(()) };
+        for (k, cm) in self.cands.iter_mut() {
+            for (i, bl) in cm.blocks.iter_mut().enumerate() {
+                let p = g.mixer_params(k, i)?;
+                for (name, val) in bl.mixer.params_mut().map.iter_mut() {
+                    val.data.copy_from_slice(p.get(name));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The layer types a layout may use: "fa" and the candidate types.
@@ -132,6 +180,9 @@ impl Supernet {
         if seqs.is_empty() {
             bail!("supernet training needs at least one sequence");
         }
+        if self.gpu.is_some() {
+            return self.train_gpu(seqs, spec, progress);
+        }
         let mut rng = SplitMix64::new(spec.seed);
         let opt = AdamW {
             weight_decay: 0.0,
@@ -192,6 +243,53 @@ impl Supernet {
             progress(&entry);
             log.push(entry);
         }
+        Ok(log)
+    }
+}
+
+impl Supernet {
+    /// [`Supernet::train`] on the GPU: each step a batch of `spec.batch` windows of
+    /// `spec.seq_len` tokens cut from the sequences packed end to end (the usual packing of
+    /// pretraining; the teacher sees the same windows), one sampled layout, KL to the teacher's
+    /// logits computed in the same step, clipped AdamW on the layout's non-FA mixers.
+    fn train_gpu(
+        &mut self,
+        seqs: &[Vec<u32>],
+        spec: &SupernetSpec,
+        mut progress: impl FnMut(&StepLog),
+    ) -> Result<Vec<StepLog>> {
+        let stream: Vec<u32> = seqs.concat();
+        let t = spec.seq_len.min(stream.len()).max(1);
+        let b = spec.batch.max(1);
+        let windows = (stream.len() / t).max(1);
+        let mut rng = SplitMix64::new(spec.seed);
+        let kinds = self.kinds();
+        let n = self.teacher.blocks.len();
+        let g = self.gpu.as_mut().expect("train_gpu runs with a GPU");
+        let mut log = vec![];
+        for step in 0..spec.steps {
+            let toks: Vec<u32> = (0..b)
+                .flat_map(|j| {
+                    let w = (step * b + j) % windows;
+                    stream[w * t..(w + 1) * t].iter().copied()
+                })
+                .collect();
+            let layout = match &spec.fixed {
+                Some(l) => l.clone(),
+                None => sample_layout(&kinds, n, spec, &mut rng),
+            };
+            let teacher = g.teacher_logits(&toks, (b, t))?;
+            let kl = g.loss_and_grads(&layout, &toks, (b, t), &teacher, spec.temperature)?;
+            g.step(&layout, spec.lr, 1.0)?;
+            let entry = StepLog {
+                step,
+                layout: layout.join(","),
+                kl,
+            };
+            progress(&entry);
+            log.push(entry);
+        }
+        self.sync_from_gpu()?;
         Ok(log)
     }
 }

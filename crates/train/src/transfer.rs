@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use mixers::linear_mixer::LinearKind;
 use mixers::params::{InitRng, Params};
 use model::hybrid::config::LinearAttnType;
-use model::hybrid::gpu_train::{train_step, GpuAdamW, GpuLinearTrain};
+use model::hybrid::gpu_supernet::GpuSupernet;
 use model::hybrid::{HybridModel, Mixer};
 
 /// A model like `teacher` with every layer's mixer replaced by a `kind` candidate
@@ -143,21 +143,23 @@ pub struct LayerTransfer {
 
 /// Trains every mixer of every candidate model against the teacher's mixers, layer by layer
 /// from the teacher's own activations (one teacher pass per sequence serves all candidates).
-/// With `gpu`, GDN candidates train on the GPU (`model::hybrid::gpu_train`: the same loss,
-/// optimizer and steps; the teacher's activations still come from the CPU), the others on the
-/// CPU. `progress(done, total)` is called after each sequence. Returns one report per
-/// candidate.
+/// With `gpu` (an ordinal), everything runs on that GPU (`model::hybrid::gpu_supernet`: the
+/// teacher's activations, and every candidate layer with the same loss, optimizer and steps).
+/// `progress(done, total)` is called after each sequence. Returns one report per candidate.
 pub fn attention_transfer(
     teacher: &HybridModel,
     cands: &mut [HybridModel],
     seqs: &[Vec<u32>],
     spec: &TransferSpec,
-    gpu: Option<&tensor::cuda::Gpu>,
+    gpu: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<LayerTransfer>>> {
     let layers = teacher.blocks.len();
     if seqs.is_empty() {
         bail!("attention transfer needs at least one sequence");
+    }
+    if let Some(ordinal) = gpu {
+        return attention_transfer_gpu(teacher, cands, seqs, spec, ordinal, progress);
     }
     let opt = AdamW {
         weight_decay: 0.0,
@@ -179,20 +181,6 @@ pub fn attention_transfer(
                 .collect()
         })
         .collect();
-    // GPU trainers (and their optimizers) of the GDN candidate layers, when a GPU is given.
-    let mut on_gpu: Vec<Vec<Option<(GpuLinearTrain, GpuAdamW)>>> = vec![];
-    for c in cands.iter() {
-        let mut per = vec![];
-        for b in &c.blocks {
-            per.push(match (gpu, &b.mixer) {
-                (Some(g), Mixer::Linear(l)) if l.cfg.kind == LinearKind::Gdn => {
-                    Some((GpuLinearTrain::new(g, l)?, GpuAdamW::new(spec.lr, 0.0)))
-                }
-                _ => None,
-            });
-        }
-        on_gpu.push(per);
-    }
     // (squared error, squared teacher norm) per candidate and layer.
     let mut before = vec![vec![(0f64, 0f64); layers]; cands.len()];
     let total = spec.epochs * seqs.len();
@@ -203,14 +191,6 @@ pub fn attention_transfer(
             let io = teacher.mixer_io(toks, 1, toks.len())?;
             for (ci, cand) in cands.iter_mut().enumerate() {
                 for (l, (h, y)) in io.iter().enumerate() {
-                    if let (Some(g), Some((tr, opt))) = (gpu, on_gpu[ci][l].as_mut()) {
-                        let out = train_step(tr, g, h, (1, toks.len()), |o| mse(o, y).1, opt)?;
-                        if epoch == 0 {
-                            before[ci][l].0 += sq_err(&out, y);
-                            before[ci][l].1 += sq_norm(y);
-                        }
-                        continue;
-                    }
                     let bl = &mut cand.blocks[l];
                     let (out, grads) = mixer_step(&bl.mixer, h, toks.len(), y);
                     if epoch == 0 {
@@ -227,16 +207,6 @@ pub fn attention_transfer(
             progress(done, total);
         }
     }
-    // The GPU-trained mixers back into the candidates.
-    if let Some(g) = gpu {
-        for (ci, cand) in cands.iter_mut().enumerate() {
-            for (l, slot) in on_gpu[ci].iter().enumerate() {
-                if let (Some((tr, _)), Mixer::Linear(lm)) = (slot, &mut cand.blocks[l].mixer) {
-                    tr.w.write_back(g, &mut lm.params)?;
-                }
-            }
-        }
-    }
     // Measured again after the last step (during training the loss mixes early and late steps).
     let mut after = vec![vec![(0f64, 0f64); layers]; cands.len()];
     for s in seqs {
@@ -247,6 +217,70 @@ pub fn attention_transfer(
                 let out = mixer_forward(&cand.blocks[l].mixer, h, toks.len());
                 after[ci][l].0 += sq_err(&out, y);
                 after[ci][l].1 += sq_norm(y);
+            }
+        }
+    }
+    Ok((0..cands.len())
+        .map(|ci| {
+            (0..layers)
+                .map(|l| LayerTransfer {
+                    layer: l,
+                    rel_mse_before: before[ci][l].0 / before[ci][l].1.max(1e-30),
+                    rel_mse_after: after[ci][l].0 / after[ci][l].1.max(1e-30),
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// [`attention_transfer`] on GPU `ordinal`; the trained mixers are copied back into `cands`.
+fn attention_transfer_gpu(
+    teacher: &HybridModel,
+    cands: &mut [HybridModel],
+    seqs: &[Vec<u32>],
+    spec: &TransferSpec,
+    ordinal: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<LayerTransfer>>> {
+    let layers = teacher.blocks.len();
+    let names: Vec<String> = (0..cands.len()).map(|i| format!("candidate {i}")).collect();
+    let named: Vec<(&str, &HybridModel)> =
+        names.iter().map(String::as_str).zip(cands.iter()).collect();
+    let mut g = GpuSupernet::new(teacher, &named, ordinal)?;
+    let mut before = vec![vec![(0f64, 0f64); layers]; cands.len()];
+    let mut after = before.clone();
+    let total = spec.epochs * seqs.len();
+    let mut done = 0;
+    // Epochs of training steps, then one pass that only measures.
+    for epoch in 0..=spec.epochs {
+        let lr = (epoch < spec.epochs).then_some(spec.lr);
+        for s in seqs {
+            let toks = &s[..s.len().min(spec.max_len)];
+            let bt = (1, toks.len());
+            let io = g.teacher_mixer_io(toks, bt)?;
+            for (ci, name) in names.iter().enumerate() {
+                for (l, (h, y)) in io.iter().enumerate() {
+                    let (e, n) = g.transfer_step(name, l, h, y, bt, lr)?;
+                    let slot = match epoch {
+                        0 => &mut before[ci][l],
+                        e if e == spec.epochs => &mut after[ci][l],
+                        _ => continue,
+                    };
+                    slot.0 += e;
+                    slot.1 += n;
+                }
+            }
+            if lr.is_some() {
+                done += 1;
+                progress(done, total);
+            }
+        }
+    }
+    for (name, cand) in names.iter().zip(cands.iter_mut()) {
+        for (l, bl) in cand.blocks.iter_mut().enumerate() {
+            let p = g.mixer_params(name, l)?;
+            for (k, v) in bl.mixer.params_mut().map.iter_mut() {
+                v.data.copy_from_slice(p.get(k));
             }
         }
     }

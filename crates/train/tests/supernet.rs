@@ -39,6 +39,7 @@ fn spec(steps: usize) -> SupernetSpec {
         p_uniform: 0.1,
         seed: 1,
         fixed: None,
+        batch: 1,
     }
 }
 

@@ -65,6 +65,11 @@ struct Stages {
     preset: Option<Preset>,
     seed: u64,
     done: Vec<String>,
+    /// Wall-clock seconds of each stage (of the run that finished it).
+    #[serde(default)]
+    seconds: std::collections::BTreeMap<String, f64>,
+    #[serde(skip)]
+    started: Option<std::time::Instant>,
 }
 
 fn corpus_spec(p: Preset, seed: u64) -> CorpusSpec {
@@ -105,10 +110,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let m = LoadedModel::load(&teacher_path)?;
     // The budget must fit the teacher before anything is written.
     budget.validate(m.model.config.n_layers)?;
-    if a.preset == Preset::Full {
-        // Its settings (2000 supernet steps of 1024 tokens, 512 transfer sequences) are sized
-        // for GPU training; on the CPU training path they would run for days.
-        bail!("--preset full trains on a GPU, and hybrid's GPU training loop is not built yet (the CPU path would take days at its settings); use --preset quick");
+    if a.preset == Preset::Full && device == tensor::Device::Cpu {
+        // Its settings (thousands of steps over batches of 1024-token windows) are sized for
+        // GPU training; on the CPU they would run for days.
+        bail!("--preset full trains on a GPU (--device cuda), and none is in use here; use --preset quick on the CPU");
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create the run folder {}", a.out.display()))?;
@@ -124,6 +129,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         preset: Some(a.preset),
         seed: a.seed,
         done: stages.done.clone(),
+        seconds: stages.seconds.clone(),
+        started: Some(std::time::Instant::now()),
     };
     if !stages.done.is_empty()
         && (stages.teacher != me.teacher
@@ -170,13 +177,13 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: corpus.
     if !stages.done.iter().any(|s| s == "corpus") {
         let spec = corpus_spec(a.preset, a.seed);
+        let items = build_corpus(&m, device, &spec)?;
+        let (train_items, held) = corpus::split(items, spec.heldout);
         let gpu = match device {
             tensor::Device::Cuda(n) => Some(model::llama_gpu::GpuLlama::new(&m.model, n)?),
             tensor::Device::Cpu => None,
         };
-        let items = build_corpus(&m, gpu.as_ref(), &spec)?;
-        let (train_items, held) = corpus::split(items, spec.heldout);
-        let acc = teacher_accuracy(&m, &held)?;
+        let acc = teacher_accuracy(&m, gpu.as_ref(), &held)?;
         stage_dir(&a.out, "corpus", |tmp| {
             write_jsonl(&tmp.join("train.jsonl"), &train_items)?;
             write_jsonl(&tmp.join("heldout.jsonl"), &held)?;
@@ -217,9 +224,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             ProgressStyle::with_template("transfer: {bar:30} {pos}/{len} sequences ETA {eta}")
                 .unwrap(),
         );
-        // GDN candidates train on the GPU when the run has one (the others on the CPU).
+        // On the GPU when the run has one (the teacher's activations and every candidate).
         let gpu = match device {
-            tensor::Device::Cuda(n) => Some(tensor::cuda::Gpu::open(n)?),
+            tensor::Device::Cuda(n) => Some(n),
             tensor::Device::Cpu => None,
         };
         let reports = train::transfer::attention_transfer(
@@ -227,7 +234,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             &mut cands,
             &seqs,
             &spec,
-            gpu.as_ref(),
+            gpu,
             |d, _| pb.set_position(d as u64),
         )?;
         pb.finish_and_clear();
@@ -266,7 +273,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     }
     // Stage: supernet.
     if !stages.done.iter().any(|s| s == "supernet") {
-        let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset)?;
+        let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset, device)?;
         let spec = supernet_spec(a.preset, a.seed);
         let log = train_with_progress(&mut sn, &train_seqs(&a.out)?, &spec, "supernet")?;
         stage_dir(&a.out, "supernet", |tmp| {
@@ -295,11 +302,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: search.
     let (fa, swa) = budget_counts(&budget, m.model.config.n_layers, a.preset);
     if !stages.done.iter().any(|s| s == "search") {
-        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
+        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset, device)?;
         let set = eval_set(
             &sn.teacher,
             &read_items(&a.out.join("corpus/heldout.jsonl"))?,
             a.preset,
+            device,
         )?;
         let spec = train::search::SearchSpec {
             width: if a.preset == Preset::Quick { 2 } else { 4 },
@@ -344,9 +352,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: distil (the best layout as a standalone hybrid, fine-tuned with KL to the
     // teacher, saved with the teacher's tokenizer and chat template).
     if !stages.done.iter().any(|s| s == "distil") {
-        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset)?;
+        let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset, device)?;
         let mut spec = supernet_spec(a.preset, a.seed ^ 0xd1);
-        spec.steps = if a.preset == Preset::Quick { 32 } else { 1000 };
+        distil_settings(&mut spec, a.preset);
         spec.fixed = Some(best.clone());
         let log = train_with_progress(&mut sn, &train_seqs(&a.out)?, &spec, "distil")?;
         let mut hybrid = sn.extract(&best)?;
@@ -462,10 +470,11 @@ fn eval_set(
     teacher: &model::hybrid::HybridModel,
     held: &[Item],
     p: Preset,
+    device: tensor::Device,
 ) -> Result<train::search::EvalSet> {
     let (n_traces, per_kind, trace_len) = match p {
         Preset::Quick => (1, 1, 96),
-        Preset::Full => (16, 16, 512),
+        Preset::Full => (8, 12, 384),
     };
     let traces: Vec<(Vec<u32>, usize)> = held
         .iter()
@@ -492,7 +501,23 @@ fn eval_set(
             });
         }
     }
-    train::search::EvalSet::new(teacher, traces, retrieval)
+    new_eval_set(teacher, traces, retrieval, device)
+}
+
+/// An evaluation set for the run's device: on the GPU the teacher's logits are recomputed
+/// there, on the CPU its log-probabilities are computed once here.
+pub(crate) fn new_eval_set(
+    teacher: &model::hybrid::HybridModel,
+    traces: Vec<(Vec<u32>, usize)>,
+    probes: Vec<train::search::Probe>,
+    device: tensor::Device,
+) -> Result<train::search::EvalSet> {
+    match device {
+        tensor::Device::Cuda(_) => {
+            train::search::EvalSet::for_gpu(teacher.config.vocab_size, traces, probes)
+        }
+        tensor::Device::Cpu => train::search::EvalSet::new(teacher, traces, probes),
+    }
 }
 
 /// Candidate kinds, SWA window, transfer settings and how many corpus sequences to use.
@@ -516,22 +541,36 @@ fn transfer_plan(
             16,
         ),
         Preset::Full => (
-            vec!["swa", "gdn", "kda"],
+            vec!["swa", "gdn"],
             512,
             train::transfer::TransferSpec {
-                epochs: 2,
+                epochs: 1,
                 lr: 1e-3,
                 max_len: 1024,
             },
-            512,
+            384,
         ),
     }
 }
 
+/// Distillation of one fixed layout (the `distil` and `fidelity` stages): fewer steps and,
+/// on the full preset, a lower learning rate than the supernet's (at 1e-3 a 300-step distil
+/// on the GPU raised the held-out KL: it overfits the corpus).
+pub(crate) fn distil_settings(spec: &mut train::supernet::SupernetSpec, p: Preset) {
+    match p {
+        Preset::Quick => spec.steps = 32,
+        Preset::Full => {
+            spec.steps = 150;
+            spec.lr = 3e-4;
+        }
+    }
+}
+
 pub(crate) fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSpec {
-    let (steps, seq_len) = match p {
-        Preset::Quick => (96, 128),
-        Preset::Full => (2000, 1024),
+    // Full: batches of 8 windows of 1024 tokens on the GPU.
+    let (steps, seq_len, batch) = match p {
+        Preset::Quick => (96, 128, 1),
+        Preset::Full => (600, 1024, 8),
     };
     train::supernet::SupernetSpec {
         steps,
@@ -542,6 +581,7 @@ pub(crate) fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSp
         p_uniform: 0.1,
         seed,
         fixed: None,
+        batch,
     }
 }
 
@@ -550,6 +590,7 @@ pub(crate) fn load_supernet(
     m: &LoadedModel,
     dir: &Path,
     preset: Preset,
+    device: tensor::Device,
 ) -> Result<train::supernet::Supernet> {
     let teacher = model::hybrid::HybridModel::from_llama(&m.model)?;
     let (kinds, window, _, _) = transfer_plan(preset);
@@ -559,7 +600,11 @@ pub(crate) fn load_supernet(
         c.load_mixers(&dir.join(format!("{k}.safetensors")))?;
         cands.push((k.to_string(), c));
     }
-    train::supernet::Supernet::new(teacher, cands)
+    let mut sn = train::supernet::Supernet::new(teacher, cands)?;
+    if let tensor::Device::Cuda(n) = device {
+        sn.use_gpu(n)?;
+    }
+    Ok(sn)
 }
 
 /// The token sequences of the training corpus (DIR/corpus/train.jsonl).
@@ -625,6 +670,13 @@ pub(crate) fn stage_dir(
 
 fn finish(stages: &mut Stages, path: &Path, name: &str) -> Result<()> {
     stages.done.push(name.to_string());
+    if let Some(t) = stages.started.replace(std::time::Instant::now()) {
+        let s = t.elapsed().as_secs_f64();
+        stages
+            .seconds
+            .insert(name.to_string(), (s * 10.0).round() / 10.0);
+        eprintln!("stage {name}: {s:.0} s");
+    }
     write_atomic(path, serde_json::to_string_pretty(stages)?.as_bytes())
 }
 
@@ -652,19 +704,22 @@ fn write_jsonl(path: &Path, items: &[Item]) -> Result<()> {
 }
 
 /// Teacher traces (sampled through the chat template) and the retrieval items, tokenized.
-fn build_corpus(
-    m: &LoadedModel,
-    gpu: Option<&model::llama_gpu::GpuLlama>,
-    spec: &CorpusSpec,
-) -> Result<Vec<Item>> {
+/// On a GPU, 16 workers sample concurrently, each with its own copy of the teacher and its own
+/// stream (batch-1 decoding is launch-bound; the workers overlap their launches). Each
+/// prompt's sampling seed is fixed, so the corpus does not depend on the workers' timing.
+fn build_corpus(m: &LoadedModel, device: tensor::Device, spec: &CorpusSpec) -> Result<Vec<Item>> {
     let prompts = corpus::seed_prompts(spec.traces);
     let pb = ProgressBar::new(prompts.len() as u64);
     pb.set_style(
         ProgressStyle::with_template("corpus: teacher traces {bar:30} {pos}/{len} ETA {eta}")
             .unwrap(),
     );
-    let mut items = vec![];
-    for (i, p) in prompts.iter().enumerate() {
+    let workers = match device {
+        tensor::Device::Cuda(_) => 16,
+        tensor::Device::Cpu => 1,
+    };
+    let sample = |i: usize, gpu: Option<&model::llama_gpu::GpuLlama>| -> Result<Item> {
+        let p = &prompts[i];
         let prompt = m.prompt_tokens(p, m.template.is_some())?;
         let opts = GenerateOptions {
             max_tokens: spec.trace_tokens,
@@ -682,16 +737,50 @@ fn build_corpus(
         };
         let mut tokens = prompt.clone();
         tokens.extend(&g.tokens);
-        items.push(Item {
+        pb.inc(1);
+        Ok(Item {
             kind: "teacher".into(),
             prompt: p.clone(),
             answer: g.text,
             tokens,
             answer_start: prompt.len(),
             distance: 0,
-        });
-        pb.inc(1);
+        })
+    };
+    let per_worker: Vec<Result<Vec<(usize, Item)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let sample = &sample;
+                let n = prompts.len();
+                scope.spawn(move || -> Result<Vec<(usize, Item)>> {
+                    let gpu = match device {
+                        tensor::Device::Cuda(o) => Some(model::llama_gpu::GpuLlama::on(
+                            &m.model,
+                            tensor::cuda::Gpu::open_with_own_stream(o)?,
+                        )?),
+                        tensor::Device::Cpu => None,
+                    };
+                    (w..n)
+                        .step_by(workers)
+                        .map(|i| Ok((i, sample(i, gpu.as_ref())?)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a corpus worker panicked"))
+            })
+            .collect()
+    });
+    let mut traces = vec![];
+    for r in per_worker {
+        traces.extend(r?);
     }
+    traces.sort_by_key(|(i, _)| *i);
+    let mut items: Vec<Item> = traces.into_iter().map(|(_, it)| it).collect();
     pb.finish_and_clear();
     for (kind, prompt, answer, distance) in corpus::retrieval_items(spec) {
         let p = m.tokenizer.encode(&prompt, true)?;
@@ -715,15 +804,28 @@ fn build_corpus(
 
 /// Share of held-out retrieval items whose answer tokens the teacher predicts exactly under
 /// teacher forcing (greedy argmax at every answer position), per kind.
-fn teacher_accuracy(m: &LoadedModel, held: &[Item]) -> Result<serde_json::Value> {
+fn teacher_accuracy(
+    m: &LoadedModel,
+    gpu: Option<&model::llama_gpu::GpuLlama>,
+    held: &[Item],
+) -> Result<serde_json::Value> {
     let v = m.model.config.vocab_size;
     let mut per: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for it in held.iter().filter(|i| i.kind != "teacher") {
-        let logits = m
-            .model
-            .forward(&it.tokens, &mut m.model.new_cache(), true)?;
-        let ok = (it.answer_start..it.tokens.len())
-            .all(|pos| model::sampling::argmax(&logits[(pos - 1) * v..pos * v]) == it.tokens[pos]);
+        let t = it.tokens.len();
+        let greedy: Vec<u32> = match gpu {
+            Some(g) => {
+                let logits = g.forward(&it.tokens, &mut g.new_cache(1, t)?)?;
+                g.argmax(&logits, t)?
+            }
+            None => m
+                .model
+                .forward(&it.tokens, &mut m.model.new_cache(), true)?
+                .chunks_exact(v)
+                .map(model::sampling::argmax)
+                .collect(),
+        };
+        let ok = (it.answer_start..t).all(|pos| greedy[pos - 1] == it.tokens[pos]);
         let e = per.entry(it.kind.clone()).or_default();
         e.0 += ok as usize;
         e.1 += 1;

@@ -9,8 +9,8 @@
 //!   retrieval accuracy by distance, cache bytes at 4K / 32K / 128K, measured decode tokens/s
 //!   at 4K and 32K, the single-FA heatmap, and tau.
 use super::convert::{
-    layout_string, load_supernet, read_items, stage_dir, supernet_spec, train_seqs, write_atomic,
-    Preset,
+    distil_settings, layout_string, load_supernet, new_eval_set, read_items, stage_dir,
+    supernet_spec, train_seqs, write_atomic, Preset,
 };
 use super::convert_plots as plots;
 use anyhow::{Context, Result};
@@ -20,6 +20,7 @@ use model::LoadedModel;
 use std::path::Path;
 use train::corpus::Item;
 use train::search::{EvalSet, Probe, Score};
+use train::supernet::Supernet;
 use train::tasks::rng::SplitMix64;
 
 /// What both stages need from the run.
@@ -38,10 +39,15 @@ pub(crate) struct RunCtx<'a> {
 
 /// The report's evaluation set: every held-out retrieval item (all distances, for accuracy
 /// by distance) and more teacher traces than the search used.
-fn report_eval_set(teacher: &HybridModel, held: &[Item], p: Preset) -> Result<EvalSet> {
+fn report_eval_set(
+    teacher: &HybridModel,
+    held: &[Item],
+    p: Preset,
+    device: tensor::Device,
+) -> Result<EvalSet> {
     let (n_traces, trace_len) = match p {
         Preset::Quick => (2, 96),
-        Preset::Full => (32, 512),
+        Preset::Full => (16, 384),
     };
     let traces = held
         .iter()
@@ -62,7 +68,7 @@ fn report_eval_set(teacher: &HybridModel, held: &[Item], p: Preset) -> Result<Ev
             distance: i.distance,
         })
         .collect();
-    EvalSet::new(teacher, traces, probes)
+    new_eval_set(teacher, traces, probes, device)
 }
 
 /// `k` distinct random placements of the budget (fa FA, swa SWA, the rest GDN).
@@ -102,11 +108,11 @@ pub(crate) struct Fidelity {
 
 /// Stage `fidelity`: writes DIR/fidelity.json.
 pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
-    let sn0 = load_supernet(c.m, &c.out.join("supernet"), c.preset)?;
+    // The supernet's weights, loaded once on the CPU; each layout trains a copy of them.
+    let sn0 = load_supernet(c.m, &c.out.join("supernet"), c.preset, tensor::Device::Cpu)?;
     let n = sn0.teacher.blocks.len();
     let held = read_items(&c.out.join("corpus/heldout.jsonl"))?;
-    let set = report_eval_set(&sn0.teacher, &held, c.preset)?;
-    drop(sn0);
+    let set = report_eval_set(&sn0.teacher, &held, c.preset, c.device)?;
     let mut layouts: Vec<(String, Vec<String>)> = vec![("learned".into(), c.best.clone())];
     layouts.extend(train::search::baselines(n, c.fa, c.swa, "gdn"));
     let extra = 8usize.saturating_sub(layouts.len()) + 1;
@@ -119,10 +125,13 @@ pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
         layouts.push((format!("random {}", j + 1), l));
     }
     let seqs = train_seqs(c.out)?;
-    let steps = match c.preset {
+    let mut spec = supernet_spec(c.preset, c.seed ^ 0xf1d);
+    distil_settings(&mut spec, c.preset);
+    spec.steps = match c.preset {
         Preset::Quick => 8,
-        Preset::Full => 150,
+        Preset::Full => 50,
     };
+    let steps = spec.steps;
     let pb = ProgressBar::new((layouts.len() * (steps + 2)) as u64);
     pb.set_style(
         ProgressStyle::with_template("fidelity: {msg} {bar:30} {pos}/{len} ETA {eta}").unwrap(),
@@ -131,14 +140,22 @@ pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
     for (name, l) in &layouts {
         pb.set_message(name.clone());
         // Each layout starts from the supernet's weights: training one moves the shared ones.
-        let mut sn = load_supernet(c.m, &c.out.join("supernet"), c.preset)?;
-        let before = sn.with_layout(l, |mm| set.score(mm))??;
+        let mut sn = Supernet::new(
+            sn0.teacher.clone_model(),
+            sn0.cands
+                .iter()
+                .map(|(k, m)| (k.clone(), m.clone_model()))
+                .collect(),
+        )?;
+        if let tensor::Device::Cuda(o) = c.device {
+            sn.use_gpu(o)?;
+        }
+        let before = sn.score(&set, l)?;
         pb.inc(1);
-        let mut spec = supernet_spec(c.preset, c.seed ^ 0xf1d);
-        spec.steps = steps;
+        let mut spec = spec.clone();
         spec.fixed = Some(l.clone());
         sn.train(&seqs, &spec, |_| pb.inc(1))?;
-        let after = sn.with_layout(l, |mm| set.score(mm))??;
+        let after = sn.score(&set, l)?;
         pb.inc(1);
         rows.push(Fidelity {
             name: name.clone(),
@@ -184,33 +201,6 @@ fn fmt_opt(x: Option<f64>) -> String {
     x.map_or("n/a".into(), |v| format!("{v:.2}"))
 }
 
-/// Greedy next tokens of `m` at every position of each trace (teacher forcing).
-fn greedy_tokens(m: &HybridModel, traces: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
-    let v = m.config.vocab_size;
-    traces
-        .iter()
-        .map(|t| {
-            let logits = m.forward(t, 1, &mut m.new_state(1), true)?;
-            Ok(logits
-                .chunks_exact(v)
-                .map(model::sampling::argmax)
-                .collect())
-        })
-        .collect()
-}
-
-/// Greedy agreement with the teacher: the share of positions of the held-out traces where the
-/// model's argmax is the teacher's (`teacher`: the teacher's greedy tokens, computed once).
-fn greedy_agreement(teacher: &[Vec<u32>], m: &HybridModel, traces: &[Vec<u32>]) -> Result<f64> {
-    let mine = greedy_tokens(m, traces)?;
-    let (mut same, mut total) = (0usize, 0usize);
-    for (a, b) in teacher.iter().zip(&mine) {
-        same += a.iter().zip(b).filter(|(x, y)| x == y).count();
-        total += a.len();
-    }
-    Ok(same as f64 / total.max(1) as f64)
-}
-
 /// One row of the report's main table.
 #[derive(serde::Serialize)]
 struct Row {
@@ -226,18 +216,11 @@ const CONTEXTS: [usize; 3] = [4096, 32768, 131072];
 
 /// Stage `report`: DIR/report.md, DIR/report.json and DIR/plots/*.png.
 pub(crate) fn report_stage(c: &RunCtx) -> Result<()> {
-    let mut sn = load_supernet(c.m, &c.out.join("supernet"), c.preset)?;
+    let mut sn = load_supernet(c.m, &c.out.join("supernet"), c.preset, c.device)?;
     let held = read_items(&c.out.join("corpus/heldout.jsonl"))?;
-    let set = report_eval_set(&sn.teacher, &held, c.preset)?;
-    let traces: Vec<Vec<u32>> = held
-        .iter()
-        .filter(|i| i.kind == "teacher")
-        .take(2)
-        .map(|i| i.tokens.clone())
-        .collect();
+    let set = report_eval_set(&sn.teacher, &held, c.preset, c.device)?;
     let n = sn.teacher.blocks.len();
     let teacher = sn.teacher.clone_model();
-    let teacher_greedy = greedy_tokens(&teacher, &traces)?;
     let distilled = HybridModel::load(&c.out.join("model"))?;
     let mut entries: Vec<(String, Vec<String>)> = vec![
         ("teacher (all FA)".into(), vec!["fa".to_string(); n]),
@@ -252,26 +235,48 @@ pub(crate) fn report_stage(c: &RunCtx) -> Result<()> {
     pb.set_style(
         ProgressStyle::with_template("report: {msg} {bar:30} {pos}/{len} ETA {eta}").unwrap(),
     );
-    let mut rows: Vec<Row> = vec![];
-    let row = |name: &str, l: &[String], mm: &HybridModel| -> Result<Row> {
-        let score = set.score(mm)?;
+    let row = |sn: &mut Supernet, name: &str, l: &[String]| -> Result<Row> {
+        let score = sn.score(&set, l)?;
         Ok(Row {
             name: name.into(),
             layout: l.to_vec(),
             perplexity: score.trace_nll.exp(),
-            greedy_agreement: greedy_agreement(&teacher_greedy, mm, &traces)?,
-            cache_bytes: CONTEXTS.map(|ctx| mm.cache_bytes(ctx, 2)),
+            greedy_agreement: score.greedy_agreement,
+            cache_bytes: sn.with_layout(l, |mm| CONTEXTS.map(|ctx| mm.cache_bytes(ctx, 2)))?,
             score,
         })
     };
+    let mut rows: Vec<Row> = vec![];
     for (name, l) in &entries {
         pb.set_message(name.clone());
-        let r = sn.with_layout(l, |mm| row(name, l, mm))??;
-        rows.push(r);
+        rows.push(row(&mut sn, name, l)?);
         pb.inc(1);
         if rows.len() == 2 {
             pb.set_message("learned, distilled");
-            rows.push(row("learned, distilled", &c.best, &distilled)?);
+            // The distilled hybrid as a one-candidate supernet: its FA layers are the
+            // teacher's, every other layer is its own mixer.
+            let mut dsn = Supernet::new(
+                teacher.clone_model(),
+                vec![("distilled".into(), distilled.clone_model())],
+            )?;
+            if let tensor::Device::Cuda(o) = c.device {
+                dsn.use_gpu(o)?;
+            }
+            let dl: Vec<String> = c
+                .best
+                .iter()
+                .map(|k| {
+                    if k == "fa" {
+                        k.clone()
+                    } else {
+                        "distilled".into()
+                    }
+                })
+                .collect();
+            let mut r = row(&mut dsn, "learned, distilled", &dl)?;
+            r.layout = c.best.clone();
+            r.cache_bytes = CONTEXTS.map(|ctx| distilled.cache_bytes(ctx, 2));
+            rows.push(r);
         }
     }
     // Decode speed of the teacher and the distilled hybrid (every layout of the budget has

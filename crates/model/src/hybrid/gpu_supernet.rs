@@ -24,7 +24,7 @@ pub enum GpuMixerTrain {
 }
 
 enum GpuMixerSaved {
-    Attention(GpuAttentionSaved),
+    Attention(Box<GpuAttentionSaved>),
     Linear(Box<GpuLinearSaved>),
 }
 
@@ -46,7 +46,7 @@ impl GpuMixerTrain {
         Ok(match self {
             GpuMixerTrain::Attention(a) => {
                 let (y, s) = a.forward(g, x, b, t)?;
-                (y, GpuMixerSaved::Attention(s))
+                (y, GpuMixerSaved::Attention(Box::new(s)))
             }
             GpuMixerTrain::Linear(l) => {
                 let (y, s) = l.forward(g, x, b, t)?;
@@ -112,11 +112,13 @@ pub struct Saved {
 }
 
 /// Per-row statistics of a layout on one sequence (rows = positions whose next token is
-/// scored): the next token's negative log-likelihood, the argmax, and KL(teacher ‖ layout).
+/// scored): the next token's negative log-likelihood, the argmax, and KL(teacher ‖ layout)
+/// with the teacher's argmax.
 pub struct RowStats {
     pub nll: Vec<f32>,
     pub argmax: Vec<u32>,
     pub kl: Option<Vec<f32>>,
+    pub teacher_argmax: Option<Vec<u32>>,
 }
 
 pub struct GpuSupernet {
@@ -147,7 +149,7 @@ impl GpuSupernet {
     /// `ordinal`.
     pub fn new(
         teacher: &HybridModel,
-        cands: &[(String, HybridModel)],
+        cands: &[(&str, &HybridModel)],
         ordinal: usize,
     ) -> Result<Self> {
         let g = Gpu::open(ordinal).context("the GPU for supernet training")?;
@@ -188,7 +190,7 @@ impl GpuSupernet {
                     bail!("candidate '{k}' has no layer {i}");
                 };
                 m.insert(
-                    k.clone(),
+                    k.to_string(),
                     GpuMixerTrain::new(&g, &cb.mixer).with_context(|| format!("layer {i}, {k}"))?,
                 );
             }
@@ -235,6 +237,113 @@ impl GpuSupernet {
         Ok(y)
     }
 
+    /// The embedded tokens [n, d] (f32).
+    fn embed(&self, tokens: &[u32]) -> Result<CudaSlice<f32>> {
+        let (g, d, n) = (&self.g, self.d, tokens.len());
+        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.v) {
+            bail!("token id {bad} is outside the vocabulary of {}", self.v);
+        }
+        let ids = g.upload(tokens)?;
+        let mut eb = g.zeros::<bf16>(n * d)?;
+        g.embedding_bf16(&self.emb, &ids, &mut eb, n, d)?;
+        let mut x = g.zeros::<f32>(n * d)?;
+        g.bf16_to_f32(&eb, &mut x, n * d)?;
+        Ok(x)
+    }
+
+    /// A block's MLP branch from the mixer's residual x_mid [n, d]: the block's output, and
+    /// the gate and up projections the backward needs (empty without an MLP).
+    #[allow(clippy::type_complexity)]
+    fn mlp_forward(
+        &self,
+        bl: &FrozenBlock,
+        x_mid: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+        let (g, d, f) = (&self.g, self.d, self.f);
+        let mut out = g.stream.clone_dtod(x_mid)?;
+        let Some(mlp) = &bl.mlp else {
+            return Ok((out, g.zeros::<f32>(0)?, g.zeros::<f32>(0)?));
+        };
+        let h2b = to_bf(g, &self.rmsnorm(x_mid, &mlp.post_norm, n)?)?;
+        let gate = GpuLinearTrain::lin(g, &h2b, &mlp.gate, (n, f, d))?;
+        let up = GpuLinearTrain::lin(g, &h2b, &mlp.up, (n, f, d))?;
+        let mut act = g.zeros::<f32>(n * f)?;
+        g.swiglu_f32(&gate, &up, &mut act, n * f)?;
+        let y2 = GpuLinearTrain::lin(g, &to_bf(g, &act)?, &mlp.down, (n, d, f))?;
+        g.add_f32(&mut out, &y2, n * d)?;
+        Ok((out, gate, up))
+    }
+
+    /// The teacher's mixer input (after `input_layernorm`) and output per layer, for tokens
+    /// [B, T]: what attention transfer trains the candidates on (`HybridModel::mixer_io`).
+    #[allow(clippy::type_complexity)]
+    pub fn teacher_mixer_io(
+        &self,
+        tokens: &[u32],
+        (b, t): (usize, usize),
+    ) -> Result<Vec<(CudaSlice<f32>, CudaSlice<f32>)>> {
+        let (g, d, n) = (&self.g, self.d, b * t);
+        if tokens.len() != n {
+            bail!("{} tokens do not fill a batch of {b} x {t}", tokens.len());
+        }
+        let mut x = self.embed(tokens)?;
+        let mut io = vec![];
+        for (i, bl) in self.blocks.iter().enumerate() {
+            let h = self.rmsnorm(&x, &bl.input_norm, n)?;
+            let (y, _) = self.mixers[i]["fa"].forward(g, &h, b, t)?;
+            let mut x_mid = g.stream.clone_dtod(&x)?;
+            g.add_f32(&mut x_mid, &y, n * d)?;
+            x = self.mlp_forward(bl, &x_mid, n)?.0;
+            io.push((h, y));
+        }
+        Ok(io)
+    }
+
+    /// (‖out − y‖², ‖y‖²) of `kind`'s mixer at `layer` on input h, and with `lr` one
+    /// attention-transfer step: MSE gradient 2(out − y)/N, AdamW without decay or clipping
+    /// (as train::transfer on the CPU). The errors are measured before the step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer_step(
+        &mut self,
+        kind: &str,
+        layer: usize,
+        h: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        (b, t): (usize, usize),
+        lr: Option<f32>,
+    ) -> Result<(f64, f64)> {
+        let g = &self.g;
+        let m = self
+            .mixers
+            .get_mut(layer)
+            .and_then(|m| m.get_mut(kind))
+            .with_context(|| format!("no '{kind}' mixer at layer {layer}"))?;
+        let (out, saved) = m.forward(g, h, b, t)?;
+        // diff = out − y
+        let mut diff = g.stream.clone_dtod(y)?;
+        g.scale_f32(&mut diff, -1.0)?;
+        g.add_f32(&mut diff, &out, out.len())?;
+        let mut acc = g.zeros::<f32>(2)?;
+        g.sumsq_f32(&diff, &mut acc)?;
+        let mut acc_y = g.zeros::<f32>(1)?;
+        g.sumsq_f32(y, &mut acc_y)?;
+        let (err, norm) = (g.download(&acc)?[0] as f64, g.download(&acc_y)?[0] as f64);
+        if let Some(lr) = lr {
+            m.weights().zero_grads(g)?;
+            g.scale_f32(&mut diff, 2.0 / out.len() as f32)?;
+            m.backward(g, &saved, &diff)?;
+            let opt = self
+                .opts
+                .entry((kind.to_string(), layer))
+                .or_insert_with(|| GpuAdamW::new(lr, 0.0));
+            opt.lr = lr;
+            let w = m.weights();
+            opt.step(g, &mut w.params, &w.grads)?;
+        }
+        Ok((err, norm))
+    }
+
     /// Forward of `layout` over tokens [B, T]: logits [B·T, V], and with `keep` what the
     /// backward needs.
     pub fn forward(
@@ -245,35 +354,18 @@ impl GpuSupernet {
         keep: bool,
     ) -> Result<(CudaSlice<f32>, Option<Saved>)> {
         self.check_layout(layout)?;
-        let (g, d, f, n) = (&self.g, self.d, self.f, b * t);
+        let (g, d, n) = (&self.g, self.d, b * t);
         if tokens.len() != n {
             bail!("{} tokens do not fill a batch of {b} x {t}", tokens.len());
         }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= self.v) {
-            bail!("token id {bad} is outside the vocabulary of {}", self.v);
-        }
-        let ids = g.upload(tokens)?;
-        let mut eb = g.zeros::<bf16>(n * d)?;
-        g.embedding_bf16(&self.emb, &ids, &mut eb, n, d)?;
-        let mut x = g.zeros::<f32>(n * d)?;
-        g.bf16_to_f32(&eb, &mut x, n * d)?;
+        let mut x = self.embed(tokens)?;
         let mut saved = vec![];
         for (i, bl) in self.blocks.iter().enumerate() {
             let h = self.rmsnorm(&x, &bl.input_norm, n)?;
             let (y, ms) = self.mixers[i][&layout[i]].forward(g, &h, b, t)?;
             let mut x_mid = g.stream.clone_dtod(&x)?;
             g.add_f32(&mut x_mid, &y, n * d)?;
-            let mut out = g.stream.clone_dtod(&x_mid)?;
-            let (mut gate, mut up) = (g.zeros::<f32>(0)?, g.zeros::<f32>(0)?);
-            if let Some(mlp) = &bl.mlp {
-                let h2b = to_bf(g, &self.rmsnorm(&x_mid, &mlp.post_norm, n)?)?;
-                gate = GpuLinearTrain::lin(g, &h2b, &mlp.gate, (n, f, d))?;
-                up = GpuLinearTrain::lin(g, &h2b, &mlp.up, (n, f, d))?;
-                let mut act = g.zeros::<f32>(n * f)?;
-                g.swiglu_f32(&gate, &up, &mut act, n * f)?;
-                let y2 = GpuLinearTrain::lin(g, &to_bf(g, &act)?, &mlp.down, (n, d, f))?;
-                g.add_f32(&mut out, &y2, n * d)?;
-            }
+            let (out, gate, up) = self.mlp_forward(bl, &x_mid, n)?;
             if keep {
                 saved.push(BlockSaved {
                     x,
@@ -502,19 +594,33 @@ impl GpuSupernet {
             .collect();
         let mut nll = g.zeros::<f32>(t)?;
         let mut scratch = g.zeros::<f32>(t * v)?;
-        g.cross_entropy_f32(&logits, &g.upload(&targets)?, &mut nll, &mut scratch, t, v, 1)?;
+        g.cross_entropy_f32(
+            &logits,
+            &g.upload(&targets)?,
+            &mut nll,
+            &mut scratch,
+            t,
+            v,
+            1,
+        )?;
         let mut am = g.zeros::<u32>(t)?;
         g.argmax_f32(&logits, &mut am, t, v)?;
         let rows = from - 1..t - 1;
-        let kl = if kl {
+        let (kl, teacher_argmax) = if kl {
             let teacher = self.teacher_logits(tokens, (1, t))?;
             let mut loss = g.zeros::<f32>(t)?;
             g.kl_div_f32(&logits, &teacher, &mut loss, &mut scratch, t, v, 1.0)?;
+            let mut ta = g.zeros::<u32>(t)?;
+            g.argmax_f32(&teacher, &mut ta, t, v)?;
             // kl_div_f32 divides each row's loss by the row count.
             let l: Vec<f32> = g.download(&loss)?;
-            Some(l[rows.clone()].iter().map(|x| x * t as f32).collect())
+            let ta: Vec<u32> = g.download(&ta)?;
+            (
+                Some(l[rows.clone()].iter().map(|x| x * t as f32).collect()),
+                Some(ta[rows.clone()].to_vec()),
+            )
         } else {
-            None
+            (None, None)
         };
         let nll: Vec<f32> = g.download(&nll)?;
         let am: Vec<u32> = g.download(&am)?;
@@ -522,6 +628,7 @@ impl GpuSupernet {
             nll: nll[rows.clone()].to_vec(),
             argmax: am[rows].to_vec(),
             kl,
+            teacher_argmax,
         })
     }
 

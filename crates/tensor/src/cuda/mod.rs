@@ -13,9 +13,9 @@ pub mod flash;
 mod gemm;
 mod hybrid_ops;
 pub mod libs;
+mod model_train_ops;
 mod ops;
 mod ops_bwd;
-mod model_train_ops;
 mod train_ops;
 pub use train_ops::GateActivation;
 
@@ -100,6 +100,17 @@ pub fn kernel_cache_dir() -> PathBuf {
 impl Gpu {
     /// Opens device `ordinal`; every failure is one sentence.
     pub fn open(ordinal: usize) -> Result<Self> {
+        Self::open_on(ordinal, false)
+    }
+
+    /// Opens device `ordinal` with a stream of its own, so that several of these, driven from
+    /// different threads, run their work concurrently on the GPU (the default stream
+    /// serialises everything on it).
+    pub fn open_with_own_stream(ordinal: usize) -> Result<Self> {
+        Self::open_on(ordinal, true)
+    }
+
+    fn open_on(ordinal: usize, own_stream: bool) -> Result<Self> {
         libs::ensure_loaded().map_err(Error::Msg)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::Msg(format!("cannot open GPU {ordinal}: {e:?}")))?;
@@ -107,7 +118,11 @@ impl Gpu {
         // recorded on every launch to order work across streams) is pure overhead.
         // SAFETY: every allocation, copy and launch of this Gpu goes through `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = if own_stream {
+            ctx.new_stream().map_err(|e| cuda_err("stream", e))?
+        } else {
+            ctx.default_stream()
+        };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS init", e))?;
         let compute_capability = ctx.compute_capability().map_err(|e| cuda_err("query", e))?;
         let arch: &'static str = Box::leak(
