@@ -31,6 +31,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Convert a full-attention model into a hybrid with learned layer placement (resumable).
     Convert(commands::convert::ConvertArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (prefix caching that works for hybrids).
+    Serve(commands::serve::ServeArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
     /// The NVIDIA libraries and GPU this machine offers (JSON).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
         Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),

@@ -20,6 +20,7 @@ impl Message {
     }
 }
 
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     /// The Jinja source, for writing it into a converted model's folder.

@@ -133,6 +133,74 @@ pub fn generate_gpu(
     )
 }
 
+/// Incremental detokenization with stop strings: each pushed token yields the text that is
+/// safe to show (an incomplete UTF-8 tail, or a suffix that may begin a stop string, is held
+/// back), and whether a stop string ended the text (which is then cut before it).
+pub struct TextStream {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    stop: Vec<String>,
+    /// Bytes of `text` already handed out.
+    emitted: usize,
+}
+
+impl TextStream {
+    pub fn new(stop: &[String]) -> Self {
+        TextStream {
+            tokens: vec![],
+            text: String::new(),
+            stop: stop.to_vec(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a generated token: (new text to show, stopped by a stop string).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<(String, bool)> {
+        self.tokens.push(id);
+        self.text = tokenizer.decode(&self.tokens)?;
+        if let Some(cut) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            self.text.truncate(cut);
+            return Ok((self.finish(), true));
+        }
+        let text = &self.text;
+        let mut safe = text.len()
+            - if text.ends_with('\u{FFFD}') {
+                '\u{FFFD}'.len_utf8()
+            } else {
+                0
+            };
+        for s in &self.stop {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text[..safe].ends_with(&s[..k]) {
+                    safe = safe.min(text[..safe].len() - k);
+                    break;
+                }
+            }
+        }
+        if safe > self.emitted && text.is_char_boundary(safe) {
+            let delta = text[self.emitted..safe].to_string();
+            self.emitted = safe;
+            return Ok((delta, false));
+        }
+        Ok((String::new(), false))
+    }
+
+    /// The text not handed out yet (at the end of generation).
+    pub fn finish(&mut self) -> String {
+        if self.text.len() > self.emitted && self.text.is_char_boundary(self.emitted) {
+            let rest = self.text[self.emitted..].to_string();
+            self.emitted = self.text.len();
+            return rest;
+        }
+        String::new()
+    }
+}
+
 /// The generation loop over any forward function (`forward(tokens)` runs the tokens after
 /// what it has seen and returns the last token's logits); `ctx` is the model's context.
 pub fn generate_with(
@@ -159,50 +227,32 @@ pub fn generate_with(
     let mut logits = forward(prompt)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut tokens = vec![];
-    let mut emitted = 0usize; // bytes of `text` already handed to on_text
-    let mut text = String::new();
+    let mut stream = TextStream::new(&opts.stop);
     let mut finish = "length";
-    while tokens.len() < max_tokens {
+    while stream.tokens.len() < max_tokens {
         let next = sampler.sample(&logits);
         if tokenizer.is_stop(next) {
             finish = "stop";
             break;
         }
-        tokens.push(next);
-        text = tokenizer.decode(&tokens)?;
-        if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
+        let (delta, stopped) = stream.push(tokenizer, next)?;
+        if !delta.is_empty() {
+            on_text(&delta);
+        }
+        if stopped {
             finish = "stop";
             break;
         }
-        // Hold back an incomplete UTF-8 tail and any suffix that may begin a stop string.
-        let mut safe = text.len()
-            - if text.ends_with('\u{FFFD}') {
-                '\u{FFFD}'.len_utf8()
-            } else {
-                0
-            };
-        for s in &opts.stop {
-            for k in (1..s.len()).rev() {
-                if s.is_char_boundary(k) && text[..safe].ends_with(&s[..k]) {
-                    safe = safe.min(text[..safe].len() - k);
-                    break;
-                }
-            }
-        }
-        if safe > emitted && text.is_char_boundary(safe) {
-            on_text(&text[emitted..safe]);
-            emitted = safe;
-        }
-        if tokens.len() == max_tokens {
+        if stream.tokens.len() == max_tokens {
             break;
         }
         logits = forward(&[next])?;
     }
-    if text.len() > emitted {
-        on_text(&text[emitted..]);
+    let rest = stream.finish();
+    if !rest.is_empty() {
+        on_text(&rest);
     }
+    let (tokens, text) = (stream.tokens, stream.text);
     Ok(Generation {
         prompt_tokens: prompt.to_vec(),
         tokens,

@@ -16,6 +16,7 @@ pub use bundle::{AnyModel, HybridBundle, Runner};
 pub use chat::{ChatTemplate, Message};
 pub use generate::{
     generate, generate_gpu, generate_with, prompt_tokens, GenerateOptions, Generation, LoadedModel,
+    TextStream,
 };
 pub use llama::{KvCache, Llama, LlamaConfig};
 pub use sampling::{Sampler, SamplingParams};

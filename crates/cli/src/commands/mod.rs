@@ -12,6 +12,7 @@ mod convert_report;
 pub mod device;
 pub mod generate;
 pub mod inspect;
+pub mod serve;
 pub mod train_synthetic;
 
 use anyhow::{bail, Result};

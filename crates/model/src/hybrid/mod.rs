@@ -53,6 +53,7 @@ impl Mixer {
     }
 }
 
+#[derive(Clone)]
 pub enum LayerState {
     Attention(AttnState),
     Linear(LinearState),

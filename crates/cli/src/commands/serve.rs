@@ -1,0 +1,73 @@
+//! `hybrid serve`: the OpenAI-compatible server (crates/server) over the engine
+//! (crates/engine) for a GGUF model (served as the all-FA hybrid) or a hybrid folder.
+use super::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Sequences running at once (more wait in the queue).
+    #[arg(long, default_value_t = 8)]
+    pub max_num_seqs: usize,
+    /// Tokens per engine step, decode and prefill chunks together (chunked prefill).
+    #[arg(long, default_value_t = 256)]
+    pub max_batched_tokens: usize,
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub prefix_cache: OnOff,
+    /// Memory for prefix-cache checkpoints, MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub cache_mib: usize,
+    /// The model id clients name (default: the file or folder name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    if let Some(tensor::Device::Cuda(_)) = a.model.device {
+        bail!("hybrid serve runs on the CPU so far (the GPU engine comes with the serving issue's next part); use --device cpu");
+    }
+    let path = a.model.model_path()?;
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let m = engine::ServeModel::load(&path, &name)?;
+    let cfg = engine::EngineConfig {
+        max_num_seqs: a.max_num_seqs,
+        max_batched_tokens: a.max_batched_tokens,
+        prefix_cache: a.prefix_cache == OnOff::On,
+        cache_bytes: a.cache_mib << 20,
+        ..Default::default()
+    };
+    let engine = engine::Engine::start(Arc::new(m), cfg)?;
+    let state = Arc::new(server::AppState { engine });
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "serving '{name}' on http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            listener.local_addr()?
+        );
+        server::serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("the server failed")
+    })
+}

@@ -1,0 +1,427 @@
+//! The engine: one thread owns the model, the running sequences and the prefix cache, and
+//! runs steps. Each step has a token budget shared by decode (one token per running sequence,
+//! first) and prefill chunks (what is left, in arrival order): chunked prefill, so that a long
+//! prompt does not stall the sequences that are decoding. A prefill chunk ends exactly at each
+//! position where the sequence means to keep a checkpoint (its prompt's end, the start of the
+//! assistant generation prompt, a divergence point from a cached prefix), since a recurrent
+//! state exists only where the chunk ends.
+//!
+//! Every sequence runs through the model on its own (batch 1), so its outputs do not depend on
+//! which others share its steps: batching changes throughput, never tokens.
+use crate::metrics::Metrics;
+use crate::prefix::{state_bytes, PrefixCache};
+use anyhow::{bail, Result};
+use model::hybrid::{HybridModel, LayerState};
+use model::{ChatTemplate, Sampler, SamplingParams, TextStream, Tokenizer};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The model an engine serves: any hybrid (an FA model is the all-FA hybrid).
+pub struct ServeModel {
+    pub name: String,
+    pub model: HybridModel,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub context: usize,
+}
+
+impl ServeModel {
+    /// A GGUF file (as the all-FA hybrid, weights dequantized to f32) or a hybrid folder.
+    pub fn load(path: &std::path::Path, name: &str) -> Result<Self> {
+        let any = model::AnyModel::load(path)?;
+        let context = any.context_length();
+        Ok(match any {
+            model::AnyModel::Gguf(m) => ServeModel {
+                name: name.into(),
+                model: HybridModel::from_llama(&m.model)?,
+                tokenizer: m.tokenizer,
+                template: m.template,
+                context,
+            },
+            model::AnyModel::Hybrid(h) => ServeModel {
+                name: name.into(),
+                model: h.model,
+                tokenizer: h.tokenizer,
+                template: h.template,
+                context,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences running at once (more wait in the queue).
+    pub max_num_seqs: usize,
+    /// Tokens per step, decode and prefill chunks together.
+    pub max_batched_tokens: usize,
+    pub prefix_cache: bool,
+    /// Byte budget of the prefix cache's checkpoints.
+    pub cache_bytes: usize,
+    /// A divergence point becomes a checkpoint when the shared prefix beyond the last hit is
+    /// at least this long.
+    pub min_shared: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_seqs: 8,
+            max_batched_tokens: 256,
+            prefix_cache: true,
+            cache_bytes: 2 << 30,
+            min_shared: 16,
+        }
+    }
+}
+
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Extra positions to keep a checkpoint at (e.g. where the assistant generation prompt
+    /// begins, which the next turn of a chat shares).
+    pub keep: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// New text (possibly empty while a multi-byte character or a stop string is pending).
+    Text {
+        token: u32,
+        delta: String,
+    },
+    Done {
+        finish_reason: String,
+        text: String,
+        usage: Usage,
+    },
+    Error(String),
+}
+
+/// Receives a sequence's events; returns false when nobody listens any more (the client went
+/// away), which cancels the sequence.
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+pub struct Engine {
+    tx: Option<Sender<(Request, Sink)>>,
+    pub metrics: Arc<Metrics>,
+    pub model: Arc<ServeModel>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn start(model: Arc<ServeModel>, cfg: EngineConfig) -> Result<Self> {
+        if cfg.max_num_seqs == 0 || cfg.max_batched_tokens == 0 {
+            bail!("max_num_seqs and max_batched_tokens must be at least 1");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::default());
+        let (m, me) = (model.clone(), metrics.clone());
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || Worker::new(m, cfg, me).run(rx))?;
+        Ok(Engine {
+            tx: Some(tx),
+            metrics,
+            model,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a request; its events go to `sink`.
+    pub fn submit(&self, req: Request, sink: Sink) -> Result<()> {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        match &self.tx {
+            Some(tx) => tx
+                .send((req, sink))
+                .map_err(|_| anyhow::anyhow!("the engine has stopped")),
+            None => bail!("the engine has stopped"),
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// Lets the running sequences finish, then stops the engine thread.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Seq {
+    req: Request,
+    sink: Sink,
+    states: Vec<LayerState>,
+    /// Tokens the states have seen: the prompt, then the fed generated tokens.
+    fed: Vec<u32>,
+    /// Logits after the last fed token (None while the prompt is being prefilled).
+    logits: Option<Vec<f32>>,
+    sampler: Sampler,
+    stream: TextStream,
+    cached: usize,
+    /// Prompt positions where a checkpoint is kept.
+    keep: BTreeSet<usize>,
+}
+
+struct Worker {
+    m: Arc<ServeModel>,
+    cfg: EngineConfig,
+    metrics: Arc<Metrics>,
+    cache: PrefixCache,
+    waiting: VecDeque<(Request, Sink)>,
+    running: Vec<Seq>,
+}
+
+impl Worker {
+    fn new(m: Arc<ServeModel>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let cache = PrefixCache::new(cfg.cache_bytes);
+        Worker {
+            m,
+            cfg,
+            metrics,
+            cache,
+            waiting: VecDeque::new(),
+            running: vec![],
+        }
+    }
+
+    fn run(mut self, rx: Receiver<(Request, Sink)>) {
+        let mut open = true;
+        loop {
+            // Idle: block for the next request; busy: take what has arrived.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(r) => self.waiting.push_back(r),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.recv_timeout(Duration::ZERO) {
+                    Ok(r) => self.waiting.push_back(r),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.admit();
+            self.step();
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let m = &self.metrics;
+        m.waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+        m.running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        m.cache_bytes
+            .store(self.cache.bytes() as u64, Ordering::Relaxed);
+        m.checkpoints
+            .store(self.cache.checkpoints() as u64, Ordering::Relaxed);
+        m.evicted.store(self.cache.evicted, Ordering::Relaxed);
+        let running_bytes: usize = self.running.iter().map(|s| state_bytes(&s.states)).sum();
+        m.state_bytes.store(running_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Moves waiting requests into the running set (up to max_num_seqs), restoring the
+    /// deepest usable checkpoint of each prompt.
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some((req, mut sink)) = self.waiting.pop_front() else {
+                return;
+            };
+            let n = req.prompt.len();
+            if n == 0 || n >= self.m.context {
+                sink(Event::Error(format!(
+                    "the prompt has {n} tokens; the model's context is {} tokens",
+                    self.m.context
+                )));
+                continue;
+            }
+            let mut keep: BTreeSet<usize> = req
+                .keep
+                .iter()
+                .copied()
+                .filter(|&k| k > 0 && k < n)
+                .collect();
+            keep.insert(n);
+            let (mut states, mut fed, mut logits, mut cached) =
+                (self.m.model.new_state(1), vec![], None, 0);
+            if self.cfg.prefix_cache {
+                let l = self.cache.lookup(&req.prompt);
+                if let Some(s) = l.states {
+                    states = s;
+                    fed = req.prompt[..l.hit].to_vec();
+                    logits = l.logits;
+                    cached = l.hit;
+                    self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                }
+                if l.shared > l.hit {
+                    // A longer shared prefix than any checkpoint: keep one there this time.
+                    self.metrics.hits_clamped.fetch_add(1, Ordering::Relaxed);
+                    if l.shared - l.hit >= self.cfg.min_shared && l.shared < n {
+                        keep.insert(l.shared);
+                    }
+                }
+            }
+            self.metrics
+                .prompt_tokens
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.metrics
+                .cached_tokens
+                .fetch_add(cached as u64, Ordering::Relaxed);
+            self.metrics.record_hit(&self.m.model, cached);
+            let sampler = Sampler::new(req.sampling.clone());
+            let stream = TextStream::new(&req.stop);
+            self.running.push(Seq {
+                req,
+                sink,
+                states,
+                fed,
+                logits,
+                sampler,
+                stream,
+                cached,
+                keep,
+            });
+        }
+    }
+
+    fn step(&mut self) {
+        let mut budget = self.cfg.max_batched_tokens;
+        let mut done = vec![];
+        // Decode first: one token per sequence whose prompt is in.
+        for (i, s) in self.running.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            let Some(logits) = &s.logits else { continue };
+            let next = s.sampler.sample(logits);
+            match advance(&self.m, s, next) {
+                Ok(None) => {
+                    budget -= 1;
+                    self.metrics
+                        .generated_tokens
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(reason)) => done.push((i, reason)),
+                Err(e) => done.push((i, format!("error: {e}"))),
+            }
+        }
+        // Prefill chunks with what is left, ending at every checkpoint position.
+        for (i, s) in self.running.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if s.logits.is_some() || done.iter().any(|d| d.0 == i) {
+                continue;
+            }
+            let pos = s.fed.len();
+            let n = s.req.prompt.len();
+            let next_keep = s.keep.range(pos + 1..).next().copied().unwrap_or(n);
+            let end = next_keep.min(pos + budget);
+            let chunk = &s.req.prompt[pos..end];
+            match self.m.model.forward(chunk, 1, &mut s.states, false) {
+                Ok(l) => {
+                    s.fed.extend_from_slice(chunk);
+                    budget -= chunk.len();
+                    self.metrics
+                        .prefilled_tokens
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if self.cfg.prefix_cache && s.keep.contains(&end) {
+                        let lg = (end == n).then(|| l.clone());
+                        self.cache.insert(&s.fed, s.states.clone(), lg);
+                        self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if end == n {
+                        s.logits = Some(l);
+                    }
+                }
+                Err(e) => done.push((i, format!("error: prefill failed: {e}"))),
+            }
+        }
+        self.finish(done);
+    }
+
+    /// Removes the finished or cancelled sequences; a finished one sends its last text and
+    /// `Done`, and leaves a checkpoint of everything it saw (a conversation's next turn
+    /// starts with it).
+    fn finish(&mut self, mut done: Vec<(usize, String)>) {
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, reason) in done {
+            let mut s = self.running.swap_remove(i);
+            if let Some(msg) = reason.strip_prefix("error: ") {
+                let _ = (s.sink)(Event::Error(msg.to_string()));
+                continue;
+            }
+            if reason == "cancelled" {
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let rest = s.stream.finish();
+            if !rest.is_empty() {
+                let last = *s.stream.tokens.last().unwrap_or(&0);
+                (s.sink)(Event::Text {
+                    token: last,
+                    delta: rest,
+                });
+            }
+            let usage = Usage {
+                prompt_tokens: s.req.prompt.len(),
+                completion_tokens: s.stream.tokens.len(),
+                cached_tokens: s.cached,
+            };
+            (s.sink)(Event::Done {
+                finish_reason: reason,
+                text: s.stream.text.clone(),
+                usage,
+            });
+            if self.cfg.prefix_cache && s.fed.len() > s.req.prompt.len() {
+                self.cache.insert(&s.fed, s.states, s.logits);
+                self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Takes the sampled token `next` for sequence `s`: emits its text, then either feeds it to
+/// the model (Ok(None)) or ends the sequence (Ok(Some(finish reason))).
+fn advance(m: &ServeModel, s: &mut Seq, next: u32) -> Result<Option<String>> {
+    if m.tokenizer.is_stop(next) {
+        return Ok(Some("stop".into()));
+    }
+    let (delta, stopped) = s.stream.push(&m.tokenizer, next)?;
+    if !(s.sink)(Event::Text { token: next, delta }) {
+        return Ok(Some("cancelled".into()));
+    }
+    if stopped {
+        return Ok(Some("stop".into()));
+    }
+    if s.stream.tokens.len() >= s.req.max_tokens || s.fed.len() + 1 >= m.context {
+        return Ok(Some("length".into()));
+    }
+    let l = m.model.forward(&[next], 1, &mut s.states, false)?;
+    s.fed.push(next);
+    s.logits = Some(l);
+    Ok(None)
+}

@@ -1,0 +1,113 @@
+//! Counters and gauges the engine publishes, rendered in Prometheus' text format by
+//! [`Metrics::prometheus`] (a handful of numbers: no metrics crate needed).
+use model::hybrid::{HybridModel, LayerState};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub cached_tokens: AtomicU64,
+    pub prefilled_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub cancelled: AtomicU64,
+    /// Prompts that resumed from a checkpoint.
+    pub hits: AtomicU64,
+    /// Prompts whose shared prefix went beyond the checkpoint they resumed from (an FA-only
+    /// cache would have hit more).
+    pub hits_clamped: AtomicU64,
+    pub stored: AtomicU64,
+    pub evicted: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    /// Bytes of the running sequences' states.
+    pub state_bytes: AtomicU64,
+    pub waiting: AtomicU64,
+    pub running: AtomicU64,
+    /// Cached tokens by layer type ("full_attention", "sliding_attention", "linear_attention"):
+    /// every layer of a hit resumes at the same length.
+    hit_tokens_by_type: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    pub fn record_hit(&self, m: &HybridModel, cached: usize) {
+        if cached == 0 {
+            return;
+        }
+        let mut by = self.hit_tokens_by_type.lock().expect("metrics lock");
+        let st = m.new_state(1);
+        for (s, b) in st.iter().zip(&m.blocks) {
+            let kind = match (s, &b.mixer) {
+                (LayerState::Attention(_), model::hybrid::Mixer::Attention(a)) => {
+                    if a.cfg.window.is_some() {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                }
+                _ => "linear_attention",
+            };
+            *by.entry(kind.to_string()).or_default() += cached as u64;
+        }
+    }
+
+    pub fn prometheus(&self, model: &str) -> String {
+        let mut s = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            ("hybrid_requests_total", "Requests received.", get(&self.requests)),
+            ("hybrid_prompt_tokens_total", "Prompt tokens of admitted requests.", get(&self.prompt_tokens)),
+            ("hybrid_cached_tokens_total", "Prompt tokens served from the prefix cache.", get(&self.cached_tokens)),
+            ("hybrid_prefilled_tokens_total", "Prompt tokens run through the model.", get(&self.prefilled_tokens)),
+            ("hybrid_generated_tokens_total", "Generated tokens.", get(&self.generated_tokens)),
+            ("hybrid_cancelled_total", "Sequences cancelled by a client disconnect.", get(&self.cancelled)),
+            ("hybrid_prefix_hits_total", "Prompts resumed from a checkpoint.", get(&self.hits)),
+            ("hybrid_prefix_hits_clamped_total", "Prompts whose shared prefix extended past the deepest checkpoint (a state was missing there).", get(&self.hits_clamped)),
+            ("hybrid_checkpoints_stored_total", "Checkpoints stored.", get(&self.stored)),
+            ("hybrid_checkpoints_evicted_total", "Checkpoints evicted.", get(&self.evicted)),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{model=\"{model}\"}} {v}"
+            );
+        }
+        let gauges = [
+            (
+                "hybrid_checkpoints",
+                "Checkpoints in the prefix cache.",
+                get(&self.checkpoints),
+            ),
+            (
+                "hybrid_prefix_cache_bytes",
+                "Bytes held by the prefix cache's checkpoints.",
+                get(&self.cache_bytes),
+            ),
+            (
+                "hybrid_running_state_bytes",
+                "Bytes of the running sequences' states (KV, windows, recurrent).",
+                get(&self.state_bytes),
+            ),
+            (
+                "hybrid_queue_waiting",
+                "Requests waiting for a slot.",
+                get(&self.waiting),
+            ),
+            ("hybrid_running", "Sequences running.", get(&self.running)),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model=\"{model}\"}} {v}"
+            );
+        }
+        let name = "hybrid_cached_tokens_by_layer_type_total";
+        let _ = writeln!(s, "# HELP {name} Cached tokens summed over the layers of each type.\n# TYPE {name} counter");
+        for (k, v) in self.hit_tokens_by_type.lock().expect("metrics lock").iter() {
+            let _ = writeln!(s, "{name}{{model=\"{model}\",layer_type=\"{k}\"}} {v}");
+        }
+        s
+    }
+}

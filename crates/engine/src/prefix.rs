@@ -1,0 +1,272 @@
+//! The prefix cache: a radix tree over token sequences whose nodes may hold a checkpoint —
+//! every layer's state after exactly that prefix (FA keys/values, the SWA window, recurrent
+//! and conv states), and the logits of its last token when the prefix is a whole prompt.
+//!
+//! A hit is valid only where every layer type can resume, i.e. at a checkpoint: an FA model
+//! could resume anywhere its keys are cached, a recurrent layer only where its state was saved
+//! (research/serving.md §1.4, §8.1). `Lookup::shared` reports how far the prompt matches the
+//! tree beyond the hit (a hit "clamped by a missing state"): the engine then keeps a checkpoint
+//! at that divergence point so that the next prompt sharing it hits.
+//!
+//! Checkpoints are whole copies of the state (copy-on-write by construction: a hit clones
+//! them). Eviction, when the byte budget is exceeded, removes the checkpoint with the lowest
+//! recompute cost per byte, discounted by age: score = tokens / MiB / (1 + age / 64 lookups).
+use model::hybrid::LayerState;
+use std::collections::HashMap;
+
+pub struct Checkpoint {
+    pub states: Vec<LayerState>,
+    /// The last token's logits, when the checkpoint ends a prompt (a hit of the whole prompt
+    /// then needs no forward at all).
+    pub logits: Option<Vec<f32>>,
+    bytes: usize,
+    last_used: u64,
+}
+
+struct Node {
+    /// Tokens on the edge from the parent to this node.
+    edge: Vec<u32>,
+    parent: usize,
+    depth: usize,
+    children: HashMap<u32, usize>,
+    ckpt: Option<Checkpoint>,
+}
+
+/// What a lookup found for a prompt.
+pub struct Lookup {
+    /// Tokens covered by the deepest usable checkpoint (0: none).
+    pub hit: usize,
+    pub states: Option<Vec<LayerState>>,
+    pub logits: Option<Vec<f32>>,
+    /// Length of the longest prefix of the prompt present in the tree (≥ hit).
+    pub shared: usize,
+}
+
+pub struct PrefixCache {
+    nodes: Vec<Node>,
+    free: Vec<usize>,
+    budget: usize,
+    used: usize,
+    clock: u64,
+    pub evicted: u64,
+}
+
+/// Bytes a state occupies (f32 elements).
+pub fn state_bytes(states: &[LayerState]) -> usize {
+    states
+        .iter()
+        .map(|s| match s {
+            LayerState::Attention(a) => a.k.iter().chain(&a.v).map(|x| x.len()).sum::<usize>() * 4,
+            LayerState::Linear(l) => {
+                (l.rec.len() + l.conv_q.len() + l.conv_k.len() + l.conv_v.len()) * 4
+            }
+        })
+        .sum()
+}
+
+impl PrefixCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        PrefixCache {
+            nodes: vec![Node {
+                edge: vec![],
+                parent: 0,
+                depth: 0,
+                children: HashMap::new(),
+                ckpt: None,
+            }],
+            free: vec![],
+            budget: budget_bytes,
+            used: 0,
+            clock: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.used
+    }
+
+    pub fn checkpoints(&self) -> usize {
+        self.nodes.iter().filter(|n| n.ckpt.is_some()).count()
+    }
+
+    /// The deepest checkpoint on the prompt's path that leaves something to run: one strictly
+    /// inside the prompt, or one at its end that carries the last logits.
+    pub fn lookup(&mut self, tokens: &[u32]) -> Lookup {
+        self.clock += 1;
+        let (mut node, mut depth) = (0usize, 0usize);
+        let mut best: Option<usize> = None;
+        loop {
+            let n = &self.nodes[node];
+            if let Some(c) = &n.ckpt {
+                if depth < tokens.len() || (depth == tokens.len() && c.logits.is_some()) {
+                    best = Some(node);
+                }
+            }
+            let Some(&next) = tokens.get(depth).and_then(|t| n.children.get(t)) else {
+                break;
+            };
+            let edge = &self.nodes[next].edge;
+            let common = edge
+                .iter()
+                .zip(&tokens[depth..])
+                .take_while(|(a, b)| a == b)
+                .count();
+            depth += common;
+            if common < edge.len() {
+                break;
+            }
+            node = next;
+        }
+        let Some(b) = best else {
+            return Lookup {
+                hit: 0,
+                states: None,
+                logits: None,
+                shared: depth,
+            };
+        };
+        let clock = self.clock;
+        let n = &mut self.nodes[b];
+        let c = n.ckpt.as_mut().expect("best holds a checkpoint");
+        c.last_used = clock;
+        let hit = n.depth;
+        Lookup {
+            hit,
+            states: Some(c.states.clone()),
+            logits: if hit == tokens.len() {
+                c.logits.clone()
+            } else {
+                None
+            },
+            shared: depth,
+        }
+    }
+
+    /// Keeps a checkpoint after exactly `tokens` (replacing one there), then evicts down to
+    /// the budget. A checkpoint larger than the whole budget is not kept.
+    pub fn insert(&mut self, tokens: &[u32], states: Vec<LayerState>, logits: Option<Vec<f32>>) {
+        let bytes = state_bytes(&states) + logits.as_ref().map_or(0, |l| l.len() * 4);
+        if bytes > self.budget || tokens.is_empty() {
+            return;
+        }
+        self.clock += 1;
+        let node = self.node_at(tokens);
+        let clock = self.clock;
+        let n = &mut self.nodes[node];
+        if let Some(old) = n.ckpt.take() {
+            self.used -= old.bytes;
+        }
+        n.ckpt = Some(Checkpoint {
+            states,
+            logits,
+            bytes,
+            last_used: clock,
+        });
+        self.used += bytes;
+        while self.used > self.budget {
+            if !self.evict_one(node) {
+                break;
+            }
+        }
+    }
+
+    /// The node at exactly `tokens`, creating it (and splitting an edge) as needed.
+    fn node_at(&mut self, tokens: &[u32]) -> usize {
+        let (mut node, mut depth) = (0usize, 0usize);
+        while depth < tokens.len() {
+            let t = tokens[depth];
+            let Some(&next) = self.nodes[node].children.get(&t) else {
+                let leaf = self.alloc(Node {
+                    edge: tokens[depth..].to_vec(),
+                    parent: node,
+                    depth: tokens.len(),
+                    children: HashMap::new(),
+                    ckpt: None,
+                });
+                self.nodes[node].children.insert(t, leaf);
+                return leaf;
+            };
+            let common = self.nodes[next]
+                .edge
+                .iter()
+                .zip(&tokens[depth..])
+                .take_while(|(a, b)| a == b)
+                .count();
+            if common == self.nodes[next].edge.len() {
+                node = next;
+                depth += common;
+                continue;
+            }
+            // Split next's edge at `common`: node -> mid -> next.
+            let rest = self.nodes[next].edge.split_off(common);
+            let head = std::mem::replace(&mut self.nodes[next].edge, rest);
+            let mid = self.alloc(Node {
+                edge: head,
+                parent: node,
+                depth: depth + common,
+                children: HashMap::new(),
+                ckpt: None,
+            });
+            let first_rest = self.nodes[next].edge[0];
+            self.nodes[mid].children.insert(first_rest, next);
+            self.nodes[next].parent = mid;
+            self.nodes[node].children.insert(t, mid);
+            node = mid;
+            depth += common;
+        }
+        node
+    }
+
+    fn alloc(&mut self, n: Node) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = n;
+                i
+            }
+            None => {
+                self.nodes.push(n);
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// Evicts the lowest-scored checkpoint other than `keep`; false when there is none.
+    fn evict_one(&mut self, keep: usize) -> bool {
+        let clock = self.clock;
+        let victim = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != keep)
+            .filter_map(|(i, n)| n.ckpt.as_ref().map(|c| (i, n.depth, c)))
+            .map(|(i, depth, c)| {
+                let mib = c.bytes as f64 / (1 << 20) as f64;
+                let age = (clock - c.last_used) as f64;
+                (i, depth as f64 / mib.max(1e-6) / (1.0 + age / 64.0))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i);
+        let Some(v) = victim else { return false };
+        let c = self.nodes[v]
+            .ckpt
+            .take()
+            .expect("victim holds a checkpoint");
+        self.used -= c.bytes;
+        self.evicted += 1;
+        self.prune(v);
+        true
+    }
+
+    /// Removes `node` and its ancestors while they hold neither a checkpoint nor children.
+    fn prune(&mut self, mut node: usize) {
+        while node != 0 && self.nodes[node].ckpt.is_none() && self.nodes[node].children.is_empty() {
+            let parent = self.nodes[node].parent;
+            let first = self.nodes[node].edge[0];
+            self.nodes[parent].children.remove(&first);
+            self.nodes[node].edge.clear();
+            self.free.push(node);
+            node = parent;
+        }
+    }
+}
