@@ -2,7 +2,7 @@
 CARGO ?= cargo
 HYBRID := target/release/hybrid
 
-.PHONY: demo test build fetch lint bench-cpu fixtures
+.PHONY: demo test build fetch lint bench-cpu fixtures pydeps
 
 build:
 	$(CARGO) build --release
@@ -23,8 +23,12 @@ lint:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # Unit, property and integration tests (the model-level ones need the fetched model).
-test: fetch
+test: fetch pydeps
 	$(CARGO) test --release --workspace
+
+# The server tests drive the server with the official OpenAI Python client.
+pydeps:
+	python3 -c 'import openai' 2>/dev/null || python3 -m pip install -q openai || python3 -m pip install -q --break-system-packages openai
 
 # hybrid and llama.cpp side by side (needs llama-cpp-python; see ../shared/peers/README.md).
 bench-cpu: build

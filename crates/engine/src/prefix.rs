@@ -270,3 +270,76 @@ impl PrefixCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixers::linear_mixer::LinearState;
+
+    /// A state of `floats` f32 whose recurrent values all equal `tag` (to tell them apart).
+    fn state(tag: f32, floats: usize) -> Vec<LayerState> {
+        vec![LayerState::Linear(LinearState {
+            rec: vec![tag; floats],
+            conv_q: vec![],
+            conv_k: vec![],
+            conv_v: vec![],
+        })]
+    }
+
+    fn tag(l: &Lookup) -> f32 {
+        match &l.states.as_ref().unwrap()[0] {
+            LayerState::Linear(s) => s.rec[0],
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn hits_are_the_deepest_checkpoint_on_the_path() {
+        let mut c = PrefixCache::new(1 << 20);
+        c.insert(&[1, 2, 3, 4], state(1.0, 4), None);
+        c.insert(&[1, 2, 3, 4, 5, 6], state(2.0, 4), Some(vec![0.5; 3]));
+        // Splits the [5, 6] edge: a checkpoint at [1..5] of a diverging branch.
+        c.insert(&[1, 2, 3, 4, 5, 9], state(3.0, 4), None);
+        let l = c.lookup(&[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!((l.hit, tag(&l), l.shared), (6, 2.0, 6));
+        assert!(l.logits.is_none(), "logits only for a whole-prompt hit");
+        // The whole prompt with logits: a hit of all of it.
+        let l = c.lookup(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!((l.hit, l.logits.as_deref()), (6, Some(&[0.5f32; 3][..])));
+        // A whole prompt without logits falls back to a shorter checkpoint.
+        let l = c.lookup(&[1, 2, 3, 4]);
+        assert_eq!(l.hit, 0);
+        assert_eq!(l.shared, 4);
+        // Diverging inside an edge: the shared length goes past the hit.
+        let l = c.lookup(&[1, 2, 3, 4, 5, 8]);
+        assert_eq!((l.hit, tag(&l), l.shared), (4, 1.0, 5));
+        let l = c.lookup(&[1, 2, 3, 4, 5, 9, 1]);
+        assert_eq!((l.hit, tag(&l)), (6, 3.0));
+        assert_eq!(c.lookup(&[7, 7]).hit, 0);
+        assert_eq!(c.checkpoints(), 3);
+    }
+
+    #[test]
+    fn eviction_keeps_the_budget_and_prefers_costly_recent_checkpoints() {
+        // Each checkpoint: 1000 floats = 4000 bytes; room for two.
+        let mut c = PrefixCache::new(9000);
+        c.insert(&[1; 100], state(1.0, 1000), None);
+        c.insert(&[2; 10], state(2.0, 1000), None);
+        // Touch the long one: it is both costlier to recompute and more recent.
+        assert_eq!(c.lookup(&[1; 101]).hit, 100);
+        c.insert(&[3; 50], state(3.0, 1000), None);
+        assert!(c.bytes() <= 9000);
+        assert_eq!(c.checkpoints(), 2);
+        assert_eq!(
+            c.lookup(&[2; 11]).hit,
+            0,
+            "the short, old checkpoint goes first"
+        );
+        assert_eq!(c.lookup(&[1; 101]).hit, 100);
+        assert_eq!(c.lookup(&[3; 51]).hit, 50);
+        assert_eq!(c.evicted, 1);
+        // A checkpoint larger than the budget is not kept.
+        c.insert(&[4; 5], state(4.0, 10_000), None);
+        assert_eq!(c.lookup(&[4; 6]).hit, 0);
+    }
+}

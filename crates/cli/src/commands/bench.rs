@@ -20,6 +20,9 @@ pub enum BenchCommand {
     Attention(super::bench_attention::AttentionArgs),
     /// The model on the GPU against the CPU under teacher forcing (argmax agreement, KL).
     Agreement(super::bench_agreement::AgreementArgs),
+    /// The OpenAI server under workloads (prefix hit rate x context, multi-turn chat): TTFT,
+    /// TPOT, latencies; in-process servers on real ports. Markdown + JSON.
+    Serve(super::bench_serve::ServeBenchArgs),
     /// Chunked GDN / KDA / GLA forward on the GPU (prefill and training shapes).
     ChunkLinear(super::bench_linear::ChunkLinearArgs),
     /// Chunked GDN / KDA / GLA forward + backward on the GPU (training shapes).
@@ -71,6 +74,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::ChunkLinearBwd(g) => return super::bench_linear_bwd::run(g),
         BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
         BenchCommand::Context(g) => return super::bench_context::run(g),
+        BenchCommand::Serve(g) => return super::bench_serve::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");

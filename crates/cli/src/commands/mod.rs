@@ -4,6 +4,7 @@ pub mod bench_attention;
 pub mod bench_context;
 pub mod bench_linear;
 pub mod bench_linear_bwd;
+pub mod bench_serve;
 pub mod bench_step;
 pub mod chat;
 pub mod convert;

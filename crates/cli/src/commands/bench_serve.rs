@@ -1,0 +1,285 @@
+//! `hybrid bench serve`: a client in the same binary (like vLLM's benchmark_serving) against
+//! in-process servers on real ports, one per model and prefix-cache setting. Streaming
+//! requests give TTFT (first text), TPOT, inter-token latencies and end-to-end latency.
+//!
+//! Workloads:
+//! - `hit-rate`: prompts of about C tokens of which a share h is a prefix shared with earlier
+//!   prompts. Two priming prompts with that prefix and different suffixes run first (the
+//!   second leaves a checkpoint at their divergence point, where a hybrid can resume), then the
+//!   measured one. Shared lengths are not multiples of any block size.
+//! - `multi-turn`: a chat whose history grows turn by turn (append-only); TTFT per turn.
+//!
+//! Writes DIR/bench-serve.json and DIR/bench-serve.md.
+use super::serve::OnOff;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ServeBenchArgs {
+    /// Models to serve in turn (GGUF files or hybrid folders), e.g. a teacher and its hybrid.
+    #[arg(long, required = true)]
+    pub model: Vec<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 2048])]
+    pub contexts: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0f64, 0.5, 0.9, 0.99])]
+    pub hit_rates: Vec<f64>,
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = vec![OnOff::On, OnOff::Off])]
+    pub prefix_cache: Vec<OnOff>,
+    #[arg(long, default_value_t = 4)]
+    pub turns: usize,
+    #[arg(long, default_value_t = 16)]
+    pub gen_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_batched_tokens: usize,
+    #[arg(long, default_value = "out/bench-serve")]
+    pub out: PathBuf,
+}
+
+/// One streamed request's timings.
+#[derive(serde::Serialize, Clone, Default)]
+struct Timing {
+    ttft_s: f64,
+    tpot_s: f64,
+    e2e_s: f64,
+    itl_s: Vec<f64>,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    completion_tokens: u64,
+}
+
+fn stream(url: &str, body: &Value) -> Result<Timing> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let t0 = Instant::now();
+    let r = agent.post(url).send_json(body)?;
+    if r.status().as_u16() != 200 {
+        bail!("the server answered {}", r.status());
+    }
+    let mut t = Timing::default();
+    let mut last: Option<Instant> = None;
+    for line in std::io::BufReader::new(r.into_body().into_reader()).lines() {
+        let line = line?;
+        let Some(d) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if d == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(d)?;
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            t.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+            t.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+            t.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        let c = &v["choices"][0];
+        let text = c["text"]
+            .as_str()
+            .or_else(|| c["delta"]["content"].as_str())
+            .unwrap_or("");
+        if text.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        match last {
+            None => t.ttft_s = (now - t0).as_secs_f64(),
+            Some(p) => t.itl_s.push((now - p).as_secs_f64()),
+        }
+        last = Some(now);
+    }
+    t.e2e_s = t0.elapsed().as_secs_f64();
+    if !t.itl_s.is_empty() {
+        t.tpot_s = (t.e2e_s - t.ttft_s) / t.itl_s.len() as f64;
+    }
+    Ok(t)
+}
+
+/// Filler text of about `n` tokens (a numbered sentence per ~16 tokens); `tag` makes it
+/// differ from other filler of the same length.
+fn filler(n: usize, tag: &str) -> String {
+    (0..n.div_ceil(16))
+        .map(|i| format!("Note {tag}{i}: the river flows past the old mill at dawn. "))
+        .collect()
+}
+
+struct Running {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server runs on this runtime: kept alive with it.
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(m: Arc<engine::ServeModel>, cfg: engine::EngineConfig) -> Result<Running> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = Arc::new(server::AppState {
+        engine: engine::Engine::start(m, cfg)?,
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        url,
+        stop: Some(tx),
+        _rt: rt,
+    })
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn run(a: ServeBenchArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut rows = vec![];
+    let mut turns = vec![];
+    for path in &a.model {
+        let name = path
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        let m = Arc::new(engine::ServeModel::load(path, &name)?);
+        let kind = if m.model.blocks.iter().all(
+            |b| matches!(&b.mixer, model::hybrid::Mixer::Attention(x) if x.cfg.window.is_none()),
+        ) {
+            "fa"
+        } else {
+            "hybrid"
+        };
+        for &pc in &a.prefix_cache {
+            let srv = start(
+                m.clone(),
+                engine::EngineConfig {
+                    max_num_seqs: 4,
+                    max_batched_tokens: a.max_batched_tokens,
+                    prefix_cache: pc == OnOff::On,
+                    ..Default::default()
+                },
+            )?;
+            let comp = format!("{}/v1/completions", srv.url);
+            let req = |prompt: String| {
+                json!({"prompt": prompt, "max_tokens": a.gen_tokens, "temperature": 0,
+                       "stream": true, "stream_options": {"include_usage": true}})
+            };
+            for &ctx in &a.contexts {
+                for (hi, &h) in a.hit_rates.iter().enumerate() {
+                    let shared_len = (ctx as f64 * h) as usize;
+                    // The shared part differs per (context, rate): earlier cells must not hit.
+                    let shared = filler(shared_len, &format!("s{ctx}r{hi}-"));
+                    let rest = ctx - shared_len.min(ctx);
+                    for p in ["a", "b"] {
+                        stream(&comp, &req(format!("{shared}{}", filler(rest.max(12), p))))?;
+                    }
+                    let t = stream(
+                        &comp,
+                        &req(format!("{shared}{}", filler(rest.max(12), "c"))),
+                    )?;
+                    eprintln!(
+                        "{name} ({kind}), prefix cache {pc:?}, context ~{ctx}, hit rate {h}: TTFT {:.3} s, cached {}/{}",
+                        t.ttft_s, t.cached_tokens, t.prompt_tokens
+                    );
+                    rows.push(
+                        json!({"model": name, "kind": kind, "prefix_cache": pc == OnOff::On,
+                        "context": ctx, "hit_rate": h, "timing": t}),
+                    );
+                }
+            }
+            // Multi-turn chat, append-only history.
+            let chat = format!("{}/v1/chat/completions", srv.url);
+            let mut msgs = vec![json!({"role": "system", "content": filler(200, "sys")})];
+            for turn in 0..a.turns {
+                msgs.push(json!({"role": "user", "content": format!("{} Summarise note {turn}.", filler(64, &format!("t{turn}-")))}));
+                let body = json!({"messages": msgs, "max_tokens": a.gen_tokens, "temperature": 0,
+                    "stream": true, "stream_options": {"include_usage": true}});
+                let t = stream(&chat, &body)?;
+                // The reply as the history's next assistant message (non-streamed, same tokens).
+                let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                let mut nb = body.clone();
+                nb["stream"] = json!(false);
+                nb.as_object_mut().map(|o| o.remove("stream_options"));
+                let mut r = agent.post(&chat).send_json(&nb)?;
+                let v: Value = r.body_mut().read_json()?;
+                let reply = v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                msgs.push(json!({"role": "assistant", "content": reply}));
+                eprintln!(
+                    "{name} ({kind}), prefix cache {pc:?}, turn {}: TTFT {:.3} s, cached {}/{}",
+                    turn + 1,
+                    t.ttft_s,
+                    t.cached_tokens,
+                    t.prompt_tokens
+                );
+                turns.push(
+                    json!({"model": name, "kind": kind, "prefix_cache": pc == OnOff::On,
+                    "turn": turn + 1, "timing": t}),
+                );
+            }
+            drop(srv);
+        }
+    }
+    let j = json!({"bench": "serve", "device": "cpu", "threads": rayon::current_num_threads(),
+        "gen_tokens": a.gen_tokens, "max_batched_tokens": a.max_batched_tokens,
+        "hit_rate": rows, "multi_turn": turns});
+    std::fs::write(
+        a.out.join("bench-serve.json"),
+        serde_json::to_string_pretty(&j)?,
+    )?;
+    std::fs::write(a.out.join("bench-serve.md"), markdown(&j))?;
+    println!("{}", serde_json::to_string_pretty(&j)?);
+    eprintln!("wrote {}/bench-serve.{{json,md}}", a.out.display());
+    Ok(())
+}
+
+fn markdown(j: &Value) -> String {
+    let mut s = format!(
+        "# hybrid bench serve\n\nCPU, {} threads; {} generated tokens per request; streaming; times in seconds.\n\n## Hit rate x context\n\n| model | kind | prefix cache | context | hit rate | prompt tokens | cached | TTFT | TPOT | e2e |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        j["threads"], j["gen_tokens"]
+    );
+    for r in j["hit_rate"].as_array().into_iter().flatten() {
+        let t = &r["timing"];
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.4} | {:.3} |\n",
+            r["model"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["prefix_cache"],
+            r["context"],
+            r["hit_rate"],
+            t["prompt_tokens"],
+            t["cached_tokens"],
+            t["ttft_s"].as_f64().unwrap_or(0.0),
+            t["tpot_s"].as_f64().unwrap_or(0.0),
+            t["e2e_s"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s.push_str("\n## Multi-turn chat (append-only history): TTFT per turn\n\n| model | kind | prefix cache | turn | prompt tokens | cached | TTFT |\n|---|---|---|---|---|---|---|\n");
+    for r in j["multi_turn"].as_array().into_iter().flatten() {
+        let t = &r["timing"];
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.3} |\n",
+            r["model"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["prefix_cache"],
+            r["turn"],
+            t["prompt_tokens"],
+            t["cached_tokens"],
+            t["ttft_s"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s
+}
