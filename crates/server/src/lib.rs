@@ -81,8 +81,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 fn now() -> u64 {
@@ -104,7 +104,7 @@ fn request_id(prefix: &str) -> String {
 async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     let b: CompletionBody = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let m = &s.engine.model;
     let prompt = match m.tokenizer.encode(&b.prompt, true) {
@@ -136,7 +136,7 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
 async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     let b: ChatBody = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let m = &s.engine.model;
     let Some(t) = &m.template else {
