@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// A divergence point becomes a checkpoint when the shared prefix beyond the last hit is
     /// at least this long.
     pub min_shared: usize,
+    /// Byte budget of the running sequences' states (KV, windows, recurrent states):
+    /// admission waits for room, and a step that would exceed it preempts the newest sequence
+    /// (its state is dropped and recomputed when it resumes).
+    pub state_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +78,7 @@ impl Default for EngineConfig {
             prefix_cache: true,
             cache_bytes: 2 << 30,
             min_shared: 16,
+            state_bytes: 4 << 30,
         }
     }
 }
@@ -165,6 +170,8 @@ impl Drop for Engine {
 struct Seq {
     req: Request,
     sink: Sink,
+    /// Tokens to prefill: the prompt, or after a preemption the prompt and what was generated.
+    target: Vec<u32>,
     states: Vec<LayerState>,
     /// Tokens the states have seen: the prompt, then the fed generated tokens.
     fed: Vec<u32>,
@@ -183,6 +190,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     cache: PrefixCache,
     waiting: VecDeque<(Request, Sink)>,
+    /// Preempted sequences, resumed before any new request.
+    preempted: VecDeque<Seq>,
     running: Vec<Seq>,
 }
 
@@ -195,6 +204,7 @@ impl Worker {
             metrics,
             cache,
             waiting: VecDeque::new(),
+            preempted: VecDeque::new(),
             running: vec![],
         }
     }
@@ -203,7 +213,7 @@ impl Worker {
         let mut open = true;
         loop {
             // Idle: block for the next request; busy: take what has arrived.
-            if self.running.is_empty() && self.waiting.is_empty() {
+            if self.running.is_empty() && self.waiting.is_empty() && self.preempted.is_empty() {
                 if !open {
                     return;
                 }
@@ -247,6 +257,23 @@ impl Worker {
     /// deepest usable checkpoint of each prompt.
     fn admit(&mut self) {
         while self.running.len() < self.cfg.max_num_seqs {
+            // Preempted sequences first, then new requests; each only when its state after
+            // prefill fits next to the running ones' (or when nothing runs).
+            let next_len = match (self.preempted.front(), self.waiting.front()) {
+                (Some(s), _) => s.target.len(),
+                (None, Some((r, _))) => r.prompt.len(),
+                (None, None) => return,
+            };
+            if !self.running.is_empty()
+                && self.running_bytes() + self.m.model.cache_bytes(next_len, 4)
+                    > self.cfg.state_bytes
+            {
+                return;
+            }
+            if let Some(s) = self.preempted.pop_front() {
+                self.resume(s);
+                continue;
+            }
             let Some((req, mut sink)) = self.waiting.pop_front() else {
                 return;
             };
@@ -294,6 +321,7 @@ impl Worker {
             let sampler = Sampler::new(req.sampling.clone());
             let stream = TextStream::new(&req.stop);
             self.running.push(Seq {
+                target: req.prompt.clone(),
                 req,
                 sink,
                 states,
@@ -307,7 +335,68 @@ impl Worker {
         }
     }
 
+    fn running_bytes(&self) -> usize {
+        self.running.iter().map(|s| state_bytes(&s.states)).sum()
+    }
+
+    /// A preempted sequence back in the running set: its prompt and generated tokens are
+    /// prefilled again (from the deepest checkpoint the prefix cache has of them); its sampler
+    /// and text stream carry on where they stopped.
+    fn resume(&mut self, mut s: Seq) {
+        s.states = self.m.model.new_state(1);
+        s.fed.clear();
+        s.logits = None;
+        s.keep = BTreeSet::from([s.target.len()]);
+        if self.cfg.prefix_cache {
+            let l = self.cache.lookup(&s.target);
+            if let Some(st) = l.states {
+                s.states = st;
+                s.fed = s.target[..l.hit].to_vec();
+                s.logits = l.logits;
+            }
+        }
+        self.running.push(s);
+    }
+
+    /// Preempts the newest sequences while the states after this step's tokens would not fit
+    /// the budget (decode adds a token per sequence, prefill up to the step's budget).
+    fn make_room(&mut self) {
+        let per_token = self
+            .m
+            .model
+            .cache_bytes(1, 4)
+            .saturating_sub(self.m.model.cache_bytes(0, 4));
+        loop {
+            let growth: usize = self
+                .running
+                .iter()
+                .map(|s| {
+                    let t = if s.logits.is_some() {
+                        1
+                    } else {
+                        (s.target.len() - s.fed.len()).min(self.cfg.max_batched_tokens)
+                    };
+                    t * per_token
+                })
+                .sum();
+            if self.running.len() <= 1 || self.running_bytes() + growth <= self.cfg.state_bytes {
+                return;
+            }
+            let mut s = self.running.pop().expect("more than one running");
+            // On resume it prefills everything it has seen (the logits after its last token
+            // come back with that prefill); mid-prompt, the whole prompt.
+            s.target = s.fed.clone();
+            if s.target.len() < s.req.prompt.len() {
+                s.target = s.req.prompt.clone();
+            }
+            s.states = Vec::new();
+            self.metrics.preempted.fetch_add(1, Ordering::Relaxed);
+            self.preempted.push_front(s);
+        }
+    }
+
     fn step(&mut self) {
+        self.make_room();
         let mut budget = self.cfg.max_batched_tokens;
         let mut done = vec![];
         // Decode first: one token per sequence whose prompt is in.
@@ -337,10 +426,10 @@ impl Worker {
                 continue;
             }
             let pos = s.fed.len();
-            let n = s.req.prompt.len();
+            let n = s.target.len();
             let next_keep = s.keep.range(pos + 1..).next().copied().unwrap_or(n);
             let end = next_keep.min(pos + budget);
-            let chunk = &s.req.prompt[pos..end];
+            let chunk = &s.target[pos..end];
             match self.m.model.forward(chunk, 1, &mut s.states, false) {
                 Ok(l) => {
                     s.fed.extend_from_slice(chunk);

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub prefilled_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Sequences preempted for state memory (recomputed when they resume).
+    pub preempted: AtomicU64,
     /// Prompts that resumed from a checkpoint.
     pub hits: AtomicU64,
     /// Prompts whose shared prefix went beyond the checkpoint they resumed from (an FA-only
@@ -63,6 +65,7 @@ impl Metrics {
             ("hybrid_prefilled_tokens_total", "Prompt tokens run through the model.", get(&self.prefilled_tokens)),
             ("hybrid_generated_tokens_total", "Generated tokens.", get(&self.generated_tokens)),
             ("hybrid_cancelled_total", "Sequences cancelled by a client disconnect.", get(&self.cancelled)),
+            ("hybrid_preempted_total", "Sequences preempted for state memory (recomputed on resume).", get(&self.preempted)),
             ("hybrid_prefix_hits_total", "Prompts resumed from a checkpoint.", get(&self.hits)),
             ("hybrid_prefix_hits_clamped_total", "Prompts whose shared prefix extended past the deepest checkpoint (a state was missing there).", get(&self.hits_clamped)),
             ("hybrid_checkpoints_stored_total", "Checkpoints stored.", get(&self.stored)),

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Memory for prefix-cache checkpoints, MiB.
     #[arg(long, default_value_t = 2048)]
     pub cache_mib: usize,
+    /// Memory for the running sequences' states (KV, windows, recurrent), MiB: admission waits
+    /// for room, and growth past it preempts the newest sequence (recomputed on resume).
+    #[arg(long, default_value_t = 4096)]
+    pub max_state_mib: usize,
     /// The model id clients name (default: the file or folder name).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -50,6 +54,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_batched_tokens: a.max_batched_tokens,
         prefix_cache: a.prefix_cache == OnOff::On,
         cache_bytes: a.cache_mib << 20,
+        state_bytes: a.max_state_mib << 20,
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;
