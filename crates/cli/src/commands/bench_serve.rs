@@ -9,7 +9,8 @@
 //!   measured one. Shared lengths are not multiples of any block size.
 //! - `multi-turn`: a chat whose history grows turn by turn (append-only); TTFT per turn.
 //!
-//! Writes DIR/bench-serve.json and DIR/bench-serve.md.
+//! Writes DIR/bench-serve.json, DIR/bench-serve.md and two plots (TTFT against hit rate, TTFT
+//! per turn).
 use super::serve::OnOff;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -241,9 +242,66 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
         serde_json::to_string_pretty(&j)?,
     )?;
     std::fs::write(a.out.join("bench-serve.md"), markdown(&j))?;
+    plot(&a.out, &j)?;
     println!("{}", serde_json::to_string_pretty(&j)?);
     eprintln!("wrote {}/bench-serve.{{json,md}}", a.out.display());
     Ok(())
+}
+
+/// DIR/ttft_vs_hit_rate.png (prefix cache on: a curve per model and context) and
+/// DIR/ttft_per_turn.png (a curve per model and cache setting).
+fn plot(dir: &std::path::Path, j: &Value) -> Result<()> {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in j["hit_rate"].as_array().into_iter().flatten() {
+        if r["prefix_cache"] != json!(true) {
+            continue;
+        }
+        let k = format!(
+            "{} ({}), ~{} tokens",
+            r["model"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["context"]
+        );
+        by.entry(k).or_default().push((
+            r["hit_rate"].as_f64().unwrap_or(0.0),
+            r["timing"]["ttft_s"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let curves: Vec<(String, Vec<(f64, f64)>)> = by.into_iter().collect();
+    super::convert_plots::lines(
+        &dir.join("ttft_vs_hit_rate.png"),
+        "Time to first token against prefix hit rate (prefix cache on)",
+        (
+            "share of the prompt shared with earlier prompts",
+            "TTFT (s)",
+        ),
+        &curves,
+    )?;
+    let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in j["multi_turn"].as_array().into_iter().flatten() {
+        let k = format!(
+            "{} ({}), cache {}",
+            r["model"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            if r["prefix_cache"] == json!(true) {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        by.entry(k).or_default().push((
+            r["turn"].as_f64().unwrap_or(0.0),
+            r["timing"]["ttft_s"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let curves: Vec<(String, Vec<(f64, f64)>)> = by.into_iter().collect();
+    super::convert_plots::lines(
+        &dir.join("ttft_per_turn.png"),
+        "Multi-turn chat: time to first token per turn",
+        ("turn", "TTFT (s)"),
+        &curves,
+    )
 }
 
 fn markdown(j: &Value) -> String {

@@ -249,3 +249,47 @@ pub fn fidelity(path: &Path, pts: &[(String, f64, f64)], tau: Option<f64>) -> Re
     root.present().map_err(&e)?;
     Ok(())
 }
+
+/// A line chart of named curves (x, y) with points marked (benchmarks: TTFT against hit rate,
+/// TTFT per turn).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    register_font();
+    let e = err(path);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (x0, x1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)));
+    let (_, y1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)));
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, 0.0..y1.max(1e-3))
+        .map_err(&e)?;
+    c.configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(&e)?;
+    for (j, (name, pts)) in curves.iter().enumerate() {
+        let col = COLORS[j % COLORS.len()];
+        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+            .map_err(&e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, col.filled())))
+            .map_err(&e)?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&e)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
