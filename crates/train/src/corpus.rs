@@ -179,6 +179,20 @@ pub fn split(items: Vec<Item>, heldout: f64) -> (Vec<Item>, Vec<Item>) {
 mod tests {
     use super::*;
 
+    fn untokenized(spec: &CorpusSpec) -> Vec<Item> {
+        retrieval_items(spec)
+            .into_iter()
+            .map(|(kind, prompt, answer, distance)| Item {
+                kind,
+                prompt,
+                answer,
+                tokens: vec![],
+                answer_start: 0,
+                distance,
+            })
+            .collect()
+    }
+
     #[test]
     fn retrieval_texts_state_the_answer_once_and_ask_for_it() {
         for seed in 0..20 {
@@ -216,17 +230,7 @@ mod tests {
             heldout: 0.2,
             seed: 3,
         };
-        let items: Vec<Item> = retrieval_items(&spec)
-            .into_iter()
-            .map(|(kind, prompt, answer, distance)| Item {
-                kind,
-                prompt,
-                answer,
-                tokens: vec![],
-                answer_start: 0,
-                distance,
-            })
-            .collect();
+        let items = untokenized(&spec);
         let (train, held) = split(items, 0.2);
         assert_eq!(train.len() + held.len(), 30);
         for k in ["passkey", "kv_recall", "multi_hop"] {
@@ -247,17 +251,7 @@ mod tests {
             heldout: 0.2,
             seed: 1,
         };
-        let items: Vec<Item> = retrieval_items(&spec)
-            .into_iter()
-            .map(|(kind, prompt, answer, distance)| Item {
-                kind,
-                prompt,
-                answer,
-                tokens: vec![],
-                answer_start: 0,
-                distance,
-            })
-            .collect();
+        let items = untokenized(&spec);
         let (_, held) = split(items, 0.2);
         for k in ["passkey", "kv_recall", "multi_hop"] {
             let mine: Vec<&Item> = held.iter().filter(|i| i.kind == k).collect();

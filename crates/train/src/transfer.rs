@@ -220,17 +220,7 @@ pub fn attention_transfer(
             }
         }
     }
-    Ok((0..cands.len())
-        .map(|ci| {
-            (0..layers)
-                .map(|l| LayerTransfer {
-                    layer: l,
-                    rel_mse_before: before[ci][l].0 / before[ci][l].1.max(1e-30),
-                    rel_mse_after: after[ci][l].0 / after[ci][l].1.max(1e-30),
-                })
-                .collect()
-        })
-        .collect())
+    Ok(layer_reports(&before, &after))
 }
 
 /// [`attention_transfer`] on GPU `ordinal`; the trained mixers are copied back into `cands`.
@@ -284,17 +274,27 @@ fn attention_transfer_gpu(
             }
         }
     }
-    Ok((0..cands.len())
-        .map(|ci| {
-            (0..layers)
-                .map(|l| LayerTransfer {
+    Ok(layer_reports(&before, &after))
+}
+
+/// Per candidate and layer: relative MSE before and after from (squared error, squared norm)
+/// sums.
+fn layer_reports(before: &[Vec<(f64, f64)>], after: &[Vec<(f64, f64)>]) -> Vec<Vec<LayerTransfer>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            b.iter()
+                .zip(a)
+                .enumerate()
+                .map(|(l, (b, a))| LayerTransfer {
                     layer: l,
-                    rel_mse_before: before[ci][l].0 / before[ci][l].1.max(1e-30),
-                    rel_mse_after: after[ci][l].0 / after[ci][l].1.max(1e-30),
+                    rel_mse_before: b.0 / b.1.max(1e-30),
+                    rel_mse_after: a.0 / a.1.max(1e-30),
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 fn sq_err(a: &[f32], b: &[f32]) -> f64 {

@@ -118,47 +118,25 @@ pub fn heatmap(path: &Path, scores: &[Score]) -> Result<()> {
 
 /// Retrieval accuracy against distance, one line per layout.
 pub fn retrieval_by_distance(path: &Path, curves: &[(String, Vec<(usize, f64)>)]) -> Result<()> {
-    register_font();
-    let e = err(path);
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
     let xmax = curves
         .iter()
         .flat_map(|c| c.1.iter().map(|p| p.0))
         .max()
         .unwrap_or(1) as f64;
-    let mut c = ChartBuilder::on(&root)
-        .caption(
-            "Held-out retrieval accuracy by distance",
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..xmax * 1.05 + 1.0, -0.02..1.02)
-        .map_err(&e)?;
-    c.configure_mesh()
-        .x_desc("distance (filler sentences between fact and question)")
-        .y_desc("exact-answer accuracy")
-        .draw()
-        .map_err(&e)?;
-    for (j, (name, pts)) in curves.iter().enumerate() {
-        let col = COLORS[j % COLORS.len()];
-        let pts: Vec<(f64, f64)> = pts.iter().map(|&(d, a)| (d as f64, a)).collect();
-        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-            .map_err(&e)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
-        c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, col.filled())))
-            .map_err(&e)?;
-    }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(&e)?;
-    root.present().map_err(&e)?;
-    Ok(())
+    let curves: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(n, p)| (n.clone(), p.iter().map(|&(d, a)| (d as f64, a)).collect()))
+        .collect();
+    draw_lines(
+        path,
+        "Held-out retrieval accuracy by distance",
+        (
+            "distance (filler sentences between fact and question)",
+            "exact-answer accuracy",
+        ),
+        (0.0..xmax * 1.05 + 1.0, -0.02..1.02),
+        &curves,
+    )
 }
 
 /// Cache bytes per sequence against context (log-log), one line per model.
@@ -251,25 +229,35 @@ pub fn fidelity(path: &Path, pts: &[(String, f64, f64)], tau: Option<f64>) -> Re
 }
 
 /// A line chart of named curves (x, y) with points marked (benchmarks: TTFT against hit rate,
-/// TTFT per turn).
+/// TTFT per turn); y from 0.
 pub fn lines(
     path: &Path,
     title: &str,
+    descs: (&str, &str),
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let (x0, x1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)));
+    let (_, y1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)));
+    draw_lines(path, title, descs, (x0..x1, 0.0..y1.max(1e-3)), curves)
+}
+
+fn draw_lines(
+    path: &Path,
+    title: &str,
     (x_desc, y_desc): (&str, &str),
+    (xr, yr): (std::ops::Range<f64>, std::ops::Range<f64>),
     curves: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
     register_font();
     let e = err(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
-    let (x0, x1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)));
-    let (_, y1) = range(curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)));
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, 0.0..y1.max(1e-3))
+        .build_cartesian_2d(xr, yr)
         .map_err(&e)?;
     c.configure_mesh()
         .x_desc(x_desc)

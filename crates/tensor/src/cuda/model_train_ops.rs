@@ -1,25 +1,9 @@
 //! Launchers of kernels/model_train.cu: the elementwise f32 pieces of whole-model training
 //! (SwiGLU forward, residual add, gradient-norm clipping). Each checks its buffers.
+use super::train_ops::{check, per_element};
 use super::{cuda_err, Gpu, MODEL_TRAIN};
-use crate::{Error, Result};
+use crate::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-
-fn check(what: &str, got: usize, want: usize) -> Result<()> {
-    if got < want {
-        return Err(Error::Msg(format!(
-            "{what} holds {got} elements, the shapes need {want}"
-        )));
-    }
-    Ok(())
-}
-
-fn per_element(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 impl Gpu {
     /// act = silu(gate) · up, n elements (f32).

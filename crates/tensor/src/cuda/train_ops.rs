@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-fn check(what: &str, got: usize, want: usize) -> Result<()> {
+pub(super) fn check(what: &str, got: usize, want: usize) -> Result<()> {
     if got < want {
         return Err(Error::Msg(format!(
             "{what} holds {got} elements, the shapes need {want}"
@@ -16,7 +16,7 @@ fn check(what: &str, got: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
-fn per_element(n: usize) -> LaunchConfig {
+pub(super) fn per_element(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
