@@ -675,7 +675,6 @@ fn finish(stages: &mut Stages, path: &Path, name: &str) -> Result<()> {
         stages
             .seconds
             .insert(name.to_string(), (s * 10.0).round() / 10.0);
-        eprintln!("stage {name}: {s:.0} s");
     }
     write_atomic(path, serde_json::to_string_pretty(stages)?.as_bytes())
 }
