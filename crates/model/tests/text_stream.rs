@@ -23,7 +23,10 @@ fn stop_string_prefixes_are_held_back_and_the_stop_cuts_the_text() {
             stopped = true;
             break;
         }
-        assert!(!shown.ends_with("the"), "a possible stop prefix was shown: {shown:?}");
+        assert!(
+            !shown.ends_with("the"),
+            "a possible stop prefix was shown: {shown:?}"
+        );
     }
     assert!(stopped);
     assert_eq!(shown, "Hello world, ");
@@ -41,7 +44,10 @@ fn multibyte_characters_are_shown_whole() {
     for &id in &ids {
         let (d, st) = s.push(&t, id).unwrap();
         assert!(!st);
-        assert!(!d.contains('\u{FFFD}'), "a partial character was shown: {d:?}");
+        assert!(
+            !d.contains('\u{FFFD}'),
+            "a partial character was shown: {d:?}"
+        );
         shown.push_str(&d);
     }
     shown.push_str(&s.finish());
