@@ -8,8 +8,9 @@
 //! f32 accumulation. The bf16 weight copies are made from the masters at every forward, so
 //! an optimizer step on the masters is all an update needs.
 //!
-//! This is the first piece of GPU training for `hybrid convert` (attention transfer, supernet,
-//! distillation); the attention candidates and the whole-model pass come next.
+//! The attention candidates' trainer is here too (`GpuAttentionTrain`); the whole model's
+//! training pass, which `hybrid convert` uses for transfer, supernet and distillation, is
+//! `gpu_supernet`.
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -107,50 +108,6 @@ impl GpuParams {
         }
         Ok(())
     }
-}
-
-/// A mixer that trains on the GPU: a forward that keeps what its backward needs, and a
-/// backward that accumulates the gradients of `weights()` and returns the input's.
-pub trait GpuTrainable {
-    type Saved;
-    fn forward(
-        &self,
-        g: &Gpu,
-        x: &CudaSlice<f32>,
-        b: usize,
-        t: usize,
-    ) -> Result<(CudaSlice<f32>, Self::Saved)>;
-    fn backward(&mut self, g: &Gpu, s: &Self::Saved, dy: &CudaSlice<f32>)
-        -> Result<CudaSlice<f32>>;
-    fn weights(&mut self) -> &mut GpuParams;
-}
-
-/// One training step on one batch: forward over x [B·T, hidden] (host), the loss gradient
-/// `loss_grad(output) -> dy` on the host, backward, and an AdamW step on every parameter.
-/// Returns the output (before the step).
-pub fn train_step<M: GpuTrainable>(
-    m: &mut M,
-    g: &Gpu,
-    x: &[f32],
-    (b, t): (usize, usize),
-    loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
-    opt: &mut GpuAdamW,
-) -> Result<Vec<f32>> {
-    m.weights().zero_grads(g)?;
-    let (y, saved) = m.forward(g, &g.upload(x)?, b, t)?;
-    let out: Vec<f32> = g.download(&y)?;
-    let dy = loss_grad(&out);
-    if dy.len() != out.len() {
-        bail!(
-            "the loss gradient has {} values for an output of {}",
-            dy.len(),
-            out.len()
-        );
-    }
-    m.backward(g, &saved, &g.upload(&dy)?)?;
-    let w = m.weights();
-    opt.step(g, &mut w.params, &w.grads)?;
-    Ok(out)
 }
 
 const PROJ: [&str; 6] = [
@@ -501,38 +458,11 @@ impl GpuLinearTrain {
     }
 }
 
-impl GpuTrainable for GpuLinearTrain {
-    type Saved = GpuLinearSaved;
-    fn forward(
-        &self,
-        g: &Gpu,
-        x: &CudaSlice<f32>,
-        b: usize,
-        t: usize,
-    ) -> Result<(CudaSlice<f32>, GpuLinearSaved)> {
-        GpuLinearTrain::forward(self, g, x, b, t)
-    }
-    fn backward(
-        &mut self,
-        g: &Gpu,
-        s: &GpuLinearSaved,
-        dy: &CudaSlice<f32>,
-    ) -> Result<CudaSlice<f32>> {
-        GpuLinearTrain::backward(self, g, s, dy)
-    }
-    fn weights(&mut self) -> &mut GpuParams {
-        &mut self.w
-    }
-}
-
 /// An attention mixer (FA, or SWA with its window) on the GPU for training: f32 master
 /// parameters and gradients; bf16 projections, RoPE and flash attention (forward and backward
 /// kernels of `tensor::cuda::flash`). Specification: `mixers::attention::Attention::{forward,
 /// backward}` on whole sequences.
-///
-/// Not yet run on a GPU (written when the session's device time was spent): its test,
-/// tests/gpu_train.rs `attention_mixer_training_step_matches_cpu`, runs with the next
-/// `scripts/gpu-check`, and `convert` does not use it until that passes.
+/// tests/gpu_train.rs checks it against the CPU (FA and SWA windows) on the GPU.
 pub struct GpuAttentionTrain {
     pub cfg: mixers::attention::AttentionConfig,
     pub w: GpuParams,
@@ -722,30 +652,6 @@ impl GpuAttentionTrain {
             )?;
         }
         Ok(dx)
-    }
-}
-
-impl GpuTrainable for GpuAttentionTrain {
-    type Saved = GpuAttentionSaved;
-    fn forward(
-        &self,
-        g: &Gpu,
-        x: &CudaSlice<f32>,
-        b: usize,
-        t: usize,
-    ) -> Result<(CudaSlice<f32>, GpuAttentionSaved)> {
-        GpuAttentionTrain::forward(self, g, x, b, t)
-    }
-    fn backward(
-        &mut self,
-        g: &Gpu,
-        s: &GpuAttentionSaved,
-        dy: &CudaSlice<f32>,
-    ) -> Result<CudaSlice<f32>> {
-        GpuAttentionTrain::backward(self, g, s, dy)
-    }
-    fn weights(&mut self) -> &mut GpuParams {
-        &mut self.w
     }
 }
 
