@@ -1,6 +1,6 @@
 //! Counters and gauges the engine publishes, rendered in Prometheus' text format by
 //! [`Metrics::prometheus`] (a handful of numbers: no metrics crate needed).
-use model::hybrid::{HybridModel, LayerState};
+use model::hybrid::{HybridModel, Mixer};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -39,17 +39,11 @@ impl Metrics {
             return;
         }
         let mut by = self.hit_tokens_by_type.lock().expect("metrics lock");
-        let st = m.new_state(1);
-        for (s, b) in st.iter().zip(&m.blocks) {
-            let kind = match (s, &b.mixer) {
-                (LayerState::Attention(_), model::hybrid::Mixer::Attention(a)) => {
-                    if a.cfg.window.is_some() {
-                        "sliding_attention"
-                    } else {
-                        "full_attention"
-                    }
-                }
-                _ => "linear_attention",
+        for b in &m.blocks {
+            let kind = match &b.mixer {
+                Mixer::Attention(a) if a.cfg.window.is_some() => "sliding_attention",
+                Mixer::Attention(_) => "full_attention",
+                Mixer::Linear(_) => "linear_attention",
             };
             *by.entry(kind.to_string()).or_default() += cached as u64;
         }

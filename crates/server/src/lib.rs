@@ -114,23 +114,7 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     if prompt.is_empty() {
         return bad_request("the prompt is empty");
     }
-    let (sampling, max_tokens) = match b.common.settings(&m.name, m.context, prompt.len()) {
-        Ok(x) => x,
-        Err(e) => return bad_request(e),
-    };
-    let req = Request {
-        prompt,
-        max_tokens,
-        sampling,
-        stop: b.common.stop.list(),
-        keep: vec![],
-    };
-    let usage = b
-        .common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    run(&s, req, Kind::Completion, b.common.stream, usage).await
+    submit(&s, &b.common, prompt, vec![], Kind::Completion).await
 }
 
 async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -165,7 +149,19 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Respon
         Ok(h) if h.len() < prompt.len() && prompt[..h.len()] == h[..] => vec![h.len()],
         _ => vec![],
     };
-    let (sampling, max_tokens) = match b.common.settings(&m.name, m.context, prompt.len()) {
+    submit(&s, &b.common, prompt, keep, Kind::Chat).await
+}
+
+/// Checks the shared fields against the prompt and the model, then runs the request.
+async fn submit(
+    s: &AppState,
+    c: &api::Common,
+    prompt: Vec<u32>,
+    keep: Vec<usize>,
+    kind: Kind,
+) -> Response {
+    let m = &s.engine.model;
+    let (sampling, max_tokens) = match c.settings(&m.name, m.context, prompt.len()) {
         Ok(x) => x,
         Err(e) => return bad_request(e),
     };
@@ -173,15 +169,11 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Respon
         prompt,
         max_tokens,
         sampling,
-        stop: b.common.stop.list(),
+        stop: c.stop.list(),
         keep,
     };
-    let usage = b
-        .common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    run(&s, req, Kind::Chat, b.common.stream, usage).await
+    let usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    run(s, req, kind, c.stream, usage).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
