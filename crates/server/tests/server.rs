@@ -1,112 +1,12 @@
 //! The server on a real port, driven over HTTP, with the real SmolLM2 (its tokenizer and chat
 //! template) as the FA model and a hybrid made from it (some layers GDN, some SWA with a small
 //! window, so that the prefix cache must restore recurrent and windowed states).
-use engine::{Engine, EngineConfig, ServeModel};
+mod common;
+use common::*;
+use engine::{EngineConfig, ServeModel};
 use serde_json::{json, Value};
 use std::io::BufRead;
-use std::sync::{Arc, OnceLock};
-
-fn teacher() -> Arc<ServeModel> {
-    static M: OnceLock<Arc<ServeModel>> = OnceLock::new();
-    M.get_or_init(|| {
-        let p = model::fetch::default_model_path();
-        assert!(
-            p.exists(),
-            "SmolLM2 is not fetched: run `hybrid fetch` (make test does)"
-        );
-        Arc::new(ServeModel::load(&p, "smol").unwrap())
-    })
-    .clone()
-}
-
-/// Layers 1, 4, 7, ... GDN and 2, 5, 8, ... SWA (window 8) with candidates initialised from the
-/// teacher's attention: an untrained hybrid, but a real one for caching.
-fn hybrid() -> Arc<ServeModel> {
-    static M: OnceLock<Arc<ServeModel>> = OnceLock::new();
-    M.get_or_init(|| {
-        let t = teacher();
-        let cands = ["swa", "gdn"]
-            .iter()
-            .map(|k| {
-                (
-                    k.to_string(),
-                    train::transfer::candidate_model(&t.model, k, 8, 0).unwrap(),
-                )
-            })
-            .collect();
-        let n = t.model.blocks.len();
-        let layout: Vec<String> = (0..n)
-            .map(|i| ["fa", "gdn", "swa"][i % 3].to_string())
-            .collect();
-        let mut sn = train::supernet::Supernet::new(t.model.clone_model(), cands).unwrap();
-        let model = sn.extract(&layout).unwrap();
-        Arc::new(ServeModel {
-            name: "smol-hybrid".into(),
-            model,
-            tokenizer: t.tokenizer.clone(),
-            template: t.template.clone(),
-            context: t.context,
-        })
-    })
-    .clone()
-}
-
-struct TestServer {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl TestServer {
-    fn start(m: Arc<ServeModel>, cfg: EngineConfig) -> Self {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(server::AppState {
-            engine: Engine::start(m, cfg).unwrap(),
-        });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(server::serve(listener, state, async {
-            let _ = rx.await;
-        }));
-        TestServer {
-            url,
-            stop: Some(tx),
-            rt: Some(rt),
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(std::time::Duration::from_secs(10));
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn post(url: &str, body: &Value) -> (u16, Value) {
-    let mut r = agent().post(url).send_json(body).unwrap();
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_json::<Value>().unwrap())
-}
-
-fn get_text(url: &str) -> (u16, String) {
-    let mut r = agent().get(url).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-}
+use std::sync::Arc;
 
 /// One chat turn, greedy: (reply, cached tokens, prompt tokens).
 fn chat(s: &TestServer, messages: &[Value], max_tokens: usize) -> (String, u64, u64) {
@@ -253,23 +153,6 @@ fn greedy_output_is_the_same_cold_cached_chunked_and_batched_hybrid() {
 }
 
 /// Reads an SSE response: the `data:` payloads up to `[DONE]`.
-fn sse(url: &str, body: &Value) -> Vec<Value> {
-    let r = agent().post(url).send_json(body).unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let reader = std::io::BufReader::new(r.into_body().into_reader());
-    let mut out = vec![];
-    for line in reader.lines() {
-        let line = line.unwrap();
-        let Some(d) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if d == "[DONE]" {
-            return out;
-        }
-        out.push(serde_json::from_str(d).unwrap());
-    }
-    panic!("the stream ended without [DONE]");
-}
 
 #[test]
 fn streaming_matches_non_streaming_and_reports_usage() {
@@ -433,91 +316,5 @@ print("ok", plain)
         "the openai client failed (pip install openai):\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Resident memory of this process, bytes (Linux).
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-/// 32 concurrent streaming clients for a bounded time: every request completes (200, a
-/// finish reason, [DONE]); afterwards nothing runs or waits, no state is held beyond the
-/// prefix cache's budget, and the process memory returns to its idle level (within that
-/// budget and allocator slack).
-#[test]
-fn thirty_two_concurrent_streaming_clients_and_memory_returns_to_idle() {
-    let budget = 64usize << 20;
-    let s = TestServer::start(
-        teacher(),
-        EngineConfig {
-            max_num_seqs: 8,
-            max_batched_tokens: 64,
-            cache_bytes: budget,
-            ..Default::default()
-        },
-    );
-    // Warm up (first allocations, the template, the tokenizer), then take the idle level.
-    let _ = post(
-        &format!("{}/v1/completions", s.url),
-        &json!({"prompt": "Hello", "max_tokens": 2}),
-    );
-    let idle = rss();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let url = format!("{}/v1/chat/completions", s.url);
-    let done: usize = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..32)
-            .map(|c| {
-                let url = url.clone();
-                sc.spawn(move || {
-                    let mut n = 0;
-                    let mut i = 0;
-                    while n == 0 || std::time::Instant::now() < until {
-                        let body = json!({"messages": [{"role": "user",
-                            "content": format!("Client {c}, question {i}: name a fruit.")}],
-                            "max_tokens": 4, "temperature": 0.7, "seed": c * 100 + i,
-                            "stream": true});
-                        let chunks = sse(&url, &body);
-                        let last = chunks.last().unwrap();
-                        assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
-                        n += 1;
-                        i += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
-    assert!(done >= 32);
-    // The engine publishes its gauges after the step that sent the last [DONE].
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let m = loop {
-        let (_, m) = get_text(&format!("{}/metrics", s.url));
-        if metric(&m, "hybrid_running") == 0.0 || std::time::Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert_eq!(metric(&m, "hybrid_running"), 0.0, "{m}");
-    assert_eq!(metric(&m, "hybrid_queue_waiting"), 0.0);
-    assert_eq!(metric(&m, "hybrid_running_state_bytes"), 0.0);
-    assert!(metric(&m, "hybrid_prefix_cache_bytes") <= budget as f64);
-    let after = rss();
-    assert!(
-        after < idle + budget as u64 + (96 << 20),
-        "memory grew from {} MiB idle to {} MiB after the load ({done} requests)",
-        idle >> 20,
-        after >> 20
     );
 }

@@ -1,0 +1,77 @@
+//! The server under load, alone in its process so that its memory is all this test's own
+//! (the other server tests load a second model and run servers of their own).
+mod common;
+use common::*;
+use engine::EngineConfig;
+use serde_json::json;
+
+/// 32 concurrent streaming clients for a bounded time: every request completes (200, a
+/// finish reason, [DONE]); afterwards nothing runs or waits, no state is held beyond the
+/// prefix cache's budget, and the process memory returns to its idle level (within that
+/// budget and allocator slack).
+#[test]
+fn thirty_two_concurrent_streaming_clients_and_memory_returns_to_idle() {
+    let budget = 64usize << 20;
+    let s = TestServer::start(
+        teacher(),
+        EngineConfig {
+            max_num_seqs: 8,
+            max_batched_tokens: 64,
+            cache_bytes: budget,
+            ..Default::default()
+        },
+    );
+    // Warm up (first allocations, the template, the tokenizer), then take the idle level.
+    let _ = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({"prompt": "Hello", "max_tokens": 2}),
+    );
+    let idle = rss();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = format!("{}/v1/chat/completions", s.url);
+    let done: usize = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..32)
+            .map(|c| {
+                let url = url.clone();
+                sc.spawn(move || {
+                    let mut n = 0;
+                    let mut i = 0;
+                    while n == 0 || std::time::Instant::now() < until {
+                        let body = json!({"messages": [{"role": "user",
+                            "content": format!("Client {c}, question {i}: name a fruit.")}],
+                            "max_tokens": 4, "temperature": 0.7, "seed": c * 100 + i,
+                            "stream": true});
+                        let chunks = sse(&url, &body);
+                        let last = chunks.last().unwrap();
+                        assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+                        n += 1;
+                        i += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(done >= 32);
+    // The engine publishes its gauges after the step that sent the last [DONE].
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let m = loop {
+        let (_, m) = get_text(&format!("{}/metrics", s.url));
+        if metric(&m, "hybrid_running") == 0.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(metric(&m, "hybrid_running"), 0.0, "{m}");
+    assert_eq!(metric(&m, "hybrid_queue_waiting"), 0.0);
+    assert_eq!(metric(&m, "hybrid_running_state_bytes"), 0.0);
+    assert!(metric(&m, "hybrid_prefix_cache_bytes") <= budget as f64);
+    let after = rss();
+    assert!(
+        after < idle + budget as u64 + (96 << 20),
+        "memory grew from {} MiB idle to {} MiB after the load ({done} requests)",
+        idle >> 20,
+        after >> 20
+    );
+}
