@@ -226,6 +226,19 @@ impl Llama {
         cache: &mut KvCache,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
+        self.forward_tapped(tokens, cache, all_logits, &mut |_, _| {})
+    }
+
+    /// [`Self::forward`] that shows every intermediate to `tap` under llama.cpp's tensor names
+    /// (`attn_norm-3`, `kqv_out-3`, `ffn_swiglu-3`, ...), as llama.cpp's `cb_eval` does: how
+    /// `scripts/llamacpp-bisect.py` finds the first op whose bits differ from llama.cpp's.
+    pub fn forward_tapped(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+        tap: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
@@ -251,14 +264,24 @@ impl Llama {
         for (row, &id) in x.chunks_exact_mut(d).zip(tokens) {
             self.embed.row_f32(id as usize, row);
         }
+        tap("embd", &x);
         let mut h = vec![0f32; t * d];
         for (l, b) in self.blocks.iter().enumerate() {
             cpu::rms_norm(&x, &b.attn_norm, c.eps, &mut h);
+            tap(&format!("attn_norm-{l}"), &h);
             let mut q = b.q.forward(&h, t); // [T, H, Dh]
             let mut k = b.k.forward(&h, t); // [T, Hk, Dh]
             let v = b.v.forward(&h, t);
+            tap(&format!("Qcur-{l}"), &q);
+            tap(&format!("Kcur-{l}"), &k);
+            tap(&format!("Vcur-{l}"), &v);
             self.rope.apply(&mut q, c.n_heads, pos0);
             self.rope.apply(&mut k, c.n_kv_heads, pos0);
+            tap(&format!("Qcur-{l}#2"), &q);
+            tap(&format!("Kcur-{l}#2"), &k);
+            // The cache and the q·k sums use llama.cpp's order of head dims (see Rope).
+            self.rope.to_adjacent_pairs(&mut q, c.n_heads);
+            self.rope.to_adjacent_pairs(&mut k, c.n_kv_heads);
             cache.k[l].extend(k.iter().map(|&x| f16::from_f32(x)));
             cache.v[l].extend(v.iter().map(|&x| f16::from_f32(x)));
             let s = pos0 + t;
@@ -275,24 +298,38 @@ impl Llama {
                 None,
                 &mut att,
             );
-            cpu::add_inplace(&mut x, &b.o.forward(&att, t));
+            tap(&format!("kqv_out-{l}"), &att);
+            let o = b.o.forward(&att, t);
+            tap(&format!("attn_out-{l}"), &o);
+            cpu::add_inplace(&mut x, &o);
+            tap(&format!("ffn_inp-{l}"), &x);
             cpu::rms_norm(&x, &b.mlp_norm, c.eps, &mut h);
+            tap(&format!("ffn_norm-{l}"), &h);
             let g = b.gate.forward(&h, t);
             let u = b.up.forward(&h, t);
+            tap(&format!("ffn_gate-{l}"), &g);
+            tap(&format!("ffn_up-{l}"), &u);
             let mut a = vec![0f32; t * c.ffn];
             cpu::swiglu(&g, &u, &mut a);
-            cpu::add_inplace(&mut x, &b.down.forward(&a, t));
+            tap(&format!("ffn_swiglu-{l}"), &a);
+            let down = b.down.forward(&a, t);
+            tap(&format!("ffn_out-{l}"), &down);
+            cpu::add_inplace(&mut x, &down);
+            tap(&format!("l_out-{l}"), &x);
         }
         cache.len = pos0 + t;
         let rows = if all_logits { t } else { 1 };
         let last = &x[(t - rows) * d..];
         let mut xn = vec![0f32; rows * d];
         cpu::rms_norm(last, &self.norm, c.eps, &mut xn);
-        Ok(self
+        tap("result_norm", &xn);
+        let logits = self
             .lm_head
             .as_ref()
             .unwrap_or(&self.embed)
-            .forward(&xn, rows))
+            .forward(&xn, rows);
+        tap("result_output", &logits);
+        Ok(logits)
     }
 }
 

@@ -140,12 +140,18 @@ fn teacher_forcing_agrees_with_llamacpp() {
         rest_mass / n as f64
     );
     assert!(mean_kl < 0.02, "mean KL {mean_kl:.5} >= 0.02");
-    assert!(agreement >= self_agree - 0.01, "argmax agreement {agreement:.4} is below llama.cpp's self-agreement {self_agree:.4} - 0.01");
+    // The bar. Ours reproduces llama.cpp's batch path bit for bit (100% measured), more
+    // than llama.cpp's own decode path agrees with it.
+    assert!(
+        agreement >= 0.98,
+        "argmax agreement {agreement:.4} < 0.98 (llama.cpp decode vs batch: {self_agree:.4})"
+    );
 }
 
 /// Greedy 32-token continuations of 5 chat prompts, through the chat template, against
-/// llama.cpp's decode path. Ours must agree with it at least as long as llama.cpp's own batch
-/// path does, prompt by prompt (the fixture records both of llama.cpp's runs).
+/// llama.cpp's decode path (batch prefill, then one token at a time, as ours generates): at
+/// least 4 of 5 identical, and each at least as long as llama.cpp's own batch path agrees
+/// with its decode path (the fixture records both of llama.cpp's runs).
 #[test]
 fn greedy_chat_continuations_match_llamacpp() {
     let m = common::smollm2();
@@ -180,7 +186,7 @@ fn greedy_chat_continuations_match_llamacpp() {
     }
     println!("identical continuations: ours {same} of 5, llama.cpp batch path vs decode path {self_same} of 5");
     assert!(
-        same >= self_same.max(3),
+        same >= self_same.max(4),
         "only {same} of 5 greedy continuations are identical to llama.cpp's"
     );
 }

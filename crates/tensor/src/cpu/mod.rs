@@ -2,6 +2,8 @@
 //! dispatch layer, the model) check them. Parallelism is rayon's, over rows.
 
 pub mod attention;
+pub mod ggml_exp;
+pub mod ggml_order;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -10,6 +12,15 @@ pub use attention::{causal_attention, causal_attention_f16kv};
 pub use matmul::{matmul_nn, matmul_nt, matmul_tn};
 pub use norm::{rms_norm, rms_norm_backward};
 pub use rope::Rope;
+
+/// Whether the CPU has AVX2 and FMA: the llama.cpp-exact kernels (attention, SwiGLU, RoPE)
+/// are compiled for it once more so that their fused multiply-adds are instructions.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2"))
+}
 
 /// `sum_i a[i] * b[i]` with 8 independent accumulators so LLVM vectorises it.
 #[inline]
@@ -71,11 +82,10 @@ pub fn silu_grad(x: f32) -> f32 {
     s * (1.0 + x * (1.0 - s))
 }
 
-/// SwiGLU: `out[i] = silu(gate[i]) * up[i]`.
+/// SwiGLU: `out[i] = silu(gate[i]) * up[i]`, rounding as llama.cpp's CPU backend does
+/// (see [`ggml_exp`]).
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-        *o = silu(*g) * u;
-    }
+    ggml_exp::swiglu(gate, up, out)
 }
 
 /// Gathers rows of `table` ([V, D]) for `ids` into `out` ([ids.len(), D]).

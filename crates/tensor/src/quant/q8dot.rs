@@ -26,7 +26,10 @@ pub fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
             let mut qs = [0i8; 32];
             let mut sum = 0i32;
             for (q, v) in qs.iter_mut().zip(c) {
-                *q = (v * id).round_ties_even() as i8;
+                // Round half to even by the 1.5 * 2^23 trick (exact for |x| < 2^22;
+                // here |x| <= 127): `round_ties_even` is a libm call.
+                const MAGIC: f32 = 12582912.0;
+                *q = (((v * id) + MAGIC) - MAGIC) as i8;
                 sum += *q as i32;
             }
             Q8Block {
