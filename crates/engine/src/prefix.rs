@@ -8,9 +8,12 @@
 //! tree beyond the hit (a hit "clamped by a missing state"): the engine then keeps a checkpoint
 //! at that divergence point so that the next prompt sharing it hits.
 //!
-//! Checkpoints are whole copies of the state (copy-on-write by construction: a hit clones
-//! them). Eviction, when the byte budget is exceeded, removes the checkpoint with the lowest
-//! recompute cost per byte, discounted by age: score = tokens / MiB / (1 + age / 64 lookups).
+//! A checkpoint holds the attention layers' keys/values as refcounted blocks
+//! (`mixers::paged_kv`): checkpoints along one conversation, and the sequences resumed from
+//! them, share the blocks of their common prefix, and the cache counts each block once.
+//! Recurrent and conv states are small and copied. Eviction, when the byte budget is exceeded,
+//! removes the checkpoint with the lowest recompute cost per byte it would free, discounted by
+//! age: score = tokens / MiB / (1 + age / 64 lookups).
 use model::hybrid::LayerState;
 use std::collections::HashMap;
 
@@ -19,7 +22,11 @@ pub struct Checkpoint {
     /// The last token's logits, when the checkpoint ends a prompt (a hit of the whole prompt
     /// then needs no forward at all).
     pub logits: Option<Vec<f32>>,
-    bytes: usize,
+    /// Bytes of its own (recurrent states, logits); its key/value blocks are counted in
+    /// [`PrefixCache`]'s block table.
+    own: usize,
+    /// The key/value blocks it holds (addresses, kept alive by `states`).
+    blocks: Vec<usize>,
     last_used: u64,
 }
 
@@ -47,21 +54,40 @@ pub struct PrefixCache {
     free: Vec<usize>,
     budget: usize,
     used: usize,
+    /// Key/value block address -> (checkpoints holding it, bytes).
+    block_refs: HashMap<usize, (usize, usize)>,
     clock: u64,
     pub evicted: u64,
 }
 
-/// Bytes a state occupies (f32 elements).
+/// Bytes a state occupies (f32 elements; shared key/value blocks counted in full).
 pub fn state_bytes(states: &[LayerState]) -> usize {
     states
         .iter()
         .map(|s| match s {
-            LayerState::Attention(a) => a.k.iter().chain(&a.v).map(|x| x.len()).sum::<usize>() * 4,
-            LayerState::Linear(l) => {
-                (l.rec.len() + l.conv_q.len() + l.conv_k.len() + l.conv_v.len()) * 4
-            }
+            LayerState::Attention(a) => a.bytes(),
+            LayerState::Linear(l) => linear_bytes(l),
         })
         .sum()
+}
+
+fn linear_bytes(l: &mixers::linear_mixer::LinearState) -> usize {
+    (l.rec.len() + l.conv_q.len() + l.conv_k.len() + l.conv_v.len()) * 4
+}
+
+/// The key/value blocks of a state: (address, bytes).
+fn kv_blocks(states: &[LayerState]) -> Vec<(usize, usize)> {
+    let mut out = vec![];
+    for s in states {
+        if let LayerState::Attention(a) = s {
+            for c in &a.kv {
+                for b in c.blocks() {
+                    out.push((std::sync::Arc::as_ptr(b) as usize, b.bytes()));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl PrefixCache {
@@ -77,6 +103,7 @@ impl PrefixCache {
             free: vec![],
             budget: budget_bytes,
             used: 0,
+            block_refs: HashMap::new(),
             clock: 0,
             evicted: 0,
         }
@@ -146,29 +173,71 @@ impl PrefixCache {
     /// Keeps a checkpoint after exactly `tokens` (replacing one there), then evicts down to
     /// the budget. A checkpoint larger than the whole budget is not kept.
     pub fn insert(&mut self, tokens: &[u32], states: Vec<LayerState>, logits: Option<Vec<f32>>) {
-        let bytes = state_bytes(&states) + logits.as_ref().map_or(0, |l| l.len() * 4);
-        if bytes > self.budget || tokens.is_empty() {
+        let own = states
+            .iter()
+            .map(|s| match s {
+                LayerState::Linear(l) => linear_bytes(l),
+                LayerState::Attention(_) => 0,
+            })
+            .sum::<usize>()
+            + logits.as_ref().map_or(0, |l| l.len() * 4);
+        let blocks = kv_blocks(&states);
+        let total = own + blocks.iter().map(|b| b.1).sum::<usize>();
+        if total > self.budget || tokens.is_empty() {
             return;
         }
         self.clock += 1;
         let node = self.node_at(tokens);
-        let clock = self.clock;
-        let n = &mut self.nodes[node];
-        if let Some(old) = n.ckpt.take() {
-            self.used -= old.bytes;
+        if let Some(old) = self.nodes[node].ckpt.take() {
+            self.release(&old);
         }
-        n.ckpt = Some(Checkpoint {
+        for &(addr, bytes) in &blocks {
+            let e = self.block_refs.entry(addr).or_insert((0, bytes));
+            if e.0 == 0 {
+                self.used += bytes;
+            }
+            e.0 += 1;
+        }
+        self.used += own;
+        self.nodes[node].ckpt = Some(Checkpoint {
             states,
             logits,
-            bytes,
-            last_used: clock,
+            own,
+            blocks: blocks.into_iter().map(|b| b.0).collect(),
+            last_used: self.clock,
         });
-        self.used += bytes;
         while self.used > self.budget {
             if !self.evict_one(node) {
                 break;
             }
         }
+    }
+
+    /// Drops a checkpoint's claims: its own bytes and its references to blocks.
+    fn release(&mut self, c: &Checkpoint) {
+        self.used -= c.own;
+        for addr in &c.blocks {
+            let e = self
+                .block_refs
+                .get_mut(addr)
+                .expect("a checkpoint's block is in the table");
+            e.0 -= 1;
+            if e.0 == 0 {
+                self.used -= e.1;
+                self.block_refs.remove(addr);
+            }
+        }
+    }
+
+    /// Bytes that removing `c` would free (blocks no other checkpoint holds).
+    fn freed_by(&self, c: &Checkpoint) -> usize {
+        c.own
+            + c.blocks
+                .iter()
+                .filter_map(|a| self.block_refs.get(a))
+                .filter(|(n, _)| *n == 1)
+                .map(|(_, b)| b)
+                .sum::<usize>()
     }
 
     /// The node at exactly `tokens`, creating it (and splitting an edge) as needed.
@@ -241,7 +310,7 @@ impl PrefixCache {
             .filter(|(i, _)| *i != keep)
             .filter_map(|(i, n)| n.ckpt.as_ref().map(|c| (i, n.depth, c)))
             .map(|(i, depth, c)| {
-                let mib = c.bytes as f64 / (1 << 20) as f64;
+                let mib = self.freed_by(c) as f64 / (1 << 20) as f64;
                 let age = (clock - c.last_used) as f64;
                 (i, depth as f64 / mib.max(1e-6) / (1.0 + age / 64.0))
             })
@@ -252,7 +321,7 @@ impl PrefixCache {
             .ckpt
             .take()
             .expect("victim holds a checkpoint");
-        self.used -= c.bytes;
+        self.release(&c);
         self.evicted += 1;
         self.prune(v);
         true
@@ -341,5 +410,61 @@ mod tests {
         // A checkpoint larger than the budget is not kept.
         c.insert(&[4; 5], state(4.0, 10_000), None);
         assert_eq!(c.lookup(&[4; 6]).hit, 0);
+    }
+
+    /// An attention state of `n` tokens with `row` floats per token (values = token index).
+    fn kv_state(n: usize, row: usize) -> Vec<LayerState> {
+        let mut kv = mixers::paged_kv::PagedKv::new(row, 0);
+        let vals: Vec<f32> = (0..n * row).map(|i| (i / row) as f32).collect();
+        kv.push(&vals, &vals);
+        vec![LayerState::Attention(mixers::attention::AttnState {
+            kv: vec![kv],
+            kept: n,
+            pos: n,
+        })]
+    }
+
+    fn extend(states: &[LayerState], n: usize) -> Vec<LayerState> {
+        let mut s = states.to_vec();
+        if let LayerState::Attention(a) = &mut s[0] {
+            let (row, at) = (a.kv[0].blocks()[0].k.len() / 32, a.pos);
+            let vals: Vec<f32> = (0..n * row).map(|i| (at + i / row) as f32).collect();
+            a.kv[0].push(&vals, &vals);
+            a.kept += n;
+            a.pos += n;
+        }
+        s
+    }
+
+    #[test]
+    fn checkpoints_of_one_conversation_share_their_blocks() {
+        let row = 4;
+        let block = 32 * row * 4 * 2; // bytes of a full block (keys and values)
+        let mut c = PrefixCache::new(1 << 20);
+        let turn1 = kv_state(64, row);
+        c.insert(&[1; 64], turn1.clone(), None);
+        assert_eq!(c.bytes(), 2 * block);
+        // The next turn extends the same state: only its new blocks are counted.
+        let turn2 = extend(&turn1, 80);
+        c.insert(&[1; 144], turn2, None);
+        assert_eq!(c.bytes(), 2 * block + 2 * block + block / 2);
+        // A hit shares the blocks; the cache's copy is unchanged by the resumed sequence.
+        let hit = c.lookup(&[1; 70]);
+        assert_eq!(hit.hit, 64);
+        let resumed = extend(&hit.states.unwrap(), 6);
+        let LayerState::Attention(a) = &resumed[0] else {
+            unreachable!()
+        };
+        assert_eq!(a.kv[0].row(69).0, &[69.0; 4][..]);
+        let again = c.lookup(&[1; 70]);
+        let LayerState::Attention(b) = &again.states.unwrap()[0] else {
+            unreachable!()
+        };
+        assert_eq!(b.kv[0].end(), 64);
+        // Evicting the first checkpoint frees nothing the second still holds.
+        let mut small = PrefixCache::new(5 * block);
+        small.insert(&[1; 64], turn1, None);
+        small.insert(&[1; 144], extend(&kv_state(64, row), 80), None);
+        assert!(small.bytes() <= 5 * block);
     }
 }

@@ -8,6 +8,7 @@
 //! Shapes: x, y [B, T, D]. The cache keeps RoPE'd keys: all of them (FA) or the last W−1 (SWA).
 use crate::attention_core::{self, Dims};
 use crate::ops::sigmoid;
+use crate::paged_kv::PagedKv;
 use crate::params::{linear, linear_backward, InitRng, Params};
 use tensor::cpu::Rope;
 
@@ -34,12 +35,20 @@ pub struct Attention {
 /// Keys/values carried between calls, for B sequences at the same position.
 #[derive(Clone, Debug)]
 pub struct AttnState {
-    /// Per sequence: [kept, Hk, Dh]
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    /// Per sequence: the RoPE'd keys and values in refcounted blocks (see [`PagedKv`]);
+    /// they hold at least the last `kept` tokens.
+    pub kv: Vec<PagedKv>,
+    /// Tokens later queries can still see: all of them (FA) or the last W−1 (SWA).
     pub kept: usize,
     /// Absolute position of the next token (RoPE).
     pub pos: usize,
+}
+
+impl AttnState {
+    /// Bytes of the key/value blocks held (blocks shared with others counted in full).
+    pub fn bytes(&self) -> usize {
+        self.kv.iter().map(|c| c.bytes()).sum()
+    }
 }
 
 /// What the backward pass needs.
@@ -93,9 +102,9 @@ impl Attention {
     }
 
     pub fn new_state(&self, b: usize) -> AttnState {
+        let row = self.cfg.n_kv_heads * self.cfg.head_dim;
         AttnState {
-            k: vec![vec![]; b],
-            v: vec![vec![]; b],
+            kv: vec![PagedKv::new(row, 0); b],
             kept: 0,
             pos: 0,
         }
@@ -108,20 +117,18 @@ impl Attention {
         let kept = self.cfg.window.map_or(n, |w| n.min(w.saturating_sub(1)));
         let row = self.cfg.n_kv_heads * self.cfg.head_dim;
         let fill = |s: usize| -> Vec<f32> {
-            // Room for the steps to come, so that the first one does not reallocate.
-            let mut v = Vec::with_capacity((kept + 1024) * row);
-            v.extend(
-                (0..kept * row)
-                    .map(|i| (((i * 7919 + s * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.1),
-            );
-            v
+            (0..kept * row)
+                .map(|i| (((i * 7919 + s * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.1)
+                .collect()
         };
-        AttnState {
-            k: (0..b).map(fill).collect(),
-            v: (0..b).map(|s| fill(s + b)).collect(),
-            kept,
-            pos: n,
-        }
+        let kv = (0..b)
+            .map(|s| {
+                let mut c = PagedKv::new(row, n - kept);
+                c.push(&fill(s), &fill(s + b));
+                c
+            })
+            .collect();
+        AttnState { kv, kept, pos: n }
     }
 
     /// Cache bytes for one sequence at context `n` with `bytes` per element.
@@ -191,10 +198,13 @@ impl Attention {
             Some(st) => {
                 let s = st.kept + t;
                 let row = hk * dh;
-                // Append this call's keys/values to each sequence's cache in place.
-                for bi in 0..b {
-                    st.k[bi].extend_from_slice(&k[bi * t * row..(bi + 1) * t * row]);
-                    st.v[bi].extend_from_slice(&v[bi * t * row..(bi + 1) * t * row]);
+                // Key j of this call is absolute token base + j: the kept ones, then these.
+                let base = st.pos - st.kept;
+                for (bi, cache) in st.kv.iter_mut().enumerate() {
+                    cache.push(
+                        &k[bi * t * row..(bi + 1) * t * row],
+                        &v[bi * t * row..(bi + 1) * t * row],
+                    );
                 }
                 let d = Dims {
                     b,
@@ -205,17 +215,13 @@ impl Attention {
                     d: dh,
                 };
                 let scale = (dh as f32).powf(-0.5);
-                let (o, lse) = if b == 1 {
-                    attention_core::forward(d, &q, &st.k[0], &st.v[0], scale, c.window)
-                } else {
-                    let (kc, vc): (Vec<f32>, Vec<f32>) = (st.k.concat(), st.v.concat());
-                    attention_core::forward(d, &q, &kc, &vc, scale, c.window)
-                };
-                // Keep what later tokens can still see: everything (FA) or the last W−1 (SWA).
+                let kv = attention_core::Paged { seqs: &st.kv, base };
+                let (o, lse) = attention_core::forward_rows(d, &q, &kv, scale, c.window);
+                // Keep what later tokens can still see: everything (FA) or the last W−1 (SWA);
+                // whole blocks before that go back.
                 let keep = c.window.map_or(s, |w| s.min(w.saturating_sub(1)));
-                for bi in 0..b {
-                    st.k[bi].drain(..(s - keep) * row);
-                    st.v[bi].drain(..(s - keep) * row);
+                for cache in st.kv.iter_mut() {
+                    cache.drop_before(st.pos + t - keep);
                 }
                 st.kept = keep;
                 st.pos += t;

@@ -84,12 +84,66 @@ pub fn reference(
     o
 }
 
+/// Where attention reads the key/value rows of sequence `b`, key token `j` (0-based over
+/// the `s` keys of [`Dims`]): contiguous arrays (training, prefill without a cache) or a
+/// paged cache.
+pub trait KvRows: Sync {
+    fn rows(&self, b: usize, j: usize) -> (&[f32], &[f32]);
+}
+
+/// k, v [B, S, Hk, D] in one array each.
+pub struct Contiguous<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub s: usize,
+    /// Hk·D.
+    pub row: usize,
+}
+
+impl KvRows for Contiguous<'_> {
+    #[inline]
+    fn rows(&self, b: usize, j: usize) -> (&[f32], &[f32]) {
+        let o = (b * self.s + j) * self.row;
+        (&self.k[o..o + self.row], &self.v[o..o + self.row])
+    }
+}
+
+/// One paged cache per sequence; key j is absolute token `base + j`.
+pub struct Paged<'a> {
+    pub seqs: &'a [crate::paged_kv::PagedKv],
+    pub base: usize,
+}
+
+impl KvRows for Paged<'_> {
+    #[inline]
+    fn rows(&self, b: usize, j: usize) -> (&[f32], &[f32]) {
+        self.seqs[b].row(self.base + j)
+    }
+}
+
 /// Returns (o [B,T,H,D], lse [B,T,H]).
 pub fn forward(
     d: Dims,
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    scale: f32,
+    window: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let kv = Contiguous {
+        k,
+        v,
+        s: d.s,
+        row: d.hk * d.d,
+    };
+    forward_rows(d, q, &kv, scale, window)
+}
+
+/// [`forward`] over any [`KvRows`].
+pub fn forward_rows<R: KvRows>(
+    d: Dims,
+    q: &[f32],
+    kv: &R,
     scale: f32,
     window: Option<usize>,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -105,9 +159,7 @@ pub fn forward(
             let qi = &q[row * d.d..(row + 1) * d.d];
             let (first, last) = d.keys(i, window);
             let mut sc: Vec<f32> = (first..=last)
-                .map(|j| {
-                    scale * tensor::cpu::dot(qi, &k[((b * d.s + j) * d.hk + kh) * d.d..][..d.d])
-                })
+                .map(|j| scale * tensor::cpu::dot(qi, &kv.rows(b, j).0[kh * d.d..][..d.d]))
                 .collect();
             let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let mut z = 0f64;
@@ -118,7 +170,7 @@ pub fn forward(
             let inv = (1.0 / z) as f32;
             out.fill(0.0);
             for (p, j) in sc.iter().zip(first..=last) {
-                tensor::cpu::axpy(p * inv, &v[((b * d.s + j) * d.hk + kh) * d.d..][..d.d], out);
+                tensor::cpu::axpy(p * inv, &kv.rows(b, j).1[kh * d.d..][..d.d], out);
             }
             *l = m + (z as f32).ln();
         });

@@ -68,8 +68,14 @@ fn thirty_two_concurrent_streaming_clients_and_memory_returns_to_idle() {
     assert_eq!(metric(&m, "hybrid_running_state_bytes"), 0.0);
     assert!(metric(&m, "hybrid_prefix_cache_bytes") <= budget as f64);
     let after = rss();
+    println!(
+        "{done} requests; memory {} MiB idle, {} MiB after (prefix cache {} MiB)",
+        idle >> 20,
+        after >> 20,
+        metric(&m, "hybrid_prefix_cache_bytes") as u64 >> 20
+    );
     assert!(
-        after < idle + budget as u64 + (96 << 20),
+        after < idle + budget as u64 + (128 << 20),
         "memory grew from {} MiB idle to {} MiB after the load ({done} requests)",
         idle >> 20,
         after >> 20

@@ -56,12 +56,7 @@ pub fn run(a: StepArgs) -> Result<()> {
                         output_gate: false,
                     };
                     let layer = Attention::init(cfg, &mut rng);
-                    let mut st = layer.new_state(1);
-                    let kept = window.map_or(ctx, |w| ctx.min(w - 1));
-                    st.k = vec![rng.normals(kept * a.heads * a.head_dim, 1.0)];
-                    st.v = vec![rng.normals(kept * a.heads * a.head_dim, 1.0)];
-                    st.kept = kept;
-                    st.pos = ctx;
+                    let mut st = layer.filled_state(1, ctx);
                     for i in 0..a.steps + WARMUP {
                         let t = Instant::now();
                         std::hint::black_box(layer.forward(&x, 1, 1, Some(&mut st)));

@@ -560,7 +560,7 @@ pub(crate) fn distil_settings(spec: &mut train::supernet::SupernetSpec, p: Prese
     match p {
         Preset::Quick => spec.steps = 32,
         Preset::Full => {
-            spec.steps = 150;
+            spec.steps = 100;
             spec.lr = 3e-4;
         }
     }
@@ -570,7 +570,7 @@ pub(crate) fn supernet_spec(p: Preset, seed: u64) -> train::supernet::SupernetSp
     // Full: batches of 8 windows of 1024 tokens on the GPU.
     let (steps, seq_len, batch) = match p {
         Preset::Quick => (96, 128, 1),
-        Preset::Full => (600, 1024, 8),
+        Preset::Full => (400, 1024, 8),
     };
     train::supernet::SupernetSpec {
         steps,

@@ -115,7 +115,7 @@ pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
     let set = report_eval_set(&sn0.teacher, &held, c.preset, c.device)?;
     let mut layouts: Vec<(String, Vec<String>)> = vec![("learned".into(), c.best.clone())];
     layouts.extend(train::search::baselines(n, c.fa, c.swa, "gdn"));
-    let extra = 8usize.saturating_sub(layouts.len()) + 1;
+    let extra = 8usize.saturating_sub(layouts.len());
     let random: Vec<Vec<String>> = random_layouts(n, c.fa, c.swa, extra + 4, c.seed)
         .into_iter()
         .filter(|l| !layouts.iter().any(|(_, x)| x == l))
@@ -129,7 +129,7 @@ pub(crate) fn fidelity_stage(c: &RunCtx) -> Result<()> {
     distil_settings(&mut spec, c.preset);
     spec.steps = match c.preset {
         Preset::Quick => 8,
-        Preset::Full => 50,
+        Preset::Full => 40,
     };
     let steps = spec.steps;
     let pb = ProgressBar::new((layouts.len() * (steps + 2)) as u64);
