@@ -41,6 +41,22 @@ pub struct ServeBenchArgs {
     pub out: PathBuf,
 }
 
+/// The server's `hybrid_prefix_cache_bytes` gauge.
+fn prefix_cache_bytes(url: &str) -> Result<u64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let text = agent
+        .get(&format!("{url}/metrics"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    text.lines()
+        .find(|l| l.starts_with("hybrid_prefix_cache_bytes"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow::anyhow!("/metrics has no hybrid_prefix_cache_bytes"))
+}
+
 /// One streamed request's timings.
 #[derive(serde::Serialize, Clone, Default)]
 struct Timing {
@@ -219,16 +235,20 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
                     .unwrap_or("")
                     .to_string();
                 msgs.push(json!({"role": "assistant", "content": reply}));
+                // What the prefix cache holds after the turn (blocks shared by the turns'
+                // checkpoints count once).
+                let cache_bytes = prefix_cache_bytes(&srv.url)?;
                 eprintln!(
-                    "{name} ({kind}), prefix cache {pc:?}, turn {}: TTFT {:.3} s, cached {}/{}",
+                    "{name} ({kind}), prefix cache {pc:?}, turn {}: TTFT {:.3} s, cached {}/{}, cache {:.2} MiB",
                     turn + 1,
                     t.ttft_s,
                     t.cached_tokens,
-                    t.prompt_tokens
+                    t.prompt_tokens,
+                    cache_bytes as f64 / (1 << 20) as f64
                 );
                 turns.push(
                     json!({"model": name, "kind": kind, "prefix_cache": pc == OnOff::On,
-                    "turn": turn + 1, "timing": t}),
+                    "turn": turn + 1, "timing": t, "cache_bytes": cache_bytes}),
                 );
             }
             drop(srv);
