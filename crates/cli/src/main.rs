@@ -33,6 +33,8 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (prefix caching that works for hybrids).
     Serve(commands::serve::ServeArgs),
+    /// Reason in chunks of bounded context (Delethink): query + head + carryover per chunk.
+    Think(commands::think::ThinkArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
     /// The NVIDIA libraries and GPU this machine offers (JSON).
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Think(a) => commands::think::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
         Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),

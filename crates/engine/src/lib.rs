@@ -1,6 +1,8 @@
 //! The serving engine (the serving issue): a step scheduler with chunked prefill over a
 //! token budget, continuous batching, and a prefix cache whose hits are valid for hybrids
-//! (recurrent states are checkpointed exactly where a hit may resume).
+//! (recurrent states are checkpointed exactly where a hit may resume), and Delethink's bounded-context
+//! reasoning loop.
+pub mod delethink;
 pub mod engine;
 pub mod metrics;
 pub mod prefix;

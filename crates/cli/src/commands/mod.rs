@@ -14,6 +14,7 @@ pub mod device;
 pub mod generate;
 pub mod inspect;
 pub mod serve;
+pub mod think;
 pub mod train_synthetic;
 
 use anyhow::{bail, Result};

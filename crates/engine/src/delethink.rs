@@ -1,0 +1,237 @@
+//! Delethink (the Markovian Thinker, research/delethink-mqar.md §1.2, §6.1): reasoning in
+//! chunks of bounded context. Chunk 1 generates up to C tokens after the query q; its first
+//! H (100) tokens are folded into the query. Every later chunk starts from q ⊕ head plus the
+//! last m tokens of the previous chunk (the carryover) and generates up to C − m tokens. The
+//! trace ends at a stop token or after I chunks. Peak context: |q| + H + C, whatever the trace
+//! length; thinking budget C + (I − 1)(C − m).
+//!
+//! At each boundary the previous chunk's state is dropped. The state after q ⊕ head is a
+//! snapshot taken when chunk 1 passes it (keys/values in shared paged blocks, recurrent states
+//! copied), restored at every boundary; only the carryover is prefilled — the paper's
+//! semantics (the query's keys do not depend on the chunk) with its O(m²) re-encoding, and
+//! the way a hybrid must do it (a recurrent state cannot drop the tail it has absorbed).
+use crate::engine::ServeModel;
+use anyhow::{bail, Result};
+use model::hybrid::LayerState;
+use model::{Sampler, SamplingParams, TextStream};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct DelethinkSpec {
+    /// C: tokens of thinking context per chunk.
+    pub chunk: usize,
+    /// m: tokens carried from one chunk into the next.
+    pub carryover: usize,
+    /// I: the most chunks a trace may run.
+    pub max_chunks: usize,
+    /// H: tokens of the first chunk folded into the query (the paper: 100).
+    #[serde(default = "default_head")]
+    pub head: usize,
+}
+
+fn default_head() -> usize {
+    100
+}
+
+impl DelethinkSpec {
+    pub fn validate(&self) -> Result<()> {
+        if self.chunk == 0 || self.max_chunks == 0 {
+            bail!("delethink needs chunk >= 1 and max_chunks >= 1");
+        }
+        if self.carryover >= self.chunk {
+            bail!(
+                "delethink's carryover ({}) must be smaller than its chunk ({}): each chunk after the first generates chunk - carryover tokens",
+                self.carryover,
+                self.chunk
+            );
+        }
+        if self.head > self.chunk {
+            bail!(
+                "delethink's head ({}) cannot exceed its chunk ({})",
+                self.head,
+                self.chunk
+            );
+        }
+        Ok(())
+    }
+
+    /// C + (I − 1)(C − m).
+    pub fn max_thinking_tokens(&self) -> usize {
+        self.chunk + (self.max_chunks - 1) * (self.chunk - self.carryover)
+    }
+
+    /// The longest context a chunk holds: |q| + H + C.
+    pub fn peak_context(&self, query: usize) -> usize {
+        query + self.head + self.chunk
+    }
+}
+
+/// One chunk of a trace.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Chunk {
+    /// The tokens its context starts from: q for chunk 1, q ⊕ head ⊕ carryover after.
+    pub context: Vec<u32>,
+    /// Tokens run through the model to build that context (the carryover when the snapshot
+    /// of q ⊕ head is restored).
+    pub prefilled: usize,
+    /// What it generated.
+    pub tokens: Vec<u32>,
+    /// The most tokens its cache held.
+    pub peak_cache_tokens: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Trace {
+    pub chunks: Vec<Chunk>,
+    /// Every chunk's tokens, in order (what a reader of the trace sees).
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// "stop" (a stop token or string) or "length" (I chunks ran out).
+    pub finish_reason: String,
+}
+
+impl Trace {
+    pub fn peak_cache_tokens(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| c.peak_cache_tokens)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// What [`think`] reports while it runs.
+pub enum Event<'a> {
+    /// Text of the trace, as it is decoded.
+    Text(&'a str),
+    /// A new chunk starts (1-based) from a context of this many tokens.
+    Boundary { chunk: usize, context: usize },
+}
+
+/// Runs a Delethink trace after `query` (prompt token ids, chat template applied).
+pub fn think(
+    m: &ServeModel,
+    query: &[u32],
+    spec: &DelethinkSpec,
+    sampling: &SamplingParams,
+    stop: &[String],
+    mut on: impl FnMut(Event),
+) -> Result<Trace> {
+    spec.validate()?;
+    sampling.validate()?;
+    if query.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let peak = spec.peak_context(query.len());
+    if peak > m.context {
+        bail!(
+            "a delethink chunk needs up to {peak} tokens of context (prompt {} + head {} + chunk {}); the model's context is {} tokens",
+            query.len(),
+            spec.head,
+            spec.chunk,
+            m.context
+        );
+    }
+    let model = &m.model;
+    let mut sampler = Sampler::new(sampling.clone());
+    let mut stream = TextStream::new(stop);
+    let mut chunks: Vec<Chunk> = vec![];
+    // The state after q ⊕ head and the head's tokens, once chunk 1 has passed them.
+    let mut snapshot: Option<(Vec<LayerState>, Vec<u32>)> = None;
+    let mut finish = "length";
+    'chunks: for i in 0..spec.max_chunks {
+        let (mut states, context, prefilled) = if i == 0 {
+            (model.new_state(1), query.to_vec(), query.len())
+        } else {
+            let prev = &chunks[i - 1].tokens;
+            let tail = &prev[prev.len().saturating_sub(spec.carryover)..];
+            let Some((s, head)) = &snapshot else {
+                bail!("delethink lost the state after the query and head");
+            };
+            let mut context = query.to_vec();
+            context.extend(head);
+            context.extend_from_slice(tail);
+            (s.clone(), context, tail.len())
+        };
+        on(Event::Boundary {
+            chunk: i + 1,
+            context: context.len(),
+        });
+        let fresh = &context[context.len() - prefilled..];
+        if fresh.is_empty() {
+            bail!("delethink chunk {} has nothing to continue from", i + 1);
+        }
+        let mut logits = model.forward(fresh, 1, &mut states, false)?;
+        if i == 0 && spec.head == 0 {
+            snapshot = Some((states.clone(), vec![]));
+        }
+        let budget = if i == 0 {
+            spec.chunk
+        } else {
+            spec.chunk - spec.carryover
+        };
+        let mut out: Vec<u32> = vec![];
+        let mut held = context.len();
+        let mut peak_tokens = held;
+        while out.len() < budget {
+            let next = sampler.sample(&logits);
+            if m.tokenizer.is_stop(next) {
+                finish = "stop";
+                chunks.push(Chunk {
+                    context,
+                    prefilled,
+                    tokens: out,
+                    peak_cache_tokens: peak_tokens,
+                });
+                break 'chunks;
+            }
+            out.push(next);
+            let (delta, stopped) = stream.push(&m.tokenizer, next)?;
+            if !delta.is_empty() {
+                on(Event::Text(&delta));
+            }
+            if stopped {
+                finish = "stop";
+                chunks.push(Chunk {
+                    context,
+                    prefilled,
+                    tokens: out,
+                    peak_cache_tokens: peak_tokens,
+                });
+                break 'chunks;
+            }
+            if out.len() == budget {
+                break;
+            }
+            logits = model.forward(&[next], 1, &mut states, false)?;
+            held += 1;
+            peak_tokens = peak_tokens.max(held);
+            if i == 0 && out.len() == spec.head && snapshot.is_none() {
+                snapshot = Some((states.clone(), out.clone()));
+            }
+        }
+        if i == 0 && snapshot.is_none() {
+            // The head is the whole first chunk: its last token was never run.
+            if let Some(&last) = out.last() {
+                model.forward(&[last], 1, &mut states, false)?;
+            }
+            snapshot = Some((states, out.clone()));
+        }
+        chunks.push(Chunk {
+            context,
+            prefilled,
+            tokens: out,
+            peak_cache_tokens: peak_tokens,
+        });
+    }
+    let rest = stream.finish();
+    if !rest.is_empty() {
+        on(Event::Text(&rest));
+    }
+    let tokens = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
+    Ok(Trace {
+        chunks,
+        tokens,
+        text: stream.text,
+        finish_reason: finish.into(),
+    })
+}
