@@ -11,6 +11,7 @@
 //! semantics (the query's keys do not depend on the chunk) with its O(m²) re-encoding, and
 //! the way a hybrid must do it (a recurrent state cannot drop the tail it has absorbed).
 use crate::engine::ServeModel;
+use crate::prefix::state_bytes;
 use anyhow::{bail, Result};
 use model::hybrid::LayerState;
 use model::{Sampler, SamplingParams, TextStream};
@@ -77,6 +78,8 @@ pub struct Chunk {
     pub tokens: Vec<u32>,
     /// The most tokens its cache held.
     pub peak_cache_tokens: usize,
+    /// Bytes of its state at its end (keys/values and recurrent states): the chunk's peak.
+    pub peak_cache_bytes: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -85,11 +88,19 @@ pub struct Trace {
     /// Every chunk's tokens, in order (what a reader of the trace sees).
     pub tokens: Vec<u32>,
     pub text: String,
-    /// "stop" (a stop token or string) or "length" (I chunks ran out).
+    /// "stop" (a stop token or string), "length" (I chunks ran out) or "cancelled".
     pub finish_reason: String,
 }
 
 impl Trace {
+    pub fn peak_cache_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| c.peak_cache_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn peak_cache_tokens(&self) -> usize {
         self.chunks
             .iter()
@@ -115,6 +126,24 @@ pub fn think(
     sampling: &SamplingParams,
     stop: &[String],
     mut on: impl FnMut(Event),
+) -> Result<Trace> {
+    think_with(m, query, spec, sampling, stop, false, |e| {
+        on(e);
+        true
+    })
+}
+
+/// [`think`]; with `ignore_stop`, stop tokens do not end the trace (benchmarks of a given
+/// trace length, as vLLM's `ignore_eos`); `on` returning false cancels the trace (finish
+/// reason "cancelled": a client went away).
+pub fn think_with(
+    m: &ServeModel,
+    query: &[u32],
+    spec: &DelethinkSpec,
+    sampling: &SamplingParams,
+    stop: &[String],
+    ignore_stop: bool,
+    mut on: impl FnMut(Event) -> bool,
 ) -> Result<Trace> {
     spec.validate()?;
     sampling.validate()?;
@@ -152,10 +181,13 @@ pub fn think(
             context.extend_from_slice(tail);
             (s.clone(), context, tail.len())
         };
-        on(Event::Boundary {
+        if !on(Event::Boundary {
             chunk: i + 1,
             context: context.len(),
-        });
+        }) {
+            finish = "cancelled";
+            break;
+        }
         let fresh = &context[context.len() - prefilled..];
         if fresh.is_empty() {
             bail!("delethink chunk {} has nothing to continue from", i + 1);
@@ -174,28 +206,28 @@ pub fn think(
         let mut peak_tokens = held;
         while out.len() < budget {
             let next = sampler.sample(&logits);
-            if m.tokenizer.is_stop(next) {
+            if m.tokenizer.is_stop(next) && !ignore_stop {
                 finish = "stop";
                 chunks.push(Chunk {
                     context,
                     prefilled,
                     tokens: out,
                     peak_cache_tokens: peak_tokens,
+                    peak_cache_bytes: state_bytes(&states),
                 });
                 break 'chunks;
             }
             out.push(next);
             let (delta, stopped) = stream.push(&m.tokenizer, next)?;
-            if !delta.is_empty() {
-                on(Event::Text(&delta));
-            }
-            if stopped {
-                finish = "stop";
+            let go_on = delta.is_empty() || on(Event::Text(&delta));
+            if stopped || !go_on {
+                finish = if stopped { "stop" } else { "cancelled" };
                 chunks.push(Chunk {
                     context,
                     prefilled,
                     tokens: out,
                     peak_cache_tokens: peak_tokens,
+                    peak_cache_bytes: state_bytes(&states),
                 });
                 break 'chunks;
             }
@@ -209,6 +241,7 @@ pub fn think(
                 snapshot = Some((states.clone(), out.clone()));
             }
         }
+        let peak_cache_bytes = state_bytes(&states);
         if i == 0 && snapshot.is_none() {
             // The head is the whole first chunk: its last token was never run.
             if let Some(&last) = out.last() {
@@ -221,10 +254,11 @@ pub fn think(
             prefilled,
             tokens: out,
             peak_cache_tokens: peak_tokens,
+            peak_cache_bytes,
         });
     }
     let rest = stream.finish();
-    if !rest.is_empty() {
+    if !rest.is_empty() && finish != "cancelled" {
         on(Event::Text(&rest));
     }
     let tokens = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
@@ -234,4 +268,116 @@ pub fn think(
         text: stream.text,
         finish_reason: finish.into(),
     })
+}
+
+/// Splits a trace's text into reasoning and answer at the first `</think>` (a leading
+/// `<think>` dropped), as vLLM's `deepseek_r1` reasoning parser and the Markovian Thinker's
+/// grader do: without `</think>` the whole trace is reasoning and there is no answer.
+#[derive(Default)]
+pub struct ThinkSplitter {
+    pending: String,
+    answering: bool,
+    started: bool,
+}
+
+const OPEN: &str = "<think>";
+const CLOSE: &str = "</think>";
+
+impl ThinkSplitter {
+    /// Feeds decoded text; returns (reasoning, answer) text that is now certain. A possible
+    /// beginning of `</think>` is held back until the next call or [`Self::finish`].
+    pub fn push(&mut self, text: &str) -> (String, String) {
+        self.pending.push_str(text);
+        if !self.started {
+            let t = self.pending.trim_start();
+            if t.len() < OPEN.len() && OPEN.starts_with(t) {
+                return (String::new(), String::new());
+            }
+            if let Some(rest) = t.strip_prefix(OPEN) {
+                self.pending = rest.to_string();
+            }
+            self.started = true;
+        }
+        if self.answering {
+            return (String::new(), std::mem::take(&mut self.pending));
+        }
+        if let Some(i) = self.pending.find(CLOSE) {
+            let reasoning = self.pending[..i].to_string();
+            let answer = self.pending[i + CLOSE.len()..].to_string();
+            self.pending.clear();
+            self.answering = true;
+            return (reasoning, answer);
+        }
+        // Hold back the longest suffix that could start `</think>`.
+        let keep = (1..CLOSE.len())
+            .rev()
+            .find(|&k| {
+                self.pending
+                    .is_char_boundary(self.pending.len().saturating_sub(k))
+                    && self.pending.ends_with(&CLOSE[..k])
+            })
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, String::new())
+    }
+
+    /// What is left at the end of the trace.
+    pub fn finish(&mut self) -> (String, String) {
+        let rest = std::mem::take(&mut self.pending);
+        if self.answering {
+            (String::new(), rest)
+        } else {
+            (rest, String::new())
+        }
+    }
+}
+
+/// Tokens of the trace up to and including the first `</think>` (all of them without one).
+pub fn reasoning_tokens(m: &ServeModel, trace: &[u32]) -> usize {
+    let Ok(close) = m.tokenizer.encode(CLOSE, false) else {
+        return trace.len();
+    };
+    if close.is_empty() {
+        return trace.len();
+    }
+    trace
+        .windows(close.len())
+        .position(|w| w == &close[..])
+        .map_or(trace.len(), |i| i + close.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ThinkSplitter;
+
+    fn split(parts: &[&str]) -> (String, String) {
+        let mut s = ThinkSplitter::default();
+        let (mut r, mut a) = (String::new(), String::new());
+        for p in parts {
+            let (x, y) = s.push(p);
+            r += &x;
+            a += &y;
+        }
+        let (x, y) = s.finish();
+        (r + &x, a + &y)
+    }
+
+    #[test]
+    fn splits_at_the_first_close_tag_even_across_deltas() {
+        assert_eq!(
+            split(&["<think>plan", " more</thi", "nk>The answer"]),
+            ("plan more".into(), "The answer".into())
+        );
+        assert_eq!(
+            split(&["no tags at all"]),
+            ("no tags at all".into(), "".into())
+        );
+        assert_eq!(
+            split(&["<", "think>a</think>b</think>c"]),
+            ("a".into(), "b</think>c".into())
+        );
+        assert_eq!(split(&["x <", "y"]), ("x <y".into(), "".into()));
+    }
 }

@@ -58,6 +58,10 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// Extension: reason with Delethink (`{"chunk": C, "carryover": m, "max_chunks": I}`,
+    /// optional `"head"`, default 100); the reply carries `reasoning_content`.
+    #[serde(default)]
+    pub delethink: Option<engine::delethink::DelethinkSpec>,
 }
 
 #[derive(Deserialize, Default)]

@@ -3,6 +3,7 @@
 //! go to the engine's thread; a client that disconnects drops its event channel, which
 //! cancels its sequence at the engine's next step.
 pub mod api;
+mod delethink;
 
 use api::{error_body, usage_json, ChatBody, CompletionBody};
 use axum::body::Bytes;
@@ -53,7 +54,7 @@ fn bad_request(msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn server_error(msg: impl std::fmt::Display) -> Response {
+pub(crate) fn server_error(msg: impl std::fmt::Display) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(error_body(&msg.to_string(), "server_error")),
@@ -85,13 +86,13 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn request_id(prefix: &str) -> String {
+pub(crate) fn request_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
@@ -165,6 +166,29 @@ async fn submit(
         Ok(x) => x,
         Err(e) => return bad_request(e),
     };
+    let usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    if let Some(spec) = c.delethink {
+        if let Err(e) = spec.validate() {
+            return bad_request(e);
+        }
+        let peak = spec.peak_context(prompt.len());
+        if peak > m.context {
+            return bad_request(format!(
+                "delethink needs up to {peak} tokens of context (prompt {} + head {} + chunk {}); the model's context is {}",
+                prompt.len(),
+                spec.head,
+                spec.chunk,
+                m.context
+            ));
+        }
+        let d = delethink::DelethinkRun {
+            spec,
+            prompt,
+            sampling,
+            stop: c.stop.list(),
+        };
+        return delethink::run(s, d, kind == Kind::Chat, c.stream, usage).await;
+    }
     let req = Request {
         prompt,
         max_tokens,
@@ -172,12 +196,11 @@ async fn submit(
         stop: c.stop.list(),
         keep,
     };
-    let usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     run(s, req, kind, c.stream, usage).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Completion,
     Chat,
 }

@@ -318,3 +318,71 @@ print("ok", plain)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `delethink` extension: the reply is the trace `engine::delethink::think` produces, as
+/// `reasoning_content` (SmolLM2 writes no `</think>`, so there is no answer), streamed or not,
+/// with the reasoning tokens in usage; a bad spec is a 400.
+#[test]
+fn delethink_requests_return_the_trace_as_reasoning() {
+    let t = teacher();
+    let s = TestServer::start(t.clone(), EngineConfig::default());
+    let url = format!("{}/v1/chat/completions", s.url);
+    let spec = json!({"chunk": 24, "carryover": 8, "max_chunks": 3, "head": 4});
+    let body = json!({"messages": [{"role": "user", "content": "Write a long story about a dragon who learns to count."}],
+        "temperature": 0, "delethink": spec});
+    let (code, v) = post(&url, &body);
+    assert_eq!(code, 200, "{v}");
+    let q = model::prompt_tokens(
+        &t.tokenizer,
+        t.template.as_ref(),
+        "Write a long story about a dragon who learns to count.",
+        true,
+    )
+    .unwrap();
+    let want = engine::delethink::think(
+        &t,
+        &q,
+        &serde_json::from_value(spec.clone()).unwrap(),
+        &Default::default(),
+        &[],
+        |_| {},
+    )
+    .unwrap();
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(msg["reasoning_content"], want.text.as_str());
+    assert_eq!(msg["content"], "");
+    assert_eq!(v["usage"]["completion_tokens"], want.tokens.len() as u64);
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        want.tokens.len() as u64
+    );
+    assert_eq!(v["delethink"]["chunks"], want.chunks.len() as u64);
+    assert!(want.chunks.len() >= 2);
+    // Streaming: the reasoning deltas add up to the same trace; usage comes last.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let chunks = sse(&url, &sb);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(streamed, want.text);
+    let last = chunks.last().unwrap();
+    assert_eq!(
+        last["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        want.tokens.len() as u64
+    );
+    // Bad specs.
+    for bad in [
+        json!({"chunk": 8, "carryover": 8, "max_chunks": 2}),
+        json!({"chunk": 100000, "carryover": 8, "max_chunks": 2}),
+        json!({"chunk": "x"}),
+    ] {
+        let mut b = body.clone();
+        b["delethink"] = bad;
+        let (code, v) = post(&url, &b);
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"]["message"].is_string());
+    }
+}

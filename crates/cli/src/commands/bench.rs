@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// The OpenAI server under workloads (prefix hit rate x context, multi-turn chat): TTFT,
     /// TPOT, latencies; in-process servers on real ports. Markdown + JSON.
     Serve(super::bench_serve::ServeBenchArgs),
+    /// Memory and time of reasoning traces against their length: plain vs Delethink, FA vs
+    /// hybrid. Markdown + JSON + plots.
+    Think(super::bench_think::ThinkBenchArgs),
     /// Chunked GDN / KDA / GLA forward on the GPU (prefill and training shapes).
     ChunkLinear(super::bench_linear::ChunkLinearArgs),
     /// Chunked GDN / KDA / GLA forward + backward on the GPU (training shapes).
@@ -75,6 +78,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
         BenchCommand::Context(g) => return super::bench_context::run(g),
         BenchCommand::Serve(g) => return super::bench_serve::run(g),
+        BenchCommand::Think(g) => return super::bench_think::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
