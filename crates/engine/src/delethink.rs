@@ -13,7 +13,7 @@
 use crate::engine::ServeModel;
 use crate::prefix::state_bytes;
 use anyhow::{bail, Result};
-use model::hybrid::LayerState;
+use model::hybrid::{HybridModel, LayerState};
 use model::{Sampler, SamplingParams, TextStream};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -143,13 +143,11 @@ pub fn think_with(
     sampling: &SamplingParams,
     stop: &[String],
     ignore_stop: bool,
-    mut on: impl FnMut(Event) -> bool,
+    on: impl FnMut(Event) -> bool,
 ) -> Result<Trace> {
-    spec.validate()?;
     sampling.validate()?;
-    if query.is_empty() {
-        bail!("the prompt is empty");
-    }
+    // Both the token and the boundary callbacks report through `on`, one at a time.
+    let on = std::cell::RefCell::new(on);
     let peak = spec.peak_context(query.len());
     if peak > m.context {
         bail!(
@@ -160,9 +158,75 @@ pub fn think_with(
             m.context
         );
     }
-    let model = &m.model;
     let mut sampler = Sampler::new(sampling.clone());
     let mut stream = TextStream::new(stop);
+    let mut err = None;
+    let (chunks, finish) = think_tokens(
+        &m.model,
+        query,
+        spec,
+        |logits| sampler.sample(logits),
+        |id| !ignore_stop && m.tokenizer.is_stop(id),
+        |id| match stream.push(&m.tokenizer, id) {
+            Ok((delta, stopped)) => {
+                if !delta.is_empty() && !(on.borrow_mut())(Event::Text(&delta)) {
+                    Flow::Cancel
+                } else if stopped {
+                    Flow::Stop
+                } else {
+                    Flow::Go
+                }
+            }
+            Err(e) => {
+                err = Some(e);
+                Flow::Cancel
+            }
+        },
+        |chunk, context| (on.borrow_mut())(Event::Boundary { chunk, context }),
+    )?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let rest = stream.finish();
+    if !rest.is_empty() && finish != "cancelled" {
+        (on.borrow_mut())(Event::Text(&rest));
+    }
+    let tokens = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
+    Ok(Trace {
+        chunks,
+        tokens,
+        text: stream.text,
+        finish_reason: finish.into(),
+    })
+}
+
+/// What to do after a generated token.
+pub enum Flow {
+    Go,
+    /// End the trace with this token kept (a stop string).
+    Stop,
+    /// End the trace now ("cancelled").
+    Cancel,
+}
+
+/// The Delethink loop over token ids alone, for any [`HybridModel`] (also models without a
+/// tokenizer, e.g. the synthetic ones of `hybrid train-markov`): `sample(logits)` picks the
+/// next token; a token for which `is_stop` holds ends the trace and is not kept;
+/// `on_token` sees every kept token; `on_boundary(chunk, context)` returning false cancels.
+/// Returns the chunks and the finish reason ("stop", "length", "cancelled").
+pub fn think_tokens(
+    model: &HybridModel,
+    query: &[u32],
+    spec: &DelethinkSpec,
+    mut sample: impl FnMut(&[f32]) -> u32,
+    is_stop: impl Fn(u32) -> bool,
+    mut on_token: impl FnMut(u32) -> Flow,
+    mut on_boundary: impl FnMut(usize, usize) -> bool,
+) -> Result<(Vec<Chunk>, &'static str)> {
+    spec.validate()?;
+    if query.is_empty() {
+        bail!("the prompt is empty");
+    }
     let mut chunks: Vec<Chunk> = vec![];
     // The state after q ⊕ head and the head's tokens, once chunk 1 has passed them.
     let mut snapshot: Option<(Vec<LayerState>, Vec<u32>)> = None;
@@ -181,10 +245,7 @@ pub fn think_with(
             context.extend_from_slice(tail);
             (s.clone(), context, tail.len())
         };
-        if !on(Event::Boundary {
-            chunk: i + 1,
-            context: context.len(),
-        }) {
+        if !on_boundary(i + 1, context.len()) {
             finish = "cancelled";
             break;
         }
@@ -205,23 +266,18 @@ pub fn think_with(
         let mut held = context.len();
         let mut peak_tokens = held;
         while out.len() < budget {
-            let next = sampler.sample(&logits);
-            if m.tokenizer.is_stop(next) && !ignore_stop {
-                finish = "stop";
-                chunks.push(Chunk {
-                    context,
-                    prefilled,
-                    tokens: out,
-                    peak_cache_tokens: peak_tokens,
-                    peak_cache_bytes: state_bytes(&states),
-                });
-                break 'chunks;
-            }
-            out.push(next);
-            let (delta, stopped) = stream.push(&m.tokenizer, next)?;
-            let go_on = delta.is_empty() || on(Event::Text(&delta));
-            if stopped || !go_on {
-                finish = if stopped { "stop" } else { "cancelled" };
+            let next = sample(&logits);
+            let flow = if is_stop(next) {
+                Flow::Cancel
+            } else {
+                out.push(next);
+                on_token(next)
+            };
+            if !matches!(flow, Flow::Go) {
+                finish = match (is_stop(next), flow) {
+                    (true, _) | (false, Flow::Stop) => "stop",
+                    _ => "cancelled",
+                };
                 chunks.push(Chunk {
                     context,
                     prefilled,
@@ -257,17 +313,7 @@ pub fn think_with(
             peak_cache_bytes,
         });
     }
-    let rest = stream.finish();
-    if !rest.is_empty() && finish != "cancelled" {
-        on(Event::Text(&rest));
-    }
-    let tokens = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
-    Ok(Trace {
-        chunks,
-        tokens,
-        text: stream.text,
-        finish_reason: finish.into(),
-    })
+    Ok((chunks, finish))
 }
 
 /// Splits a trace's text into reasoning and answer at the first `</think>` (a leading
