@@ -35,6 +35,9 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Reason in chunks of bounded context (Delethink): query + head + carryover per chunk.
     Think(commands::think::ThinkArgs),
+    /// Delethink from scratch: train a small model on a Markovian task and its control, answer
+    /// with plain chain of thought and with Delethink.
+    TrainMarkov(commands::train_markov::TrainMarkovArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
     /// The NVIDIA libraries and GPU this machine offers (JSON).
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Think(a) => commands::think::run(a),
+        Command::TrainMarkov(a) => commands::train_markov::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
         Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),

@@ -139,51 +139,42 @@ pub fn train(
     );
     let cfg = model_config(r)?;
     let mut m = HybridModel::init(cfg, r.seed)?;
-    let opt = AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: r.weight_decay,
-    };
-    let mut states: HashMap<String, AdamState> = HashMap::new();
     let n = r.task.seq_len;
     let t0 = Instant::now();
     let mut curve = vec![];
-    let mut loss = f32::NAN;
     let eval_every = (r.steps / 8).max(1);
-    for step in 0..r.steps {
-        let data = mqar(&r.task, r.batch, r.seed * 1_000_003 + step as u64)?;
-        let (logits, saved) = m.forward_train(&data.inputs, r.batch, n)?;
-        let (l, dlogits) = cross_entropy(&logits, m.config.vocab_size, &data.labels);
-        loss = l;
-        let mut g = m.zero_grads();
-        m.backward(&saved, &dlogits, &mut g);
-        clip_grad_norm(&mut g.slices_mut(), 1.0);
-        let lr = lr_at(step, r.steps, r.warmup, r.lr, r.lr * 0.1);
-        m.visit_params(&g, |name, p, gr| {
-            if r.freeze.is_frozen(name) {
-                return;
-            }
-            let st = states
-                .entry(name.to_string())
-                .or_insert_with(|| AdamState::new(p.len()));
-            opt.step(p, gr, st, lr, decays(name));
-        });
-        let acc = if (step + 1) % eval_every == 0 || step + 1 == r.steps {
-            let a = evaluate(
-                &m,
-                &RunConfig {
-                    eval_examples: r.eval_examples.min(64),
-                    ..r.clone()
-                },
-            )?;
-            curve.push((step + 1, a));
-            Some(a)
-        } else {
-            None
-        };
-        progress(step, loss, acc);
-    }
+    let opt = Fit {
+        steps: r.steps,
+        warmup: r.warmup,
+        lr: r.lr,
+        weight_decay: r.weight_decay,
+        freeze: r.freeze.clone(),
+    };
+    let loss = fit(
+        &mut m,
+        &opt,
+        |step| {
+            let data = mqar(&r.task, r.batch, r.seed * 1_000_003 + step as u64)?;
+            Ok((data.inputs, data.labels, r.batch))
+        },
+        |m, step, loss| {
+            let acc = if (step + 1) % eval_every == 0 || step + 1 == r.steps {
+                let a = evaluate(
+                    m,
+                    &RunConfig {
+                        eval_examples: r.eval_examples.min(64),
+                        ..r.clone()
+                    },
+                )?;
+                curve.push((step + 1, a));
+                Some(a)
+            } else {
+                None
+            };
+            progress(step, loss, acc);
+            Ok(())
+        },
+    )?;
     let accuracy = evaluate(&m, r)?;
     let res = RunResult {
         config: r.clone(),
@@ -196,6 +187,57 @@ pub fn train(
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((res, m))
+}
+
+/// Optimiser settings of [`fit`].
+#[derive(Clone, Debug)]
+pub struct Fit {
+    pub steps: usize,
+    pub warmup: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub freeze: Freeze,
+}
+
+/// Trains `m` for `o.steps` steps of AdamW (warmup + cosine to a tenth, clip 1.0) on the
+/// batches `batch(step)` gives — (inputs [B·N], labels [B·N] with -1 where no loss, B) —
+/// calling `after(model, step, loss)` after each. Returns the last loss.
+pub fn fit(
+    m: &mut HybridModel,
+    o: &Fit,
+    mut batch: impl FnMut(usize) -> Result<(Vec<u32>, Vec<i64>, usize)>,
+    mut after: impl FnMut(&HybridModel, usize, f32) -> Result<()>,
+) -> Result<f32> {
+    let opt = AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: o.weight_decay,
+    };
+    let mut states: HashMap<String, AdamState> = HashMap::new();
+    let mut loss = f32::NAN;
+    for step in 0..o.steps {
+        let (inputs, labels, b) = batch(step)?;
+        let n = inputs.len() / b.max(1);
+        let (logits, saved) = m.forward_train(&inputs, b, n)?;
+        let (l, dlogits) = cross_entropy(&logits, m.config.vocab_size, &labels);
+        loss = l;
+        let mut g = m.zero_grads();
+        m.backward(&saved, &dlogits, &mut g);
+        clip_grad_norm(&mut g.slices_mut(), 1.0);
+        let lr = lr_at(step, o.steps, o.warmup, o.lr, o.lr * 0.1);
+        m.visit_params(&g, |name, p, gr| {
+            if o.freeze.is_frozen(name) {
+                return;
+            }
+            let st = states
+                .entry(name.to_string())
+                .or_insert_with(|| AdamState::new(p.len()));
+            opt.step(p, gr, st, lr, decays(name));
+        });
+        after(m, step, loss)?;
+    }
+    Ok(loss)
 }
 
 /// Markdown report of a set of runs: the best accuracy over learning rates per model and

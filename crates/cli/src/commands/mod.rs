@@ -16,6 +16,7 @@ pub mod generate;
 pub mod inspect;
 pub mod serve;
 pub mod think;
+pub mod train_markov;
 pub mod train_synthetic;
 
 use anyhow::{bail, Result};
