@@ -5,17 +5,14 @@
 //! `usage.completion_tokens_details.reasoning_tokens`. A client that goes away cancels the
 //! trace at its next token.
 use crate::{now, request_id, server_error, AppState};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::delethink::{reasoning_tokens, think_with, DelethinkSpec, Event, ThinkSplitter};
 use model::SamplingParams;
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
 
 pub struct DelethinkRun {
     pub spec: DelethinkSpec,
@@ -144,52 +141,37 @@ pub async fn run(
             json!({"index": 0, "text": "", field: text, "finish_reason": null})
         }
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<SseEvent>();
-    if chat {
-        let _ = out_tx.send(chunk(
+    let first = chat.then(|| {
+        chunk(
             json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
             None,
-        ));
-    }
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let evs = match msg {
-                Msg::Reasoning(r) => vec![chunk(delta("reasoning_content", r), None)],
-                Msg::Answer(a) => vec![chunk(delta("content", a), None)],
-                Msg::Done {
-                    finish,
-                    usage,
-                    chunks,
-                    peak_cache_tokens,
-                } => {
-                    let last = if chat {
-                        json!({"index": 0, "delta": {}, "finish_reason": finish})
-                    } else {
-                        json!({"index": 0, "text": "", "finish_reason": finish})
-                    };
-                    let info = json!({"chunks": chunks, "peak_cache_tokens": peak_cache_tokens});
-                    let mut v = vec![chunk(last, Some(("delethink", info)))];
-                    if usage_chunk {
-                        v.push(chunk(Value::Null, Some(("usage", usage))));
-                    }
-                    v.push(SseEvent::default().data("[DONE]"));
-                    v
-                }
-                Msg::Error(e) => vec![
-                    SseEvent::default()
-                        .data(crate::api::error_body(&e, "server_error").to_string()),
-                    SseEvent::default().data("[DONE]"),
-                ],
-            };
-            for ev in evs {
-                if out_tx.send(ev).is_err() {
-                    return;
-                }
-            }
-        }
+        )
     });
-    let all = UnboundedReceiverStream::new(out_rx).map(Ok::<_, Infallible>);
-    Sse::new(all)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    crate::sse_response(first, rx, move |msg| match msg {
+        Msg::Reasoning(r) => vec![chunk(delta("reasoning_content", r), None)],
+        Msg::Answer(a) => vec![chunk(delta("content", a), None)],
+        Msg::Done {
+            finish,
+            usage,
+            chunks,
+            peak_cache_tokens,
+        } => {
+            let last = if chat {
+                json!({"index": 0, "delta": {}, "finish_reason": finish})
+            } else {
+                json!({"index": 0, "text": "", "finish_reason": finish})
+            };
+            let info = json!({"chunks": chunks, "peak_cache_tokens": peak_cache_tokens});
+            let mut v = vec![chunk(last, Some(("delethink", info)))];
+            if usage_chunk {
+                v.push(chunk(Value::Null, Some(("usage", usage))));
+            }
+            v.push(SseEvent::default().data("[DONE]"));
+            v
+        }
+        Msg::Error(e) => vec![
+            SseEvent::default().data(crate::api::error_body(&e, "server_error").to_string()),
+            SseEvent::default().data("[DONE]"),
+        ],
+    })
 }

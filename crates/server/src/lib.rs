@@ -308,8 +308,18 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
         }
     };
     // A task turns engine events into SSE messages. When the client goes away the response
-    // stream (and out_rx) is dropped, the task's next send fails and it ends, dropping the
-    // engine's channel: the sequence is cancelled at the engine's next step.
+    // stream is dropped, the task's next send fails and it ends, dropping the engine's
+    // channel: the sequence is cancelled at the engine's next step.
+    sse_response(first, rx, to_sse)
+}
+
+/// An SSE response: `first` (if any), then the messages `to_sse` makes of each item from `rx`,
+/// forwarded by a task that ends (dropping `rx`) when the client goes away.
+pub(crate) fn sse_response<T: Send + 'static>(
+    first: Option<SseEvent>,
+    mut rx: mpsc::UnboundedReceiver<T>,
+    mut to_sse: impl FnMut(T) -> Vec<SseEvent> + Send + 'static,
+) -> Response {
     let (out_tx, out_rx) = mpsc::unbounded_channel::<SseEvent>();
     if let Some(f) = first {
         let _ = out_tx.send(f);

@@ -173,7 +173,13 @@ pub fn run(a: TrainMarkovArgs) -> Result<()> {
             )?;
             let out: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
             ok_dt += usize::from(answer_of(&task, &out) == Some(e.answer));
-            peak_dt = peak_dt.max(chunks.iter().map(|c| c.peak_cache_tokens).max().unwrap_or(0));
+            peak_dt = peak_dt.max(
+                chunks
+                    .iter()
+                    .map(|c| c.peak_cache_tokens)
+                    .max()
+                    .unwrap_or(0),
+            );
         }
         let (acc_plain, acc_dt) = (
             ok_plain as f64 / a.eval as f64,

@@ -99,12 +99,7 @@ impl MarkovTask {
 
     /// A training batch [B, seq_len] with next-token labels on the trace only (-100
     /// elsewhere); with `chunked`, half the rows are Delethink boundary contexts.
-    pub fn batch(
-        &self,
-        b: usize,
-        seed: u64,
-        chunked: Option<Chunking>,
-    ) -> (Vec<u32>, Vec<i64>) {
+    pub fn batch(&self, b: usize, seed: u64, chunked: Option<Chunking>) -> (Vec<u32>, Vec<i64>) {
         let n = self.seq_len();
         let mut rng = SplitMix64::new(seed);
         let (mut inputs, mut labels) = (vec![], vec![]);
@@ -166,7 +161,11 @@ mod tests {
                 x = f(x);
                 assert_eq!(e.trace[2 * (i - 1) + 1], x);
             }
-            let want = if answer == Answer::Last { e.trace[11] } else { e.trace[5] };
+            let want = if answer == Answer::Last {
+                e.trace[11]
+            } else {
+                e.trace[5]
+            };
             assert_eq!(&e.trace[12..], &[t.ans(), want, t.eos()]);
         }
     }
@@ -189,7 +188,10 @@ mod tests {
         let q = 2 * 8 + 3;
         // Query, head (c1 x1), then a carryover that starts with a counter token.
         assert_eq!(row[q], t.counter(1));
-        assert!(row[q + 2] >= 8 && row[q + 2] < 18, "carryover starts at a counter");
+        assert!(
+            row[q + 2] >= 8 && row[q + 2] < 18,
+            "carryover starts at a counter"
+        );
         let first_label = labels.iter().position(|&l| l >= 0).unwrap();
         assert_eq!(first_label, q + 2 + 4 - 1);
         assert!(labels.iter().filter(|&&l| l >= 0).count() <= 4);
