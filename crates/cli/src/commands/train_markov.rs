@@ -17,23 +17,23 @@ use train::tasks::rng::SplitMix64;
 #[derive(Args, Debug)]
 pub struct TrainMarkovArgs {
     /// Values of the permutation the chain walks.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub values: usize,
-    /// Steps of the chain (the trace is 2 tokens per step).
-    #[arg(long, default_value_t = 24)]
+    /// Steps of the chain (the trace is 2 tokens per step); fewer than `values`.
+    #[arg(long, default_value_t = 6)]
     pub steps: usize,
     /// Delethink's chunk C (tokens), carryover m and head H at evaluation (and in training).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 6)]
     pub chunk: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 2)]
     pub carryover: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub head: usize,
     #[arg(long, default_value = "fa,fa,fa,fa")]
     pub layout: String,
     #[arg(long, default_value_t = 64)]
     pub d_model: usize,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 8000)]
     pub train_steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -104,6 +104,15 @@ fn plain(m: &HybridModel, t: &MarkovTask, q: &[u32]) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: TrainMarkovArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.steps >= 2 && a.steps < a.values,
+        "--steps must be at least 2 and below --values ({}): the chain is one cycle through the values",
+        a.values
+    );
+    anyhow::ensure!(
+        a.carryover < a.chunk && a.head <= a.chunk,
+        "--carryover must be below --chunk and --head at most --chunk"
+    );
     std::fs::create_dir_all(&a.out)?;
     let chunking = Chunking {
         chunk: a.chunk,
@@ -199,7 +208,7 @@ pub fn run(a: TrainMarkovArgs) -> Result<()> {
         "lr": a.lr, "eval": a.eval, "seed": a.seed, "rows": rows});
     std::fs::write(a.out.join("markov.json"), serde_json::to_string_pretty(&j)?)?;
     let mut md = format!(
-        "# Delethink from scratch\n\nA {} model (d = {}, {} training steps of {} sequences, half of them Delethink boundary contexts) walks a chain of {} steps through a random permutation of {} values listed in the query (trace {} tokens). Delethink: chunk {}, carryover {}, head {}. {} held-out queries per task, greedy.\n\n| task | final loss | plain CoT accuracy | Delethink accuracy | peak context plain | peak context Delethink |\n|---|---|---|---|---|---|\n",
+        "# Delethink from scratch\n\nA {} model (d = {}, {} training steps of {} sequences, half of them Delethink boundary contexts) walks a chain of {} steps through a random cyclic permutation of {} values listed in the query (trace {} tokens). Delethink: chunk {}, carryover {}, head {}. {} held-out queries per task, greedy.\n\n| task | final loss | plain CoT accuracy | Delethink accuracy | peak context plain | peak context Delethink |\n|---|---|---|---|---|---|\n",
         a.layout, a.d_model, a.train_steps, a.batch, a.steps, a.values, 2 * a.steps + 3, a.chunk, a.carryover, a.head, a.eval
     );
     for r in &rows {

@@ -1,7 +1,7 @@
 //! A Markovian reasoning task and its control, for showing Delethink on a model trained from
 //! scratch (research/delethink-mqar.md §5; the "Markovian demonstration").
 //!
-//! The query lists a random permutation f of V values as (k, f(k)) pairs and a start x0. The
+//! The query lists a random cyclic permutation f of V values as (k, f(k)) pairs and a start x0. The
 //! chain of thought walks the chain, restating its state at every step: `c1 x1 c2 x2 … cS xS`
 //! with counter tokens c_i and x_i = f(x_{i−1}), then `ANS a EOS`. Each step needs only the
 //! last step and the query — which Delethink always keeps — so the task is Markovian.
@@ -68,8 +68,15 @@ impl MarkovTask {
 
     pub fn example(&self, rng: &mut SplitMix64) -> Example {
         let v = self.values;
-        let mut f: Vec<u32> = (0..v as u32).collect();
-        rng.shuffle(&mut f);
+        // One cycle through all V values in a random order: the chain never repeats within
+        // V steps, so no earlier state can be read off a later one (with short cycles the
+        // control's middle state would often reappear in the carryover).
+        let mut order: Vec<u32> = (0..v as u32).collect();
+        rng.shuffle(&mut order);
+        let mut f = vec![0u32; v];
+        for i in 0..v {
+            f[order[i] as usize] = order[(i + 1) % v];
+        }
         let mut keys: Vec<u32> = (0..v as u32).collect();
         rng.shuffle(&mut keys);
         let mut query = vec![self.bos()];
@@ -151,6 +158,10 @@ mod tests {
             };
             let e = t.example(&mut SplitMix64::new(3));
             assert_eq!(e.query.len() + e.trace.len(), t.seq_len());
+            // One cycle: the states of the trace are all different (steps < values).
+            let xs: std::collections::BTreeSet<u32> =
+                e.trace[..12].iter().skip(1).step_by(2).copied().collect();
+            assert_eq!(xs.len(), 6);
             let f = |k: u32| {
                 let i = e.query[1..17].chunks(2).position(|p| p[0] == k).unwrap();
                 e.query[1 + 2 * i + 1]
