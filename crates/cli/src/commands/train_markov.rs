@@ -29,7 +29,7 @@ pub struct TrainMarkovArgs {
     pub carryover: usize,
     #[arg(long, default_value_t = 2)]
     pub head: usize,
-    #[arg(long, default_value = "fa,fa,fa,fa")]
+    #[arg(long, default_value = "gdn,fa,gdn,fa")]
     pub layout: String,
     #[arg(long, default_value_t = 64)]
     pub d_model: usize,
