@@ -64,6 +64,19 @@ impl DelethinkSpec {
     pub fn peak_context(&self, query: usize) -> usize {
         query + self.head + self.chunk
     }
+
+    /// An error unless a chunk after a `query`-token prompt fits a `context`-token model.
+    pub fn check_fits(&self, query: usize, context: usize) -> Result<()> {
+        let peak = self.peak_context(query);
+        if peak > context {
+            bail!(
+                "a delethink chunk needs up to {peak} tokens of context (prompt {query} + head {} + chunk {}); the model's context is {context} tokens",
+                self.head,
+                self.chunk
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One chunk of a trace.
@@ -148,16 +161,7 @@ pub fn think_with(
     sampling.validate()?;
     // Both the token and the boundary callbacks report through `on`, one at a time.
     let on = std::cell::RefCell::new(on);
-    let peak = spec.peak_context(query.len());
-    if peak > m.context {
-        bail!(
-            "a delethink chunk needs up to {peak} tokens of context (prompt {} + head {} + chunk {}); the model's context is {} tokens",
-            query.len(),
-            spec.head,
-            spec.chunk,
-            m.context
-        );
-    }
+    spec.check_fits(query.len(), m.context)?;
     let mut sampler = Sampler::new(sampling.clone());
     let mut stream = TextStream::new(stop);
     let mut err = None;

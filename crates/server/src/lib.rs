@@ -171,15 +171,8 @@ async fn submit(
         if let Err(e) = spec.validate() {
             return bad_request(e);
         }
-        let peak = spec.peak_context(prompt.len());
-        if peak > m.context {
-            return bad_request(format!(
-                "delethink needs up to {peak} tokens of context (prompt {} + head {} + chunk {}); the model's context is {}",
-                prompt.len(),
-                spec.head,
-                spec.chunk,
-                m.context
-            ));
+        if let Err(e) = spec.check_fits(prompt.len(), m.context) {
+            return bad_request(e);
         }
         let d = delethink::DelethinkRun {
             spec,
