@@ -7,6 +7,7 @@ use crate::generate::{generate_with, GenerateOptions, Generation, LoadedModel};
 use crate::hybrid::gpu::GpuHybrid;
 use crate::hybrid::HybridModel;
 use crate::llama_gpu::GpuLlama;
+use crate::llama_gpu_gguf::GpuLlamaGguf;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -121,12 +122,27 @@ impl AnyModel {
         crate::generate::prompt_tokens(self.tokenizer(), self.template(), prompt, chat)
     }
 
-    /// The model placed on `device` (a GPU copy is made once, here).
+    /// The model placed on `device` (a GPU copy is made once, here), GGUF weights as
+    /// [`GpuWeights::Auto`] chooses.
     pub fn runner(&self, device: Device) -> Result<Runner<'_>> {
+        self.runner_with(device, GpuWeights::Auto)
+    }
+
+    /// The model placed on `device`; `weights` says how a GGUF model runs on a GPU.
+    pub fn runner_with(&self, device: Device, weights: GpuWeights) -> Result<Runner<'_>> {
         let on = match (self, device) {
             (_, Device::Cpu) => OnDevice::Cpu,
             (AnyModel::Gguf(m), Device::Cuda(n)) => {
-                OnDevice::Llama(Box::new(GpuLlama::new(&m.model, n)?))
+                let quantized = match weights {
+                    GpuWeights::Bf16 => false,
+                    GpuWeights::Gguf => true,
+                    GpuWeights::Auto => GpuLlamaGguf::unsupported(&m.model).is_none(),
+                };
+                if quantized {
+                    OnDevice::LlamaGguf(Box::new(GpuLlamaGguf::new(&m.model, n)?))
+                } else {
+                    OnDevice::Llama(Box::new(GpuLlama::new(&m.model, n)?))
+                }
             }
             (AnyModel::Hybrid(h), Device::Cuda(n)) => {
                 OnDevice::Hybrid(Box::new(GpuHybrid::new(&h.model, n)?))
@@ -136,9 +152,24 @@ impl AnyModel {
     }
 }
 
+/// How a GGUF model runs on a GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuWeights {
+    /// `Gguf` when every weight type has a quantized GPU path, else `Bf16`.
+    #[default]
+    Auto,
+    /// The file's own Q4_0/Q4_1/Q8_0 blocks with llama.cpp's CPU arithmetic: the same
+    /// outputs as `--device cpu` (up to f32 summation order), 4/8-bit weights on the device.
+    Gguf,
+    /// Weights dequantised to bf16, bf16 activations, cuBLAS and flash kernels: the fast path
+    /// for batches and long contexts, a slightly different model.
+    Bf16,
+}
+
 enum OnDevice {
     Cpu,
     Llama(Box<GpuLlama>),
+    LlamaGguf(Box<GpuLlamaGguf>),
     Hybrid(Box<GpuHybrid>),
 }
 
@@ -173,6 +204,14 @@ impl Runner<'_> {
                 Box::new(move |t| h.model.forward(t, 1, &mut st, false))
             }
             (OnDevice::Llama(g), _) => {
+                let mut cache = g.new_cache(1, cap)?;
+                let v = g.config.vocab_size;
+                Box::new(move |t| {
+                    let l = g.logits_to_host(&g.forward(t, &mut cache)?)?;
+                    Ok(l[l.len() - v..].to_vec())
+                })
+            }
+            (OnDevice::LlamaGguf(g), _) => {
                 let mut cache = g.new_cache(1, cap)?;
                 let v = g.config.vocab_size;
                 Box::new(move |t| {

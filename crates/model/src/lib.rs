@@ -9,10 +9,11 @@ pub mod gguf;
 pub mod hybrid;
 pub mod llama;
 pub mod llama_gpu;
+pub mod llama_gpu_gguf;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use bundle::{AnyModel, HybridBundle, Runner};
+pub use bundle::{AnyModel, GpuWeights, HybridBundle, Runner};
 pub use chat::{ChatTemplate, Message};
 pub use generate::{
     generate, generate_gpu, generate_with, prompt_tokens, GenerateOptions, Generation, LoadedModel,

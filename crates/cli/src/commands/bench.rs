@@ -159,7 +159,36 @@ fn bench_decode_gpu(
                 dec.push((b * a.gen_tokens) as f64 / td);
             }
         }
-        rows.push(serde_json::json!({"batch": b, "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+        rows.push(serde_json::json!({"batch": b, "gpu_weights": "bf16", "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+    }
+    // The GGUF-quantized path (the CPU's arithmetic, 4/8-bit weights) where the model allows it.
+    if model::llama_gpu_gguf::GpuLlamaGguf::unsupported(&m.model).is_none() {
+        let q = model::llama_gpu_gguf::GpuLlamaGguf::new(&m.model, ordinal)?;
+        for &b in &a.batch {
+            let (mut pre, mut dec) = (vec![], vec![]);
+            for rep in 0..=a.reps {
+                let mut cache = q.new_cache(b, prompt.len() + a.gen_tokens + 1)?;
+                let toks: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+                q.gpu.synchronize()?;
+                let t0 = Instant::now();
+                let logits = q.forward(&toks, &mut cache)?;
+                let all = q.argmax(&logits, b * prompt.len())?;
+                let mut next: Vec<u32> =
+                    (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
+                let tp = t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                for _ in 0..a.gen_tokens {
+                    let logits = q.forward(&next, &mut cache)?;
+                    next = q.argmax(&logits, b)?;
+                }
+                let td = t1.elapsed().as_secs_f64();
+                if rep > 0 {
+                    pre.push((b * prompt.len()) as f64 / tp);
+                    dec.push((b * a.gen_tokens) as f64 / td);
+                }
+            }
+            rows.push(serde_json::json!({"batch": b, "gpu_weights": "gguf", "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+        }
     }
     let j = serde_json::json!({
         "bench": "decode",

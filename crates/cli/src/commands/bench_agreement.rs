@@ -29,27 +29,64 @@ pub fn run(a: AgreementArgs) -> Result<()> {
         }
     };
     let m = model::LoadedModel::load(&a.model.model_path()?)?;
-    let gpu = model::llama_gpu::GpuLlama::new(&m.model, ordinal)?;
     let v = m.model.config.vocab_size;
-    let (mut agree, mut total, mut kl_sum, mut max_diff) = (0usize, 0usize, 0f64, 0f32);
-    let mut per_text = vec![];
+    let mut texts = vec![];
     for text in TEXTS {
         let ids = m.tokenizer.encode(text, true)?;
         let cpu = m.model.forward(&ids, &mut m.model.new_cache(), true)?;
-        let mut cache = gpu.new_cache(1, ids.len())?;
-        let cuda = gpu.logits_to_host(&gpu.forward(&ids, &mut cache)?)?;
+        texts.push((ids, cpu));
+    }
+    // Both GPU paths against the same CPU logits: the bf16 one (a slightly different model)
+    // and the GGUF-quantized one (the CPU's arithmetic), unless this model cannot take it.
+    let mut paths = serde_json::Map::new();
+    let device_name: String;
+    {
+        let gpu = model::llama_gpu::GpuLlama::new(&m.model, ordinal)?;
+        device_name = gpu.gpu.name.clone();
+        let mut logits = vec![];
+        for (ids, _) in &texts {
+            let mut cache = gpu.new_cache(1, ids.len())?;
+            logits.push(gpu.logits_to_host(&gpu.forward(ids, &mut cache)?)?);
+        }
+        paths.insert("bf16".into(), compare(&texts, &logits, v));
+    }
+    match model::llama_gpu_gguf::GpuLlamaGguf::unsupported(&m.model) {
+        Some(why) => {
+            paths.insert("gguf".into(), serde_json::json!({ "skipped": why }));
+        }
+        None => {
+            let gpu = model::llama_gpu_gguf::GpuLlamaGguf::new(&m.model, ordinal)?;
+            let mut logits = vec![];
+            for (ids, _) in &texts {
+                let mut cache = gpu.new_cache(1, ids.len())?;
+                logits.push(gpu.logits_to_host(&gpu.forward(ids, &mut cache)?)?);
+            }
+            paths.insert("gguf".into(), compare(&texts, &logits, v));
+        }
+    }
+    // The headline numbers are those of the path `--gpu-weights auto` runs.
+    let default = if paths["gguf"].get("skipped").is_some() {
+        "bf16"
+    } else {
+        "gguf"
+    };
+    let mut out = paths[default].clone();
+    out["bench"] = "agreement".into();
+    out["device"] = device_name.into();
+    out["gpu_weights"] = default.into();
+    out["paths"] = serde_json::Value::Object(paths);
+    println!("{out}");
+    Ok(())
+}
+
+/// Argmax agreement, mean KL(cpu ‖ gpu) and the largest logit difference over every position.
+fn compare(texts: &[(Vec<u32>, Vec<f32>)], gpu: &[Vec<f32>], v: usize) -> serde_json::Value {
+    let (mut agree, mut total, mut kl_sum, mut max_diff) = (0usize, 0usize, 0f64, 0f32);
+    let mut per_text = vec![];
+    for ((ids, cpu), cuda) in texts.iter().zip(gpu) {
         let mut text_agree = 0;
         for (p, q) in cpu.chunks_exact(v).zip(cuda.chunks_exact(v)) {
-            let am = |x: &[f32]| {
-                x.iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &y)| if y > b.1 { (i, y) } else { b },
-                    )
-                    .0
-            };
-            text_agree += (am(p) == am(q)) as usize;
+            text_agree += (model::sampling::argmax(p) == model::sampling::argmax(q)) as usize;
             kl_sum += kl(p, q);
             max_diff = p
                 .iter()
@@ -60,16 +97,12 @@ pub fn run(a: AgreementArgs) -> Result<()> {
         total += ids.len();
         per_text.push(serde_json::json!({"tokens": ids.len(), "argmax_agree": text_agree}));
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "agreement", "device": gpu.gpu.name, "positions": total,
-            "argmax_agreement": agree as f64 / total as f64,
-            "mean_kl_cpu_cuda": kl_sum / total as f64, "max_abs_logit_diff": max_diff,
-            "texts": per_text,
-        })
-    );
-    Ok(())
+    serde_json::json!({
+        "positions": total,
+        "argmax_agreement": agree as f64 / total as f64,
+        "mean_kl_cpu_cuda": kl_sum / total as f64, "max_abs_logit_diff": max_diff,
+        "texts": per_text,
+    })
 }
 
 /// KL(softmax(p) ‖ softmax(q)) in nats, sums in f64.

@@ -23,7 +23,7 @@ pub struct ChatArgs {
 pub fn run(a: ChatArgs) -> Result<()> {
     let device = a.model.device()?;
     let m = a.model.load_any()?;
-    let runner = m.runner(device)?;
+    let runner = m.runner_with(device, a.model.gpu_weights.get())?;
     let tmpl = m.template().context("this model has no chat template")?;
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let opts = GenerateOptions {

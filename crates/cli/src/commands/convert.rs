@@ -97,6 +97,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let margs = ModelArgs {
         model: a.teacher.clone(),
         device: a.device,
+        gpu_weights: super::GpuWeightsArg::Bf16,
     };
     let teacher_path = margs.model_path()?;
     let budget = Budget::parse(&a.budget)?;

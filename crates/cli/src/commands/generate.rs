@@ -60,7 +60,7 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = a.model.device()?;
     let m = a.model.load_any()?;
-    let runner = m.runner(device)?;
+    let runner = m.runner_with(device, a.model.gpu_weights.get())?;
     let prompt = m.prompt_tokens(&a.prompt, a.chat)?;
     let run = |on_text: &mut dyn FnMut(&str)| -> Result<model::Generation> {
         runner.generate(&prompt, &opts_of(&a), on_text)

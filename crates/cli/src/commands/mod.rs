@@ -33,6 +33,29 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N (default: cuda when a GPU is usable, else cpu).
     #[arg(long)]
     pub device: Option<Device>,
+    /// How a GGUF model runs on CUDA: `gguf` keeps the file's Q4_0/Q4_1/Q8_0 blocks and
+    /// llama.cpp's CPU arithmetic (same outputs as --device cpu); `bf16` dequantises to bf16
+    /// (the fast path for batches and long contexts); `auto` is gguf where every weight type
+    /// allows it.
+    #[arg(long, value_enum, default_value_t = GpuWeightsArg::Auto)]
+    pub gpu_weights: GpuWeightsArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GpuWeightsArg {
+    Auto,
+    Gguf,
+    Bf16,
+}
+
+impl GpuWeightsArg {
+    pub fn get(self) -> model::GpuWeights {
+        match self {
+            GpuWeightsArg::Auto => model::GpuWeights::Auto,
+            GpuWeightsArg::Gguf => model::GpuWeights::Gguf,
+            GpuWeightsArg::Bf16 => model::GpuWeights::Bf16,
+        }
+    }
 }
 
 impl ModelArgs {

@@ -11,6 +11,7 @@ mod chunk_linear;
 mod chunk_linear_bwd;
 pub mod flash;
 mod gemm;
+mod gguf_ops;
 mod hybrid_ops;
 pub mod libs;
 mod model_train_ops;
@@ -21,6 +22,7 @@ pub use train_ops::GateActivation;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
 pub use chunk_linear_bwd::ChunkGrads;
+pub use gguf_ops::{gguf_type_code, Q8Act};
 pub use hybrid_ops::DecayGate;
 
 use crate::{Error, Result};
@@ -45,6 +47,7 @@ pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attentio
 pub const FLASH_ATTN: (&str, &str) = ("flash_attn", include_str!("kernels/flash_attn.cu"));
 pub const CHUNK_LINEAR: (&str, &str) = ("chunk_linear", include_str!("kernels/chunk_linear.cu"));
 pub const HYBRID: (&str, &str) = ("hybrid", include_str!("kernels/hybrid.cu"));
+pub const GGUF: (&str, &str) = ("gguf", include_str!("kernels/gguf.cu"));
 pub const CHUNK_LINEAR_BWD: (&str, &str) = (
     "chunk_linear_bwd",
     include_str!("kernels/chunk_linear_bwd.cu"),
