@@ -1,7 +1,7 @@
 //! The Llama architecture on a GPU with the GGUF file's own quantized weights, computed with
 //! llama.cpp's CPU arithmetic (kernels/gguf.cu): 8-bit activation blocks and integer block dots
 //! for every linear layer, f32 activations, an f16 KV cache, ggml's expf. It reproduces the
-//! CPU forward (which matches llama.cpp bit for bit) up to the order of f32 sums, where the
+//! CPU forward (which matches llama.cpp bit for bit) in the same summation orders, where the
 //! bf16 path ([`crate::llama_gpu::GpuLlama`]: weights dequantised to bf16, bf16 activations)
 //! is a slightly different model. Weights stay 4/8-bit on the device.
 //!
@@ -89,8 +89,8 @@ impl GpuLlamaGguf {
         }
         let gpu = Gpu::open(ordinal)?;
         let c = cpu.config.clone();
-        if c.head_dim > 256 || !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
-            bail!("the quantized GPU path needs head dim <= 256 and widths in multiples of 32");
+        if c.head_dim > 256 || !c.head_dim.is_multiple_of(16) || !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
+            bail!("the quantized GPU path needs head dim a multiple of 16 up to 256 and widths in multiples of 32");
         }
         let up = |m: &Matrix| -> Result<QWeight> {
             match m {
@@ -201,7 +201,7 @@ impl GpuLlamaGguf {
         let mut kk = g.zeros::<f32>(n * hk * dh)?;
         let mut vv = g.zeros::<f32>(n * hk * dh)?;
         let mut att = g.zeros::<f32>(n * h * dh)?;
-        let mut scores = g.zeros::<f32>(n * h * (past + t))?;
+        let mut scores = g.zeros::<f32>(Gpu::attention_f16kv_scratch(b, t, h, past))?;
         let mut y = g.zeros::<f32>(n * d)?;
         let mut gt = g.zeros::<f32>(n * f)?;
         let mut ut = g.zeros::<f32>(n * f)?;
@@ -215,8 +215,10 @@ impl GpuLlamaGguf {
             g.qmatmul_nt(&bl.v.data, bl.v.ty, bl.v.rows, d, &xq, &mut vv, n)?;
             g.rope_table(&mut q, &cache.rope, (n, t, h, dh, c.rope_dims), past)?;
             g.rope_table(&mut kk, &cache.rope, (n, t, hk, dh, c.rope_dims), past)?;
-            g.kv_append_f16(&kk, &mut cache.k[l], (b, t, hk * dh), cache.capacity, past)?;
-            g.kv_append_f16(&vv, &mut cache.v[l], (b, t, hk * dh), cache.capacity, past)?;
+            // Keys in llama.cpp's adjacent-pair layout: attention sums head dims in its order.
+            let (kd, vd) = ((b, t, hk * dh, dh, c.rope_dims), (b, t, hk * dh, dh, 0));
+            g.kv_append_f16(&kk, &mut cache.k[l], kd, cache.capacity, past)?;
+            g.kv_append_f16(&vv, &mut cache.v[l], vd, cache.capacity, past)?;
             g.attention_f16kv(
                 &q,
                 &cache.k[l],
@@ -224,6 +226,7 @@ impl GpuLlamaGguf {
                 &mut att,
                 &mut scores,
                 (b, t, h, hk, dh),
+                c.rope_dims,
                 cache.capacity,
                 past,
             )?;

@@ -112,8 +112,36 @@ fn gguf_path_logits(gpu: &GpuLlamaGguf, seqs: &[Vec<u32>], t0: usize) -> Vec<Vec
     got
 }
 
-/// The quantized path computes what the CPU computes: 8-bit activations, integer block dots,
-/// f16 cache, ggml's expf; only f32 summation orders differ, so logits agree to ~1e-6.
+/// The CPU's logits for `seq`: the first `t0` tokens as one forward, the rest one at a time
+/// (the same split as [`gguf_path_logits`]: llama.cpp's batch and decode orders differ).
+fn cpu_logits(cpu: &Llama, seq: &[u32], t0: usize) -> Vec<f32> {
+    let mut kv = cpu.new_cache();
+    let mut out = cpu.forward(&seq[..t0], &mut kv, true).unwrap();
+    for &tok in &seq[t0..] {
+        out.extend(cpu.forward(&[tok], &mut kv, false).unwrap());
+    }
+    out
+}
+
+/// (max |difference| / max |logit|, positions whose argmax agrees).
+fn compare(want: &[f32], got: &[f32], v: usize) -> (f32, usize) {
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale;
+    let agree = want
+        .chunks(v)
+        .zip(got.chunks(v))
+        .filter(|(a, b)| model::sampling::argmax(a) == model::sampling::argmax(b))
+        .count();
+    (err, agree)
+}
+
+/// The quantized path computes what the CPU computes, in the CPU's summation orders (8-bit
+/// activations, integer block dots, f16 cache, ggml's expf): the logits carry the same bits.
 #[test]
 #[ignore]
 fn gguf_gpu_path_matches_cpu_prefill_and_decode() {
@@ -127,27 +155,16 @@ fn gguf_gpu_path_matches_cpu_prefill_and_decode() {
         .collect();
     let got = gguf_path_logits(&gpu, &seqs, 12);
     for (s, seq) in seqs.iter().enumerate() {
-        let want = cpu.forward(seq, &mut cpu.new_cache(), true).unwrap();
-        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = want
-            .iter()
-            .zip(&got[s])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
-            / scale;
-        let agree = want
-            .chunks(v)
-            .zip(got[s].chunks(v))
-            .filter(|(a, b)| model::sampling::argmax(a) == model::sampling::argmax(b))
-            .count();
+        let (err, agree) = compare(&cpu_logits(&cpu, seq, 12), &got[s], v);
         println!("gguf path, sequence {s}: max rel err {err:.2e}, argmax agreement {agree}/19");
-        assert!(err < 1e-3, "sequence {s}: max rel err {err}");
+        assert!(err < 1e-6, "sequence {s}: max rel err {err}");
         assert_eq!(agree, 19, "sequence {s}");
     }
 }
 
-/// SmolLM2 (Q4_1 / Q8_0) on the quantized GPU path against the CPU under teacher forcing: the
-/// GPU issue's bar is next-token agreement >= 98% (the bf16 path reaches ~95%).
+/// SmolLM2 (Q4_1 / Q8_0) on the quantized GPU path against the CPU, prefill then decode steps:
+/// the GPU issue's bar is next-token agreement >= 98% (the bf16 path reaches ~95%; one ulp of
+/// summation order alone costs ~3%).
 #[test]
 #[ignore]
 fn gguf_gpu_path_agrees_with_cpu_on_smollm2() {
@@ -162,13 +179,11 @@ fn gguf_gpu_path_agrees_with_cpu_on_smollm2() {
     let v = m.model.config.vocab_size;
     let t0 = ids.len() - 8;
     let got = gguf_path_logits(&gpu, std::slice::from_ref(&ids), t0);
-    let want = m.model.forward(&ids, &mut m.model.new_cache(), true).unwrap();
-    let agree = want
-        .chunks(v)
-        .zip(got[0].chunks(v))
-        .filter(|(a, b)| model::sampling::argmax(a) == model::sampling::argmax(b))
-        .count();
+    let (err, agree) = compare(&cpu_logits(&m.model, &ids, t0), &got[0], v);
     let rate = agree as f64 / ids.len() as f64;
-    println!("SmolLM2 gguf path: argmax agreement {agree}/{} ({rate:.4})", ids.len());
+    println!(
+        "SmolLM2 gguf path: argmax agreement {agree}/{} ({rate:.4}), max rel err {err:.2e}",
+        ids.len()
+    );
     assert!(rate >= 0.98, "agreement {rate}");
 }

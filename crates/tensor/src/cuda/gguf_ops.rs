@@ -84,7 +84,7 @@ impl Gpu {
         let f = self.function(GGUF, "qmatmul_nt")?;
         let (r, c) = (rows as i32, cols as i32);
         let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(4) as u32, t as u32, 1),
+            grid_dim: (rows.div_ceil(16) as u32, t as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -164,26 +164,50 @@ impl Gpu {
         Ok(())
     }
 
-    /// Appends x [B, T, width] to an f16 cache [B, capacity, width] at position `past`.
+    /// Appends x [B, T, width = Hk·dh] to an f16 cache [B, capacity, width] at position
+    /// `past`; with `rot` > 0 (keys) each head's dims go to llama.cpp's adjacent-pair layout.
     pub fn kv_append_f16(
         &self,
         x: &CudaSlice<f32>,
         cache: &mut CudaSlice<u16>,
-        (b, t, width): (usize, usize, usize),
+        (b, t, width, dh, rot): (usize, usize, usize, usize, usize),
         capacity: usize,
         past: usize,
     ) -> Result<()> {
         let f = self.function(GGUF, "kv_append_f16")?;
-        let (ti, wi, ci, pi) = (t as i32, width as i32, capacity as i32, past as i32);
+        let (ti, wi, dhi, ri, ci, pi) = (
+            t as i32,
+            width as i32,
+            dh as i32,
+            rot as i32,
+            capacity as i32,
+            past as i32,
+        );
         let mut l = self.stream.launch_builder(&f);
-        l.arg(x).arg(cache).arg(&ti).arg(&wi).arg(&ci).arg(&pi);
+        l.arg(x)
+            .arg(cache)
+            .arg(&ti)
+            .arg(&wi)
+            .arg(&dhi)
+            .arg(&ri)
+            .arg(&ci)
+            .arg(&pi);
         // SAFETY: past + t <= capacity (callers).
         unsafe { l.launch(rows_of(b * t, 128)) }.map_err(|e| cuda_err("kv append launch", e))?;
         Ok(())
     }
 
-    /// Causal attention of q [B, T, H, dh] over f16 caches [B, capacity, Hk, dh] holding
-    /// past + T positions; out [B, T, H, dh]; scratch [B, T·H, past + T] f32. dh <= 256.
+    /// Scratch floats [`Gpu::attention_f16kv`] needs: scores and softmax chunk sums.
+    pub fn attention_f16kv_scratch(b: usize, t: usize, h: usize, past: usize) -> usize {
+        let s = past + t;
+        b * t * h * (s + s.div_ceil(16))
+    }
+
+    /// Causal attention of q [B, T, H, dh] (rotate-half layout) over f16 caches [B, capacity,
+    /// Hk, dh] holding past + T positions (keys in the adjacent-pair layout of `rot` dims);
+    /// out [B, T, H, dh]; scratch as [`Gpu::attention_f16kv_scratch`]. dh <= 256, a
+    /// multiple of 16. Summation orders: llama.cpp's batch order for T > 1, its decode order
+    /// for T = 1.
     pub fn attention_f16kv(
         &self,
         q: &CudaSlice<f32>,
@@ -192,21 +216,23 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
         scratch: &mut CudaSlice<f32>,
         (b, t, h, hk, dh): (usize, usize, usize, usize, usize),
+        rot: usize,
         capacity: usize,
         past: usize,
     ) -> Result<()> {
-        if dh > 256 {
+        if dh > 256 || !dh.is_multiple_of(16) {
             return Err(Error::Msg(format!(
-                "head dim {dh} is above the 256 the GGUF GPU path supports"
+                "head dim {dh}: the GGUF GPU path needs a multiple of 16 up to 256"
             )));
         }
         let f = self.function(GGUF, "attention_f16kv")?;
         let scale = 1.0 / (dh as f32).sqrt();
-        let (ti, hi, hki, dhi, ci, pi) = (
+        let (ti, hi, hki, dhi, ri, ci, pi) = (
             t as i32,
             h as i32,
             hk as i32,
             dh as i32,
+            rot as i32,
             capacity as i32,
             past as i32,
         );
@@ -225,6 +251,7 @@ impl Gpu {
             .arg(&hi)
             .arg(&hki)
             .arg(&dhi)
+            .arg(&ri)
             .arg(&ci)
             .arg(&pi)
             .arg(&scale);

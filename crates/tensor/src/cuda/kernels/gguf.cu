@@ -4,8 +4,11 @@
 // s = d * sum q, d and s rounded through f16), integer block dot products with the weights,
 // f32 everywhere else, an f16 KV cache, ggml's polynomial expf. Each separate multiply and add
 // of the CPU code is written with __fmul_rn / __fadd_rn so that the compiler cannot contract
-// it into an FMA the CPU does not do (and fmaf where the CPU does one). What remains different
-// is the order of f32 sums (dot products, block dots), a few ulps.
+// it into an FMA the CPU does not do (and fmaf where the CPU does one), and every sum follows the
+// CPU's order (its AVX2 block-dot lanes, llama.cpp's attention orders of tensor/src/cpu/
+// ggml_order.rs): one ulp of difference flips an 8-bit activation rounding now and then, and on
+// a 4-bit model those flips move about 3% of greedy next tokens (llama.cpp's own batch and
+// decode paths agree on 96.6%). With the same order the outputs carry the same bits.
 //
 // Weight rows are raw GGML bytes: Q4_0 {f16 d; u8 qs[16]} (18 bytes), Q4_1 {f16 d, m; u8 qs[16]}
 // (20), Q8_0 {f16 d; i8 qs[32]} (34). Every block starts at an even offset.
@@ -121,45 +124,50 @@ extern "C" __global__ void q8_1_quantize(const float* __restrict__ x, signed cha
     }
 }
 
-// out[t, r] = row r of w (type ty, cols values) . token t's quantized activations.
-// One warp per (row, token): grid (rows / 4, T), 128 threads. Per block the CPU's terms:
-// acc += float(sumi) * (d_w * d_x) (one FMA), offs += m_w * s_x (Q4_1).
+// out[t, r] = row r of w (type ty, cols values) . token t's quantized activations, in the order
+// of the CPU's AVX2 dot_row (tensor/src/quant/q8dot.rs): eight integer lanes per 32-value block
+// (lane m sums elements 4m..4m+3), each lane accumulating float(sum) * (d_w * d_x) by FMA over
+// the blocks in turn; the lanes added as ((0+4)+(2+6))+((1+5)+(3+7)); Q4_1's offsets m_w * s_x
+// summed block by block and added last. Eight threads per (row, token): grid (rows / 16, T),
+// 128 threads.
 extern "C" __global__ void qmatmul_nt(const unsigned char* __restrict__ w, int ty, int rows,
                                       int cols, const signed char* __restrict__ xq,
                                       const float* __restrict__ xd, const float* __restrict__ xs,
                                       float* __restrict__ out) {
-    int r = blockIdx.x * 4 + (threadIdx.x >> 5);
+    int r = blockIdx.x * 16 + (threadIdx.x >> 3);
     int t = blockIdx.y;
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
+    int m = threadIdx.x & 7;
+    bool live = r < rows;
     int nb = cols / 32;
     int bb = ty == GGML_Q4_0 ? 18 : (ty == GGML_Q4_1 ? 20 : 34);
-    const unsigned char* row = w + (long long)r * nb * bb;
+    const unsigned char* row = w + (long long)(live ? r : 0) * nb * bb;
     const signed char* xt = xq + (long long)t * cols;
     float acc = 0.0f, offs = 0.0f;
-    for (int i = lane; i < nb; i += 32) {
+    for (int i = 0; i < nb && live; i++) {
         const unsigned char* b = row + i * bb;
         const signed char* xb = xt + i * 32;
         int sumi = 0;
-        float dw = ld_f16(b);
-        if (ty == GGML_Q8_0) {
-            for (int j = 0; j < 32; j++) sumi += (int)(signed char)b[2 + j] * (int)xb[j];
-        } else {
-            const unsigned char* q = b + (ty == GGML_Q4_1 ? 4 : 2);
-            int off = ty == GGML_Q4_0 ? 8 : 0;
-            for (int j = 0; j < 16; j++) {
-                sumi += ((int)(q[j] & 15) - off) * (int)xb[j];
-                sumi += ((int)(q[j] >> 4) - off) * (int)xb[j + 16];
+        for (int e = 4 * m; e < 4 * m + 4; e++) {
+            int wq;
+            if (ty == GGML_Q8_0) {
+                wq = (int)(signed char)b[2 + e];
+            } else {
+                const unsigned char* q = b + (ty == GGML_Q4_1 ? 4 : 2);
+                wq = e < 16 ? (q[e] & 15) : (q[e - 16] >> 4);
+                if (ty == GGML_Q4_0) wq -= 8;
             }
-            if (ty == GGML_Q4_1) offs = __fadd_rn(offs, __fmul_rn(ld_f16(b + 2), xs[(long long)t * nb + i]));
+            sumi += wq * (int)xb[e];
         }
-        acc = fmaf((float)sumi, __fmul_rn(dw, xd[(long long)t * nb + i]), acc);
+        float xdi = xd[(long long)t * nb + i];
+        acc = fmaf((float)sumi, __fmul_rn(ld_f16(b), xdi), acc);
+        if (ty == GGML_Q4_1 && m == 0)
+            offs = __fadd_rn(offs, __fmul_rn(ld_f16(b + 2), xs[(long long)t * nb + i]));
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        offs += __shfl_xor_sync(0xffffffffu, offs, o);
-    }
-    if (lane == 0) out[(long long)t * rows + r] = __fadd_rn(acc, offs);
+    // Lanes 0..7 of this row are 8 consecutive threads: xor 4, 2, 1 gives the hsum's tree.
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 4));
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 2));
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 1));
+    if (live && m == 0) out[(long long)t * rows + r] = __fadd_rn(acc, offs);
 }
 
 // Embedding lookup from a quantized table: out[n, :] = dequantised row ids[n]. One block per id.
@@ -186,17 +194,22 @@ extern "C" __global__ void dequant_rows(const unsigned char* __restrict__ table,
     }
 }
 
-// RMSNorm as tensor/src/cpu/norm.rs: mean of squares summed in f64, y = (x * r) * w.
+// RMSNorm as tensor/src/cpu/norm.rs: the mean of squares summed in f64 in index order (one
+// thread; f64 rounding could otherwise, rarely, move the f32 result), y = (x * r) * w.
 // One block of 256 threads per row.
 extern "C" __global__ void rmsnorm_exact(const float* __restrict__ x, const float* __restrict__ w,
                                          float* __restrict__ y, int d, float eps) {
+    __shared__ float r_shared;
     const float* xr = x + (long long)blockIdx.x * d;
     float* yr = y + (long long)blockIdx.x * d;
-    double s = 0.0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) s += (double)__fmul_rn(xr[i], xr[i]);
-    s = block_sum_d(s);
-    float ms = (float)(s / (double)d);
-    float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(ms, eps)));
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int i = 0; i < d; i++) s += (double)__fmul_rn(xr[i], xr[i]);
+        float ms = (float)(s / (double)d);
+        r_shared = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(ms, eps)));
+    }
+    __syncthreads();
+    float r = r_shared;
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
 }
 
@@ -218,62 +231,121 @@ extern "C" __global__ void rope_table(float* __restrict__ x, const float* __rest
     }
 }
 
-// Appends x [B, T, width] f32 to cache [B, capacity, width] f16 at position past.
+// Where rotate-half dim e of a head sits in llama.cpp's adjacent-pair layout (pair i at 2i, 2i+1);
+// dims from `rot` on stay. The CPU keeps q and K in that layout: attention sums over head dims
+// in its order.
+__device__ __forceinline__ int adjacent(int e, int rot) {
+    int half = rot / 2;
+    if (e >= rot) return e;
+    return e < half ? 2 * e : 2 * (e - half) + 1;
+}
+
+// Appends x [B, T, Hk * dh] f32 to cache [B, capacity, Hk * dh] f16 at position past; with
+// rot > 0 each head's dims go to the adjacent-pair layout (keys), with rot = 0 they stay (values).
 extern "C" __global__ void kv_append_f16(const float* __restrict__ x, unsigned short* __restrict__ cache,
-                                         int t_len, int width, int capacity, int past) {
+                                         int t_len, int width, int dh, int rot, int capacity,
+                                         int past) {
     int n = blockIdx.x;  // b * T + t
     int b = n / t_len, t = n % t_len;
     unsigned short* dst = cache + ((long long)b * capacity + past + t) * width;
-    for (int e = threadIdx.x; e < width; e += blockDim.x) dst[e] = f2h(x[(long long)n * width + e]);
+    for (int e = threadIdx.x; e < width; e += blockDim.x) {
+        int head = e / dh, within = e % dh;
+        int to = rot > 0 ? head * dh + adjacent(within, rot) : e;
+        dst[to] = f2h(x[(long long)n * width + e]);
+    }
 }
 
-// Causal attention over the f16 cache as tensor/src/cpu/attention.rs: q rounded to f16, scores
-// q.k * scale, p = ggml_expf(score - max), total in f64, each p / total rounded to f16 before
-// weighting v. grid (T * H, B), 128 threads; scratch holds one row of scores per (b, t, h):
-// [B, T * H, past + T].
+// GCC's _mm512_reduce_add_ps over 16 lanes (tensor/src/cpu/ggml_order.rs reduce16).
+__device__ __forceinline__ float reduce16(const float* v) {
+    float t3[8];
+    for (int i = 0; i < 8; i++) t3[i] = __fadd_rn(v[i + 8], v[i]);
+    float t6[4] = {__fadd_rn(t3[4], t3[0]), __fadd_rn(t3[5], t3[1]), __fadd_rn(t3[6], t3[2]),
+                   __fadd_rn(t3[7], t3[3])};
+    return __fadd_rn(__fadd_rn(t6[0], t6[2]), __fadd_rn(t6[1], t6[3]));
+}
+
+// ggml_order's combine + reduce16 of `slots` (1 or 4) accumulators of 16 lanes.
+__device__ __forceinline__ float combine_reduce(const float* acc, int slots) {
+    if (slots == 1) return reduce16(acc);
+    float s[16];
+    for (int l = 0; l < 16; l++)
+        s[l] = __fadd_rn(__fadd_rn(acc[l], acc[32 + l]), __fadd_rn(acc[16 + l], acc[48 + l]));
+    return reduce16(s);
+}
+
+// Causal attention over the f16 cache as tensor/src/cpu/attention.rs, in llama.cpp's orders
+// (ggml_order.rs): `slots` = 1 for a batch of tokens (tinyBLAS: one 16-lane accumulator), 4 for
+// one token (ggml_vec_dot_f16: four taking 16-dim chunks in turn). q rounded to f16 and read in
+// the adjacent-pair layout of the keys; scores q.k * scale; p = ggml_expf(score - max); the
+// total as 16-key chunks (aligned to key 0) reduced in f32 and added in f64 in order; each
+// p / total rounded to f16; key j feeds lane j % 16 of accumulator (j / 16) % slots of the
+// output. grid (T * H, B), 128 threads; scratch [B, T * H, S + ceil(S / 16)] f32 with
+// S = past + T.
 extern "C" __global__ void attention_f16kv(const float* __restrict__ q,
                                            const unsigned short* __restrict__ k,
                                            const unsigned short* __restrict__ v,
                                            float* __restrict__ out, float* __restrict__ scratch,
-                                           int t_len, int h, int hk, int dh, int capacity, int past,
-                                           float scale) {
+                                           int t_len, int h, int hk, int dh, int rot, int capacity,
+                                           int past, float scale) {
     __shared__ float qs[256];
+    __shared__ float inv_shared;
     int row = blockIdx.x, b = blockIdx.y;
     int ti = row / h, hi = row % h;
     int kvh = hi / (h / hk);
     int s_len = past + t_len;
     int last = past + ti;
+    int slots = t_len == 1 ? 4 : 1;
     long long qrow = ((long long)b * t_len + ti) * h + hi;
-    for (int d = threadIdx.x; d < dh; d += blockDim.x) qs[d] = h2f(f2h(q[qrow * dh + d]));
+    for (int d = threadIdx.x; d < dh; d += blockDim.x)
+        qs[adjacent(d, rot)] = h2f(f2h(q[qrow * dh + d]));
     __syncthreads();
-    float* p = scratch + ((long long)b * t_len * h + row) * s_len;
+    // Per (b, t, h): s_len scores, then the ceil(s_len / 16) chunk sums of the softmax total.
+    float* p = scratch + ((long long)b * t_len * h + row) * (s_len + (s_len + 15) / 16);
+    float* chunk = p + s_len;
     const unsigned short* kb = k + (long long)b * capacity * hk * dh;
     const unsigned short* vb = v + (long long)b * capacity * hk * dh;
     float mx = -__int_as_float(0x7f800000);
     for (int j = threadIdx.x; j <= last; j += blockDim.x) {
         const unsigned short* kr = kb + ((long long)j * hk + kvh) * dh;
-        float dot = 0.0f;
-        for (int d = 0; d < dh; d++) dot = fmaf(qs[d], h2f(kr[d]), dot);
-        float sc = __fmul_rn(dot, scale);
+        float acc[64];
+        for (int l = 0; l < 64; l++) acc[l] = 0.0f;
+        for (int c = 0; c < dh / 16; c++) {
+            float* a = acc + (c % slots) * 16;
+            for (int l = 0; l < 16; l++) a[l] = fmaf(qs[c * 16 + l], h2f(kr[c * 16 + l]), a[l]);
+        }
+        float sc = __fmul_rn(combine_reduce(acc, slots), scale);
         p[j] = sc;
         mx = fmaxf(mx, sc);
     }
     mx = block_max_f(mx);
-    double tot = 0.0;
-    for (int j = threadIdx.x; j <= last; j += blockDim.x) {
-        float e = ggml_expf(__fsub_rn(p[j], mx));
-        p[j] = e;
-        tot += (double)e;
+    for (int j = threadIdx.x; j <= last; j += blockDim.x) p[j] = ggml_expf(__fsub_rn(p[j], mx));
+    __syncthreads();
+    int chunks = last / 16 + 1;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        float lanes[16];
+        for (int l = 0; l < 16; l++) {
+            int j = c * 16 + l;
+            lanes[l] = j <= last ? p[j] : 0.0f;
+        }
+        chunk[c] = reduce16(lanes);
     }
-    tot = block_sum_d(tot);
-    float inv = (float)(1.0 / tot);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double tot = 0.0;
+        for (int c = 0; c < chunks; c++) tot += (double)chunk[c];
+        inv_shared = (float)(1.0 / tot);
+    }
+    __syncthreads();
+    float inv = inv_shared;
     for (int d = threadIdx.x; d < dh; d += blockDim.x) {
-        float acc = 0.0f;
+        float acc[64];
+        for (int l = 0; l < 64; l++) acc[l] = 0.0f;
         for (int j = 0; j <= last; j++) {
             float pj = h2f(f2h(__fmul_rn(p[j], inv)));
-            acc = fmaf(pj, h2f(vb[((long long)j * hk + kvh) * dh + d]), acc);
+            int at = ((j / 16) % slots) * 16 + j % 16;
+            acc[at] = fmaf(pj, h2f(vb[((long long)j * hk + kvh) * dh + d]), acc[at]);
         }
-        out[qrow * dh + d] = acc;
+        out[qrow * dh + d] = combine_reduce(acc, slots);
     }
 }
 
