@@ -89,7 +89,11 @@ impl GpuLlamaGguf {
         }
         let gpu = Gpu::open(ordinal)?;
         let c = cpu.config.clone();
-        if c.head_dim > 256 || !c.head_dim.is_multiple_of(16) || !c.hidden.is_multiple_of(32) || !c.ffn.is_multiple_of(32) {
+        if c.head_dim > 256
+            || !c.head_dim.is_multiple_of(16)
+            || !c.hidden.is_multiple_of(32)
+            || !c.ffn.is_multiple_of(32)
+        {
             bail!("the quantized GPU path needs head dim a multiple of 16 up to 256 and widths in multiples of 32");
         }
         let up = |m: &Matrix| -> Result<QWeight> {
@@ -193,7 +197,14 @@ impl GpuLlamaGguf {
         }
         let (n, d, dh, h, hk, f) = (b * t, c.hidden, c.head_dim, c.n_heads, c.n_kv_heads, c.ffn);
         let mut x = g.zeros::<f32>(n * d)?;
-        g.dequant_rows(&self.embed.data, self.embed.ty, d, &g.upload(tokens)?, &mut x, n)?;
+        g.dequant_rows(
+            &self.embed.data,
+            self.embed.ty,
+            d,
+            &g.upload(tokens)?,
+            &mut x,
+            n,
+        )?;
         let widest = d.max(h * dh).max(f);
         let mut xq = Q8Act::new(g, n * widest)?;
         let mut hbuf = g.zeros::<f32>(n * d)?;

@@ -151,7 +151,11 @@ fn gguf_gpu_path_matches_cpu_prefill_and_decode() {
     let gpu = GpuLlamaGguf::new(&cpu, 0).unwrap();
     let v = cpu.config.vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2)
-        .map(|s| (0..19).map(|i| ((i * 37 + s * 101 + i * i) % v) as u32).collect())
+        .map(|s| {
+            (0..19)
+                .map(|i| ((i * 37 + s * 101 + i * i) % v) as u32)
+                .collect()
+        })
         .collect();
     let got = gguf_path_logits(&gpu, &seqs, 12);
     for (s, seq) in seqs.iter().enumerate() {

@@ -173,8 +173,7 @@ fn bench_decode_gpu(
                 let t0 = Instant::now();
                 let logits = q.forward(&toks, &mut cache)?;
                 let all = q.argmax(&logits, b * prompt.len())?;
-                let mut next: Vec<u32> =
-                    (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
+                let mut next: Vec<u32> = (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
                 let tp = t0.elapsed().as_secs_f64();
                 let t1 = Instant::now();
                 for _ in 0..a.gen_tokens {

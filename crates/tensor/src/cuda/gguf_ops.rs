@@ -63,7 +63,11 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         let mut l = self.stream.launch_builder(&f);
-        l.arg(x).arg(&mut q.qs).arg(&mut q.d).arg(&mut q.s).arg(&blocks);
+        l.arg(x)
+            .arg(&mut q.qs)
+            .arg(&mut q.d)
+            .arg(&mut q.s)
+            .arg(&blocks);
         // SAFETY: x holds `values` f32 and q room for as many (callers).
         unsafe { l.launch(cfg) }.map_err(|e| cuda_err("q8_1 quantize launch", e))?;
         Ok(())
