@@ -9,7 +9,8 @@
 //! Every sequence runs through the model on its own (batch 1), so its outputs do not depend on
 //! which others share its steps: batching changes throughput, never tokens.
 use crate::metrics::Metrics;
-use crate::prefix::{state_bytes, PrefixCache};
+use crate::pools::{self, PoolBytes};
+use crate::prefix::PrefixCache;
 use anyhow::{bail, Result};
 use model::hybrid::{HybridModel, LayerState};
 use model::{ChatTemplate, Sampler, SamplingParams, TextStream, Tokenizer};
@@ -64,10 +65,11 @@ pub struct EngineConfig {
     /// A divergence point becomes a checkpoint when the shared prefix beyond the last hit is
     /// at least this long.
     pub min_shared: usize,
-    /// Byte budget of the running sequences' states (KV, windows, recurrent states):
-    /// admission waits for room, and a step that would exceed it preempts the newest sequence
-    /// (its state is dropped and recomputed when it resumes).
-    pub state_bytes: usize,
+    /// Byte budgets of the running sequences' states, one per pool (FA keys/values, SWA
+    /// windows, recurrent slots; see [`crate::pools`]): admission waits until the newcomer's
+    /// state after its prefill fits every pool, and a step whose growth would overflow one
+    /// preempts the newest sequence (its state is dropped and recomputed when it resumes).
+    pub pools: PoolBytes,
 }
 
 impl Default for EngineConfig {
@@ -78,7 +80,11 @@ impl Default for EngineConfig {
             prefix_cache: true,
             cache_bytes: 2 << 30,
             min_shared: 16,
-            state_bytes: 4 << 30,
+            pools: PoolBytes {
+                kv: 4 << 30,
+                window: 1 << 30,
+                recurrent: 1 << 30,
+            },
         }
     }
 }
@@ -254,8 +260,9 @@ impl Worker {
         m.checkpoints
             .store(self.cache.checkpoints() as u64, Ordering::Relaxed);
         m.evicted.store(self.cache.evicted, Ordering::Relaxed);
-        let running_bytes: usize = self.running.iter().map(|s| state_bytes(&s.states)).sum();
-        m.state_bytes.store(running_bytes as u64, Ordering::Relaxed);
+        let held = self.running_bytes();
+        m.state_bytes.store(held.total() as u64, Ordering::Relaxed);
+        m.set_pools(&held, &self.cfg.pools);
     }
 
     /// Moves waiting requests into the running set (up to max_num_seqs), restoring the
@@ -269,11 +276,14 @@ impl Worker {
                 (None, Some((r, _))) => r.prompt.len(),
                 (None, None) => return,
             };
-            if !self.running.is_empty()
-                && self.running_bytes() + self.m.model.cache_bytes(next_len, 4)
-                    > self.cfg.state_bytes
-            {
-                return;
+            if !self.running.is_empty() {
+                let need = self
+                    .running_bytes()
+                    .add(pools::after(&self.m.model, next_len));
+                if let Some(p) = need.over(&self.cfg.pools) {
+                    self.metrics.note_admission_wait(p);
+                    return;
+                }
             }
             if let Some(s) = self.preempted.pop_front() {
                 self.resume(s);
@@ -340,8 +350,11 @@ impl Worker {
         }
     }
 
-    fn running_bytes(&self) -> usize {
-        self.running.iter().map(|s| state_bytes(&s.states)).sum()
+    fn running_bytes(&self) -> PoolBytes {
+        self.running
+            .iter()
+            .map(|s| pools::held(&self.m.model, &s.states))
+            .fold(PoolBytes::default(), PoolBytes::add)
     }
 
     /// A preempted sequence back in the running set: its prompt and generated tokens are
@@ -364,15 +377,12 @@ impl Worker {
     }
 
     /// Preempts the newest sequences while the states after this step's tokens would not fit
-    /// the budget (decode adds a token per sequence, prefill up to the step's budget).
+    /// every pool (decode adds a token per sequence, prefill up to the step's budget; a
+    /// window stops growing once full, a recurrent slot never grows).
     fn make_room(&mut self) {
-        let per_token = self
-            .m
-            .model
-            .cache_bytes(1, 4)
-            .saturating_sub(self.m.model.cache_bytes(0, 4));
+        let m = &self.m.model;
         loop {
-            let growth: usize = self
+            let after_step = self
                 .running
                 .iter()
                 .map(|s| {
@@ -381,10 +391,13 @@ impl Worker {
                     } else {
                         (s.target.len() - s.fed.len()).min(self.cfg.max_batched_tokens)
                     };
-                    t * per_token
+                    pools::after(m, s.fed.len() + t)
                 })
-                .sum();
-            if self.running.len() <= 1 || self.running_bytes() + growth <= self.cfg.state_bytes {
+                .fold(PoolBytes::default(), PoolBytes::add);
+            let Some(pool) = after_step.over(&self.cfg.pools) else {
+                return;
+            };
+            if self.running.len() <= 1 {
                 return;
             }
             let mut s = self.running.pop().expect("more than one running");
@@ -395,7 +408,7 @@ impl Worker {
                 s.target = s.req.prompt.clone();
             }
             s.states = Vec::new();
-            self.metrics.preempted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.note_preempted(pool);
             self.preempted.push_front(s);
         }
     }

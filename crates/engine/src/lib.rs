@@ -5,6 +5,8 @@
 pub mod delethink;
 pub mod engine;
 pub mod metrics;
+pub mod pools;
 pub mod prefix;
 
 pub use engine::{Engine, EngineConfig, Event, Request, ServeModel, Sink, Usage};
+pub use pools::{Pool, PoolBytes};

@@ -1,5 +1,6 @@
 //! Counters and gauges the engine publishes, rendered in Prometheus' text format by
 //! [`Metrics::prometheus`] (a handful of numbers: no metrics crate needed).
+use crate::pools::{Pool, PoolBytes};
 use model::hybrid::{HybridModel, Mixer};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +32,41 @@ pub struct Metrics {
     /// Cached tokens by layer type ("full_attention", "sliding_attention", "linear_attention"):
     /// every layer of a hit resumes at the same length.
     hit_tokens_by_type: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per pool (kv, window, recurrent; see [`crate::pools`]): bytes held by the running
+    /// sequences, the budget, admissions that waited for it, preemptions it caused.
+    pool_held: [AtomicU64; 3],
+    pool_budget: [AtomicU64; 3],
+    pool_waits: [AtomicU64; 3],
+    pool_preempted: [AtomicU64; 3],
+}
+
+fn index(p: Pool) -> usize {
+    match p {
+        Pool::Kv => 0,
+        Pool::Window => 1,
+        Pool::Recurrent => 2,
+    }
 }
 
 impl Metrics {
+    pub fn set_pools(&self, held: &PoolBytes, budget: &PoolBytes) {
+        for p in Pool::ALL {
+            self.pool_held[index(p)].store(held.get(p) as u64, Ordering::Relaxed);
+            self.pool_budget[index(p)].store(budget.get(p) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// An admission that waited because `p` had no room.
+    pub fn note_admission_wait(&self, p: Pool) {
+        self.pool_waits[index(p)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sequence preempted because `p` would have overflowed.
+    pub fn note_preempted(&self, p: Pool) {
+        self.preempted.fetch_add(1, Ordering::Relaxed);
+        self.pool_preempted[index(p)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_hit(&self, m: &HybridModel, cached: usize) {
         if cached == 0 {
             return;
@@ -99,6 +132,39 @@ impl Metrics {
                 s,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model=\"{model}\"}} {v}"
             );
+        }
+        let per_pool = [
+            (
+                "hybrid_pool_bytes",
+                "gauge",
+                "Bytes of the running sequences' states in each pool.",
+                &self.pool_held,
+            ),
+            (
+                "hybrid_pool_budget_bytes",
+                "gauge",
+                "Each pool's byte budget.",
+                &self.pool_budget,
+            ),
+            (
+                "hybrid_pool_admission_waits_total",
+                "counter",
+                "Admissions that waited for room in each pool.",
+                &self.pool_waits,
+            ),
+            (
+                "hybrid_pool_preempted_total",
+                "counter",
+                "Sequences preempted because each pool would have overflowed.",
+                &self.pool_preempted,
+            ),
+        ];
+        for (name, kind, help, values) in per_pool {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for p in Pool::ALL {
+                let v = get(&values[index(p)]);
+                let _ = writeln!(s, "{name}{{model=\"{model}\",pool=\"{}\"}} {v}", p.name());
+            }
         }
         let name = "hybrid_cached_tokens_by_layer_type_total";
         let _ = writeln!(s, "# HELP {name} Cached tokens summed over the layers of each type.\n# TYPE {name} counter");

@@ -89,7 +89,10 @@ fn greedy_is_invariant(m: Arc<ServeModel>) {
                 max_num_seqs: seqs,
                 max_batched_tokens: chunk,
                 prefix_cache: true,
-                state_bytes: state_mib << 20,
+                pools: engine::PoolBytes {
+                    kv: state_mib << 20,
+                    ..EngineConfig::default().pools
+                },
                 ..Default::default()
             },
         );
@@ -131,6 +134,11 @@ fn greedy_is_invariant(m: Arc<ServeModel>) {
             // The FA model's KV (46 KB a token in f32) outgrows 3 MiB with two sequences.
             assert!(
                 metric(&metrics, "hybrid_preempted_total") > 0.0,
+                "{metrics}"
+            );
+            // ... and it was the key/value pool that overflowed (the first pool listed).
+            assert!(
+                metric(&metrics, "hybrid_pool_preempted_total") > 0.0,
                 "{metrics}"
             );
         }

@@ -30,10 +30,17 @@ pub struct ServeArgs {
     /// Memory for prefix-cache checkpoints, MiB.
     #[arg(long, default_value_t = 2048)]
     pub cache_mib: usize,
-    /// Memory for the running sequences' states (KV, windows, recurrent), MiB: admission waits
-    /// for room, and growth past it preempts the newest sequence (recomputed on resume).
+    /// Memory for the running sequences' full-attention keys/values, MiB. Each pool (this one,
+    /// windows, recurrent states) has its own budget: admission waits for room in every pool,
+    /// and growth past one preempts the newest sequence (recomputed on resume).
     #[arg(long, default_value_t = 4096)]
-    pub max_state_mib: usize,
+    pub max_kv_mib: usize,
+    /// Memory for the running sequences' sliding-window keys/values, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_window_mib: usize,
+    /// Memory for the running sequences' recurrent and conv states (one slot each), MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_recurrent_mib: usize,
     /// The model id clients name (default: the file or folder name).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -54,7 +61,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_batched_tokens: a.max_batched_tokens,
         prefix_cache: a.prefix_cache == OnOff::On,
         cache_bytes: a.cache_mib << 20,
-        state_bytes: a.max_state_mib << 20,
+        pools: engine::PoolBytes {
+            kv: a.max_kv_mib << 20,
+            window: a.max_window_mib << 20,
+            recurrent: a.max_recurrent_mib << 20,
+        },
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;
