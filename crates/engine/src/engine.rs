@@ -277,9 +277,7 @@ impl Worker {
                 (None, None) => return,
             };
             if !self.running.is_empty() {
-                let need = self
-                    .running_bytes()
-                    .add(pools::after(&self.m.model, next_len));
+                let need = self.running_bytes() + pools::after(&self.m.model, next_len);
                 if let Some(p) = need.over(&self.cfg.pools) {
                     self.metrics.note_admission_wait(p);
                     return;
@@ -354,7 +352,7 @@ impl Worker {
         self.running
             .iter()
             .map(|s| pools::held(&self.m.model, &s.states))
-            .fold(PoolBytes::default(), PoolBytes::add)
+            .fold(PoolBytes::default(), |a, b| a + b)
     }
 
     /// A preempted sequence back in the running set: its prompt and generated tokens are
@@ -393,7 +391,7 @@ impl Worker {
                     };
                     pools::after(m, s.fed.len() + t)
                 })
-                .fold(PoolBytes::default(), PoolBytes::add);
+                .fold(PoolBytes::default(), |a, b| a + b);
             let Some(pool) = after_step.over(&self.cfg.pools) else {
                 return;
             };

@@ -65,13 +65,6 @@ impl PoolBytes {
         }
     }
 
-    pub fn add(mut self, o: PoolBytes) -> PoolBytes {
-        for p in Pool::ALL {
-            *self.slot(p) += o.get(p);
-        }
-        self
-    }
-
     pub fn total(&self) -> usize {
         self.kv + self.window + self.recurrent
     }
@@ -79,6 +72,17 @@ impl PoolBytes {
     /// The first pool where `self` exceeds `budget`, if any.
     pub fn over(&self, budget: &PoolBytes) -> Option<Pool> {
         Pool::ALL.into_iter().find(|&p| self.get(p) > budget.get(p))
+    }
+}
+
+impl std::ops::Add for PoolBytes {
+    type Output = PoolBytes;
+
+    fn add(mut self, o: PoolBytes) -> PoolBytes {
+        for p in Pool::ALL {
+            *self.slot(p) += o.get(p);
+        }
+        self
     }
 }
 
@@ -126,13 +130,13 @@ mod tests {
             recurrent: 5,
         };
         assert_eq!(a.over(&budget), None);
-        assert_eq!(a.add(a).over(&budget), Some(Pool::Kv));
+        assert_eq!((a + a).over(&budget), Some(Pool::Kv));
         let b = PoolBytes {
             kv: 0,
             window: 11,
             recurrent: 0,
         };
         assert_eq!(b.over(&budget), Some(Pool::Window));
-        assert_eq!(a.add(b).total(), 60 + 21 + 5);
+        assert_eq!((a + b).total(), 60 + 21 + 5);
     }
 }
