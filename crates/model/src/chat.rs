@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's reasoning sent back separately (vLLM/DeepSeek's `reasoning_content`);
+    /// [`ThinkHistory`] decides whether it reaches the rendered history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Message {
@@ -16,8 +20,52 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            reasoning_content: None,
         }
     }
+}
+
+/// What earlier assistant turns' thinking becomes in the rendered history (interleaved
+/// thinking; research/delethink-mqar.md §2): models differ, so the choice belongs to the
+/// template layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThinkHistory {
+    /// MiniMax-M2 style: every `<think>` block stays in the history verbatim (a separate
+    /// `reasoning_content` is put back in front of the content as `<think>\n…\n</think>\n\n`),
+    /// so each turn's prompt extends the last one's tokens and hits the prefix cache whole.
+    Keep,
+    /// Qwen3 / DeepSeek-R1 style: earlier turns' thinking is dropped (the content after the
+    /// last `</think>`; `reasoning_content` ignored).
+    Strip,
+}
+
+/// `messages` with the assistant turns' thinking kept or stripped as `policy` says.
+pub fn apply_think_history(messages: &[Message], policy: ThinkHistory) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|m| {
+            if m.role != "assistant" {
+                return m.clone();
+            }
+            let content = match (policy, &m.reasoning_content) {
+                (ThinkHistory::Keep, Some(r)) if !m.content.trim_start().starts_with("<think>") => {
+                    format!("<think>\n{r}\n</think>\n\n{}", m.content)
+                }
+                (ThinkHistory::Keep, _) => m.content.clone(),
+                (ThinkHistory::Strip, _) => match m.content.rfind("</think>") {
+                    Some(i) => m.content[i + "</think>".len()..].trim_start().to_string(),
+                    // An unclosed block is all thinking.
+                    None if m.content.trim_start().starts_with("<think>") => String::new(),
+                    None => m.content.clone(),
+                },
+            };
+            Message {
+                role: m.role.clone(),
+                content,
+                reasoning_content: None,
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -50,6 +98,39 @@ impl ChatTemplate {
         })
     }
 
+    /// The history policy this template implies: one that cuts assistant content at
+    /// `</think>` itself (Qwen3, DeepSeek-R1) strips; any other keeps (MiniMax-M2, and
+    /// templates that know nothing of thinking pass content through verbatim).
+    pub fn think_history(&self) -> ThinkHistory {
+        let s = self.source.replace(' ', "");
+        if s.contains("split('</think>')") || s.contains("split(\"</think>\")") {
+            ThinkHistory::Strip
+        } else {
+            ThinkHistory::Keep
+        }
+    }
+
+    /// Whether the generation prompt opens a `<think>` block (the model then writes only its
+    /// reasoning, `</think>` and the answer, as MiniMax-M2's template makes it).
+    pub fn opens_think(rendered_with_generation_prompt: &str) -> bool {
+        rendered_with_generation_prompt
+            .trim_end()
+            .ends_with("<think>")
+    }
+
+    /// [`ChatTemplate::render`] after applying a thinking-history policy.
+    pub fn render_thinking(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        policy: ThinkHistory,
+    ) -> Result<String> {
+        self.render(
+            &apply_think_history(messages, policy),
+            add_generation_prompt,
+        )
+    }
+
     /// Renders `messages`, ending with the assistant's turn opener when `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat")?;
@@ -76,6 +157,42 @@ mod tests {
             out,
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn think_history_keeps_or_strips_earlier_reasoning() {
+        let mut a = Message::new("assistant", "The answer is 4.");
+        a.reasoning_content = Some("2 + 2 = 4".into());
+        let inline = Message::new("assistant", "<think>\nadd them\n</think>\n\nIt is 5.");
+        let msgs = [Message::new("user", "2+2?"), a, inline.clone()];
+        let kept = apply_think_history(&msgs, ThinkHistory::Keep);
+        assert_eq!(kept[0], msgs[0]);
+        assert_eq!(
+            kept[1].content,
+            "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."
+        );
+        assert_eq!(kept[2].content, inline.content);
+        let stripped = apply_think_history(&msgs, ThinkHistory::Strip);
+        assert_eq!(stripped[1].content, "The answer is 4.");
+        assert_eq!(stripped[2].content, "It is 5.");
+        assert!(stripped.iter().all(|m| m.reasoning_content.is_none()));
+        let open = Message::new("assistant", "<think>\nstill thinking");
+        assert_eq!(
+            apply_think_history(&[open], ThinkHistory::Strip)[0].content,
+            ""
+        );
+    }
+
+    #[test]
+    fn templates_choose_their_think_history() {
+        let qwen3 = "{% for m in messages %}{% if m.role == 'assistant' %}{% set c = m.content.split('</think>')[-1] %}{{ c }}{% else %}{{ m.content }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(qwen3, "", "").unwrap();
+        assert_eq!(t.think_history(), ThinkHistory::Strip);
+        let plain = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}", "", "").unwrap();
+        assert_eq!(plain.think_history(), ThinkHistory::Keep);
+        let r = plain.render(&[Message::new("user", "q")], true).unwrap();
+        assert!(ChatTemplate::opens_think(&r));
+        assert!(!ChatTemplate::opens_think("<|im_start|>assistant\n"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use bundle::{AnyModel, GpuWeights, HybridBundle, Runner};
-pub use chat::{ChatTemplate, Message};
+pub use chat::{ChatTemplate, Message, ThinkHistory};
 pub use generate::{
     generate, generate_gpu, generate_with, prompt_tokens, GenerateOptions, Generation, LoadedModel,
     TextStream,

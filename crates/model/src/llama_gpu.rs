@@ -50,6 +50,31 @@ fn to_bf16(m: &Matrix) -> Vec<bf16> {
         .collect()
 }
 
+/// Checks the tokens of a batched forward (B sequences of T tokens after `past` cached ones)
+/// and returns T.
+pub(crate) fn check_batch(
+    tokens: &[u32],
+    b: usize,
+    past: usize,
+    capacity: usize,
+    vocab: usize,
+) -> Result<usize> {
+    let t = tokens.len() / b;
+    if t == 0 || tokens.len() != b * t {
+        bail!("{} tokens do not fill {b} sequences", tokens.len());
+    }
+    if past + t > capacity {
+        bail!(
+            "{} tokens exceed the cache capacity of {capacity}",
+            past + t
+        );
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+        bail!("token id {bad} is outside the vocabulary of {vocab}");
+    }
+    Ok(t)
+}
+
 impl GpuLlama {
     pub fn new(cpu: &Llama, ordinal: usize) -> Result<Self> {
         Self::on(cpu, Gpu::open(ordinal)?)
@@ -111,24 +136,8 @@ impl GpuLlama {
         let c = &self.config;
         let g = &self.gpu;
         let b = cache.batch;
-        let t = tokens.len() / b;
-        if t == 0 || tokens.len() != b * t {
-            bail!("{} tokens do not fill {b} sequences", tokens.len());
-        }
         let past = cache.len;
-        if past + t > cache.capacity {
-            bail!(
-                "{} tokens exceed the cache capacity of {}",
-                past + t,
-                cache.capacity
-            );
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            bail!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            );
-        }
+        let t = check_batch(tokens, b, past, cache.capacity, c.vocab_size)?;
         let (n, d, dh, h, hk, f) = (b * t, c.hidden, c.head_dim, c.n_heads, c.n_kv_heads, c.ffn);
         let mut x = g.zeros::<bf16>(n * d)?;
         g.embedding_bf16(&self.embed, &g.upload(tokens)?, &mut x, n, d)?;

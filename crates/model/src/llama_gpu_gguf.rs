@@ -9,6 +9,7 @@
 //! batch-1-sized work (attention walks the keys one thread per head dim; the bf16 path is the
 //! fast one for batches and long contexts).
 use crate::llama::{Llama, LlamaConfig};
+use crate::llama_gpu::check_batch;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::CudaSlice;
 use tensor::cpu::Rope;
@@ -177,24 +178,8 @@ impl GpuLlamaGguf {
         let c = &self.config;
         let g = &self.gpu;
         let b = cache.batch;
-        let t = tokens.len() / b;
-        if t == 0 || tokens.len() != b * t {
-            bail!("{} tokens do not fill {b} sequences", tokens.len());
-        }
         let past = cache.len;
-        if past + t > cache.capacity {
-            bail!(
-                "{} tokens exceed the cache capacity of {}",
-                past + t,
-                cache.capacity
-            );
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            bail!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            );
-        }
+        let t = check_batch(tokens, b, past, cache.capacity, c.vocab_size)?;
         let (n, d, dh, h, hk, f) = (b * t, c.hidden, c.head_dim, c.n_heads, c.n_kv_heads, c.ffn);
         let mut x = g.zeros::<f32>(n * d)?;
         g.dequant_rows(

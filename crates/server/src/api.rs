@@ -73,7 +73,12 @@ pub struct StreamOptions {
 #[derive(Deserialize)]
 pub struct ChatMessage {
     pub role: String,
+    #[serde(default)]
     pub content: String,
+    /// An assistant turn's reasoning sent back (kept or dropped by the server's
+    /// `--think-history`).
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,23 @@ use tokio_stream::StreamExt;
 
 pub struct AppState {
     pub engine: Engine,
+    /// What earlier assistant turns' thinking becomes in a rendered chat.
+    pub think_history: model::ThinkHistory,
+}
+
+impl AppState {
+    /// The engine's model with the thinking-history policy its chat template implies.
+    pub fn new(engine: Engine) -> Self {
+        let think_history = engine
+            .model
+            .template
+            .as_ref()
+            .map_or(model::ThinkHistory::Keep, |t| t.think_history());
+        AppState {
+            engine,
+            think_history,
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -133,24 +150,33 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Respon
     let msgs: Vec<model::Message> = b
         .messages
         .iter()
-        .map(|x| model::Message::new(&x.role, &x.content))
+        .map(|x| model::Message {
+            reasoning_content: x.reasoning_content.clone(),
+            ..model::Message::new(&x.role, &x.content)
+        })
         .collect();
-    let encode = |add_gen: bool| -> anyhow::Result<Vec<u32>> {
-        let text = t.render(&msgs, add_gen)?;
+    let render = |add_gen: bool| t.render_thinking(&msgs, add_gen, s.think_history);
+    let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
         let with_bos = !text.starts_with(&t.bos_token) || t.bos_token.is_empty();
-        m.tokenizer.encode(&text, with_bos)
+        m.tokenizer.encode(text, with_bos)
     };
-    let prompt = match encode(true) {
-        Ok(p) => p,
+    let (prompt, opens_think) = match render(true).and_then(|r| Ok((encode(&r)?, r))) {
+        Ok((p, r)) => (p, model::ChatTemplate::opens_think(&r)),
         Err(e) => return bad_request(format!("cannot render the chat: {e}")),
     };
     // The conversation without the generation prompt: the next turn shares it, so a
     // checkpoint is kept there.
-    let keep = match encode(false) {
+    let keep = match render(false).and_then(|r| encode(&r)) {
         Ok(h) if h.len() < prompt.len() && prompt[..h.len()] == h[..] => vec![h.len()],
         _ => vec![],
     };
-    submit(&s, &b.common, prompt, keep, Kind::Chat).await
+    // A generation prompt that opens `<think>`: the reply starts inside the thinking block.
+    let kind = if opens_think {
+        Kind::ChatThinking(s.think_history)
+    } else {
+        Kind::Chat
+    };
+    submit(&s, &b.common, prompt, keep, kind).await
 }
 
 /// Checks the shared fields against the prompt and the model, then runs the request.
@@ -180,7 +206,7 @@ async fn submit(
             sampling,
             stop: c.stop.list(),
         };
-        return delethink::run(s, d, kind == Kind::Chat, c.stream, usage).await;
+        return delethink::run(s, d, kind.is_chat(), c.stream, usage).await;
     }
     let req = Request {
         prompt,
@@ -196,6 +222,17 @@ async fn submit(
 pub(crate) enum Kind {
     Completion,
     Chat,
+    /// A chat whose generation prompt opened a `<think>` block. With `Keep` the reply's
+    /// content is `<think>\n` + the generated text (vLLM's `minimax_m2_append_think`: a client
+    /// that sends content back keeps the thinking, token for token); with `Strip` the text up
+    /// to `</think>` is `reasoning_content` and the rest `content`.
+    ChatThinking(model::ThinkHistory),
+}
+
+impl Kind {
+    fn is_chat(self) -> bool {
+        self != Kind::Completion
+    }
 }
 
 async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: bool) -> Response {
@@ -206,11 +243,7 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
     }
     let model = s.engine.model.name.clone();
     let created = now();
-    let id = request_id(if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    });
+    let id = request_id(if kind.is_chat() { "chatcmpl" } else { "cmpl" });
     if !stream {
         let mut text = String::new();
         while let Some(e) = rx.recv().await {
@@ -221,15 +254,29 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
                     usage,
                     ..
                 } => {
-                    let choice = match kind {
-                        Kind::Chat => {
-                            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason, "logprobs": null})
+                    let message = match kind {
+                        Kind::ChatThinking(model::ThinkHistory::Keep) => {
+                            json!({"role": "assistant", "content": format!("<think>\n{text}")})
                         }
+                        Kind::ChatThinking(model::ThinkHistory::Strip) => {
+                            let mut sp = engine::delethink::ThinkSplitter::default();
+                            let (mut r, mut a) = sp.push(&text);
+                            let (r2, a2) = sp.finish();
+                            r.push_str(&r2);
+                            a.push_str(&a2);
+                            json!({"role": "assistant", "content": a, "reasoning_content": r})
+                        }
+                        _ => json!({"role": "assistant", "content": text}),
+                    };
+                    let choice = match kind {
                         Kind::Completion => {
                             json!({"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": null})
                         }
+                        _ => {
+                            json!({"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": null})
+                        }
                     };
-                    let object = if kind == Kind::Chat {
+                    let object = if kind.is_chat() {
                         "chat.completion"
                     } else {
                         "text_completion"
@@ -245,7 +292,7 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
         }
         return server_error("the engine stopped before the request finished");
     }
-    let object = if kind == Kind::Chat {
+    let object = if kind.is_chat() {
         "chat.completion.chunk"
     } else {
         "text_completion"
@@ -258,36 +305,77 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
         }
         SseEvent::default().data(v.to_string())
     };
-    let first = (kind == Kind::Chat).then(|| {
+    let first = kind.is_chat().then(|| {
         chunk(
             json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
             None,
         )
     });
+    // Appended thinking: the first generated delta carries the `<think>` the generation prompt
+    // opened (as vLLM's minimax_m2_append_think does), so the content read back is exact.
+    let mut opener = if kind == Kind::ChatThinking(model::ThinkHistory::Keep) {
+        "<think>\n"
+    } else {
+        ""
+    };
+    // Split thinking: deltas go to reasoning_content until `</think>`, then to content.
+    let mut splitter = engine::delethink::ThinkSplitter::default();
+    let delta_chunks = move |(r, a): (String, String)| -> Vec<Value> {
+        let mut out = vec![];
+        if !r.is_empty() {
+            out.push(json!({"index": 0, "delta": {"reasoning_content": r}, "finish_reason": null}));
+        }
+        if !a.is_empty() {
+            out.push(json!({"index": 0, "delta": {"content": a}, "finish_reason": null}));
+        }
+        out
+    };
     let to_sse = move |e: Event| -> Vec<SseEvent> {
         match e {
             Event::Text { delta, .. } if delta.is_empty() => vec![],
-            Event::Text { delta, .. } => vec![chunk(
-                match kind {
-                    Kind::Chat => {
-                        json!({"index": 0, "delta": {"content": delta}, "finish_reason": null})
-                    }
-                    Kind::Completion => json!({"index": 0, "text": delta, "finish_reason": null}),
-                },
-                None,
-            )],
+            Event::Text { delta, .. } => match kind {
+                Kind::Completion => vec![chunk(
+                    json!({"index": 0, "text": delta, "finish_reason": null}),
+                    None,
+                )],
+                Kind::ChatThinking(model::ThinkHistory::Strip) => {
+                    delta_chunks(splitter.push(&delta))
+                        .into_iter()
+                        .map(|c| chunk(c, None))
+                        .collect()
+                }
+                _ => {
+                    let content = format!("{}{delta}", std::mem::take(&mut opener));
+                    vec![chunk(
+                        json!({"index": 0, "delta": {"content": content}, "finish_reason": null}),
+                        None,
+                    )]
+                }
+            },
             Event::Done {
                 finish_reason,
                 usage,
                 ..
             } => {
+                let mut v: Vec<SseEvent> = delta_chunks(splitter.finish())
+                    .into_iter()
+                    .map(|c| chunk(c, None))
+                    .collect();
+                if !opener.is_empty() {
+                    // Nothing was generated: the content is the opened block alone.
+                    let content = std::mem::take(&mut opener);
+                    v.push(chunk(
+                        json!({"index": 0, "delta": {"content": content}, "finish_reason": null}),
+                        None,
+                    ));
+                }
                 let last = match kind {
-                    Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish_reason}),
                     Kind::Completion => {
                         json!({"index": 0, "text": "", "finish_reason": finish_reason})
                     }
+                    _ => json!({"index": 0, "delta": {}, "finish_reason": finish_reason}),
                 };
-                let mut v = vec![chunk(last, None)];
+                v.push(chunk(last, None));
                 if usage_chunk {
                     v.push(chunk(Value::Null, Some(usage_json(&usage))));
                 }

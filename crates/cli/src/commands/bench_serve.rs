@@ -8,6 +8,11 @@
 //!   second leaves a checkpoint at their divergence point, where a hybrid can resume), then the
 //!   measured one. Shared lengths are not multiples of any block size.
 //! - `multi-turn`: a chat whose history grows turn by turn (append-only); TTFT per turn.
+//! - `thinking` (`--think-turns N`): interleaved thinking — the chat template's generation
+//!   prompt opens `<think>` (MiniMax-M2 style), every reply is thinking, and the client sends
+//!   each reply back; with `--think-history keep` the history keeps every `<think>` block (each
+//!   turn's prompt extends the last one's tokens), with `strip` the server drops them (Qwen3
+//!   style). TTFT per turn for each model, policy and prefix-cache setting.
 //!
 //! Writes DIR/bench-serve.json, DIR/bench-serve.md and two plots (TTFT against hit rate, TTFT
 //! per turn).
@@ -35,6 +40,12 @@ pub struct ServeBenchArgs {
     pub turns: usize,
     #[arg(long, default_value_t = 16)]
     pub gen_tokens: usize,
+    /// Turns of the interleaved-thinking workload (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    pub think_turns: usize,
+    /// Thinking tokens per reply in that workload.
+    #[arg(long, default_value_t = 48)]
+    pub think_tokens: usize,
     #[arg(long, default_value_t = 256)]
     pub max_batched_tokens: usize,
     #[arg(long, default_value = "out/bench-serve")]
@@ -98,9 +109,12 @@ fn stream(url: &str, body: &Value) -> Result<Timing> {
                 .unwrap_or(0);
         }
         let c = &v["choices"][0];
+        // Reasoning deltas are text too (a split thinking reply streams reasoning_content).
+        let delta = &c["delta"];
         let text = c["text"]
             .as_str()
-            .or_else(|| c["delta"]["content"].as_str())
+            .or_else(|| delta["content"].as_str().filter(|s| !s.is_empty()))
+            .or_else(|| delta["reasoning_content"].as_str())
             .unwrap_or("");
         if text.is_empty() {
             continue;
@@ -113,6 +127,10 @@ fn stream(url: &str, body: &Value) -> Result<Timing> {
         last = Some(now);
     }
     t.e2e_s = t0.elapsed().as_secs_f64();
+    if last.is_none() {
+        // The first token was a stop token: no text, and the reply ends when it is produced.
+        t.ttft_s = t.e2e_s;
+    }
     if !t.itl_s.is_empty() {
         t.tpot_s = (t.e2e_s - t.ttft_s) / t.itl_s.len() as f64;
     }
@@ -134,13 +152,19 @@ struct Running {
     _rt: tokio::runtime::Runtime,
 }
 
-fn start(m: Arc<engine::ServeModel>, cfg: engine::EngineConfig) -> Result<Running> {
+fn start(
+    m: Arc<engine::ServeModel>,
+    cfg: engine::EngineConfig,
+    think: Option<model::ThinkHistory>,
+) -> Result<Running> {
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let state = Arc::new(server::AppState {
-        engine: engine::Engine::start(m, cfg)?,
-    });
+    let mut state = server::AppState::new(engine::Engine::start(m, cfg)?);
+    if let Some(t) = think {
+        state.think_history = t;
+    }
+    let state = Arc::new(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(server::serve(listener, state, async {
         let _ = rx.await;
@@ -170,13 +194,7 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());
         let m = Arc::new(engine::ServeModel::load(path, &name)?);
-        let kind = if m.model.blocks.iter().all(
-            |b| matches!(&b.mixer, model::hybrid::Mixer::Attention(x) if x.cfg.window.is_none()),
-        ) {
-            "fa"
-        } else {
-            "hybrid"
-        };
+        let kind = model_kind(&m);
         for &pc in &a.prefix_cache {
             let srv = start(
                 m.clone(),
@@ -186,6 +204,7 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
                     prefix_cache: pc == OnOff::On,
                     ..Default::default()
                 },
+                None,
             )?;
             let comp = format!("{}/v1/completions", srv.url);
             let req = |prompt: String| {
@@ -254,9 +273,15 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
             drop(srv);
         }
     }
+    let thinking = if a.think_turns > 0 {
+        thinking_workload(&a)?
+    } else {
+        vec![]
+    };
     let j = json!({"bench": "serve", "device": "cpu", "threads": rayon::current_num_threads(),
         "gen_tokens": a.gen_tokens, "max_batched_tokens": a.max_batched_tokens,
-        "hit_rate": rows, "multi_turn": turns});
+        "think_tokens": a.think_tokens,
+        "hit_rate": rows, "multi_turn": turns, "thinking": thinking});
     std::fs::write(
         a.out.join("bench-serve.json"),
         serde_json::to_string_pretty(&j)?,
@@ -266,6 +291,89 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&j)?);
     eprintln!("wrote {}/bench-serve.{{json,md}}", a.out.display());
     Ok(())
+}
+
+/// A ChatML template whose generation prompt opens a thinking block, as MiniMax-M2's does
+/// (`]~b]ai\n<think>\n`): the model writes its reasoning straight away.
+const THINKING_CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
+
+/// The interleaved-thinking workload: for each model, history policy and prefix-cache setting,
+/// `think_turns` turns in which every reply (`think_tokens` tokens, greedy, stop tokens honoured)
+/// is sent back as the client received it: content (`<think>`… appended) under `keep`,
+/// content + reasoning_content under `strip`.
+fn thinking_workload(a: &ServeBenchArgs) -> Result<Vec<Value>> {
+    let mut out = vec![];
+    for path in &a.model {
+        let name = path
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        let mut m = engine::ServeModel::load(path, &name)?;
+        let (bos, eos) = m
+            .template
+            .as_ref()
+            .map_or((String::new(), String::new()), |t| {
+                (t.bos_token.clone(), t.eos_token.clone())
+            });
+        m.template = Some(model::ChatTemplate::new(THINKING_CHATML, &bos, &eos)?);
+        let kind = model_kind(&m);
+        let m = Arc::new(m);
+        for policy in [model::ThinkHistory::Keep, model::ThinkHistory::Strip] {
+            for &pc in &a.prefix_cache {
+                let srv = start(
+                    m.clone(),
+                    engine::EngineConfig {
+                        max_num_seqs: 4,
+                        max_batched_tokens: a.max_batched_tokens,
+                        prefix_cache: pc == OnOff::On,
+                        ..Default::default()
+                    },
+                    Some(policy),
+                )?;
+                let chat = format!("{}/v1/chat/completions", srv.url);
+                let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                let mut msgs = vec![json!({"role": "system", "content": filler(120, "think-sys")})];
+                for turn in 0..a.think_turns {
+                    msgs.push(json!({"role": "user", "content": format!("{} What follows from note {turn}?", filler(32, &format!("q{turn}-")))}));
+                    let body = json!({"messages": msgs, "max_tokens": a.think_tokens, "temperature": 0,
+                        "stream": true, "stream_options": {"include_usage": true}});
+                    let t = stream(&chat, &body)?;
+                    let mut nb = body.clone();
+                    nb["stream"] = json!(false);
+                    nb.as_object_mut().map(|o| o.remove("stream_options"));
+                    let v: Value = agent.post(&chat).send_json(&nb)?.body_mut().read_json()?;
+                    let msg = &v["choices"][0]["message"];
+                    let mut reply = json!({"role": "assistant", "content": msg["content"]});
+                    if let Some(r) = msg.get("reasoning_content") {
+                        reply["reasoning_content"] = r.clone();
+                    }
+                    msgs.push(reply);
+                    let policy_name = format!("{policy:?}").to_lowercase();
+                    eprintln!(
+                        "thinking: {name} ({kind}), history {policy_name}, prefix cache {pc:?}, turn {}: TTFT {:.3} s, cached {}/{}",
+                        turn + 1, t.ttft_s, t.cached_tokens, t.prompt_tokens
+                    );
+                    out.push(
+                        json!({"model": name, "kind": kind, "think_history": policy_name,
+                        "prefix_cache": pc == OnOff::On, "turn": turn + 1, "timing": t}),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// "fa" for an all-full-attention model, else "hybrid".
+fn model_kind(m: &engine::ServeModel) -> &'static str {
+    if m.model
+        .blocks
+        .iter()
+        .all(|b| matches!(&b.mixer, model::hybrid::Mixer::Attention(x) if x.cfg.window.is_none()))
+    {
+        "fa"
+    } else {
+        "hybrid"
+    }
 }
 
 /// DIR/ttft_vs_hit_rate.png (prefix cache on: a curve per model and context) and
@@ -298,30 +406,48 @@ fn plot(dir: &std::path::Path, j: &Value) -> Result<()> {
         ),
         &curves,
     )?;
-    let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in j["multi_turn"].as_array().into_iter().flatten() {
+    super::convert_plots::lines(
+        &dir.join("ttft_per_turn.png"),
+        "Multi-turn chat: time to first token per turn",
+        ("turn", "TTFT (s)"),
+        &ttft_per_turn(&j["multi_turn"], false),
+    )?;
+    if j["thinking"].as_array().is_none_or(|r| r.is_empty()) {
+        return Ok(());
+    }
+    super::convert_plots::lines(
+        &dir.join("ttft_per_turn_thinking.png"),
+        "Interleaved thinking: time to first token per turn",
+        ("turn", "TTFT (s)"),
+        &ttft_per_turn(&j["thinking"], true),
+    )
+}
+
+/// (turn, TTFT) curves of per-turn rows, one per model, cache setting (and thinking policy).
+fn ttft_per_turn(rows: &Value, thinking: bool) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut by: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for r in rows.as_array().into_iter().flatten() {
+        let policy = if thinking {
+            format!(", {} thinking", r["think_history"].as_str().unwrap_or(""))
+        } else {
+            String::new()
+        };
+        let cache = if r["prefix_cache"] == json!(true) {
+            "on"
+        } else {
+            "off"
+        };
         let k = format!(
-            "{} ({}), cache {}",
+            "{} ({}){policy}, cache {cache}",
             r["model"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
-            if r["prefix_cache"] == json!(true) {
-                "on"
-            } else {
-                "off"
-            }
         );
         by.entry(k).or_default().push((
             r["turn"].as_f64().unwrap_or(0.0),
             r["timing"]["ttft_s"].as_f64().unwrap_or(0.0),
         ));
     }
-    let curves: Vec<(String, Vec<(f64, f64)>)> = by.into_iter().collect();
-    super::convert_plots::lines(
-        &dir.join("ttft_per_turn.png"),
-        "Multi-turn chat: time to first token per turn",
-        ("turn", "TTFT (s)"),
-        &curves,
-    )
+    by.into_iter().collect()
 }
 
 fn markdown(j: &Value) -> String {
@@ -358,6 +484,24 @@ fn markdown(j: &Value) -> String {
             t["cached_tokens"],
             t["ttft_s"].as_f64().unwrap_or(0.0),
         ));
+    }
+    let rows = j["thinking"].as_array().cloned().unwrap_or_default();
+    if !rows.is_empty() {
+        s.push_str(&format!("\n## Interleaved thinking: TTFT per turn\n\nThe generation prompt opens `<think>`; each reply ({} tokens) is sent back as received; `keep` renders every earlier `<think>` block, `strip` drops them.\n\n| model | kind | think history | prefix cache | turn | prompt tokens | cached | TTFT |\n|---|---|---|---|---|---|---|---|\n", j["think_tokens"]));
+        for r in &rows {
+            let t = &r["timing"];
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:.3} |\n",
+                r["model"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
+                r["think_history"].as_str().unwrap_or(""),
+                r["prefix_cache"],
+                r["turn"],
+                t["prompt_tokens"],
+                t["cached_tokens"],
+                t["ttft_s"].as_f64().unwrap_or(0.0),
+            ));
+        }
     }
     s
 }

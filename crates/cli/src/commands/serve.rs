@@ -11,6 +11,13 @@ pub enum OnOff {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThinkArg {
+    Auto,
+    Keep,
+    Strip,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -41,6 +48,11 @@ pub struct ServeArgs {
     /// Memory for the running sequences' recurrent and conv states (one slot each), MiB.
     #[arg(long, default_value_t = 1024)]
     pub max_recurrent_mib: usize,
+    /// What earlier assistant turns' thinking becomes in the rendered chat: keep every
+    /// `<think>` block (MiniMax-M2 style; turns extend each other and hit the prefix cache),
+    /// strip it (Qwen3 / DeepSeek-R1 style), or auto (what the chat template implies).
+    #[arg(long, value_enum, default_value_t = ThinkArg::Auto)]
+    pub think_history: ThinkArg,
     /// The model id clients name (default: the file or folder name).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -69,7 +81,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;
-    let state = Arc::new(server::AppState { engine });
+    let mut state = server::AppState::new(engine);
+    match a.think_history {
+        ThinkArg::Auto => {}
+        ThinkArg::Keep => state.think_history = model::ThinkHistory::Keep,
+        ThinkArg::Strip => state.think_history = model::ThinkHistory::Strip,
+    }
+    let state = Arc::new(state);
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);

@@ -59,14 +59,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(m: Arc<ServeModel>, cfg: EngineConfig) -> Self {
+        Self::start_with(m, cfg, None)
+    }
+
+    /// A server whose thinking-history policy is `think` (default: the template's).
+    pub fn start_with(
+        m: Arc<ServeModel>,
+        cfg: EngineConfig,
+        think: Option<model::ThinkHistory>,
+    ) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(server::AppState {
-            engine: Engine::start(m, cfg).unwrap(),
-        });
+        let mut state = server::AppState::new(Engine::start(m, cfg).unwrap());
+        if let Some(t) = think {
+            state.think_history = t;
+        }
+        let state = Arc::new(state);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(server::serve(listener, state, async {
             let _ = rx.await;
