@@ -190,36 +190,14 @@ fn bad_sampling_and_device() {
 
 #[test]
 fn inspect_shows_each_hybrid_layer_and_its_cache_cost() {
-    use model::hybrid::config::LinearAttnType;
-    use model::hybrid::{parse_layout, HybridConfig, HybridModel};
-    let (layer_types, lin) = parse_layout("fa,swa,gdn,kda,gla").unwrap();
+    use model::hybrid::{HybridConfig, HybridModel};
     let cfg = HybridConfig {
-        model_type: "hybrid".into(),
-        vocab_size: 50,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 5,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 1e4,
-        partial_rotary_factor: 1.0,
         sliding_window: Some(16),
-        attn_output_gate: false,
         max_position_embeddings: 4096,
-        tie_word_embeddings: true,
-        layer_types,
-        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
-        linear_num_key_heads: Some(2),
-        linear_num_value_heads: Some(2),
-        linear_key_head_dim: Some(8),
-        linear_value_head_dim: Some(8),
-        linear_conv_kernel_dim: 4,
         linear_gate_rank: 8,
         linear_chunk_size: 16,
-        bos_token_id: None,
-        eos_token_id: None,
+        rope_theta: 1e4,
+        ..HybridConfig::small("fa,swa,gdn,kda,gla", 50).unwrap()
     };
     let dir = std::env::temp_dir().join(format!("hybrid-inspect-{}", std::process::id()));
     HybridModel::init(cfg, 0).unwrap().save(&dir).unwrap();

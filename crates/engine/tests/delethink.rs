@@ -4,7 +4,6 @@
 //! exactly a fresh prefill of q ⊕ head ⊕ carryover).
 use engine::delethink::{think, DelethinkSpec, Event};
 use engine::ServeModel;
-use model::hybrid::config::LinearAttnType;
 use model::hybrid::{HybridConfig, HybridModel};
 
 fn smollm2() -> ServeModel {
@@ -18,35 +17,7 @@ fn smollm2() -> ServeModel {
 
 /// A small random hybrid (FA, GDN, SWA of window 6) over SmolLM2's vocabulary and tokenizer.
 fn hybrid(t: &ServeModel) -> ServeModel {
-    let (layer_types, lin) = model::hybrid::config::parse_layout("fa,gdn,swa,gdn").unwrap();
-    let cfg = HybridConfig {
-        model_type: "hybrid".into(),
-        vocab_size: t.model.config.vocab_size,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: layer_types.len(),
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        partial_rotary_factor: 1.0,
-        sliding_window: Some(6),
-        attn_output_gate: false,
-        max_position_embeddings: 2048,
-        tie_word_embeddings: true,
-        layer_types,
-        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
-        linear_num_key_heads: Some(2),
-        linear_num_value_heads: Some(2),
-        linear_key_head_dim: Some(8),
-        linear_value_head_dim: Some(8),
-        linear_conv_kernel_dim: 4,
-        linear_gate_rank: 4,
-        linear_chunk_size: 8,
-        bos_token_id: None,
-        eos_token_id: None,
-    };
+    let cfg = HybridConfig::small("fa,gdn,swa,gdn", t.model.config.vocab_size).unwrap();
     ServeModel {
         name: "tiny-hybrid".into(),
         model: HybridModel::init(cfg, 7).unwrap(),

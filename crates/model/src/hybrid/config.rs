@@ -91,6 +91,42 @@ pub enum LayerKind {
 }
 
 impl HybridConfig {
+    /// A small model of layout `layout` (e.g. "fa,swa,gdn") over `vocab` tokens: width 32,
+    /// 4 query / 2 key-value heads of dim 8, window 6, linear heads 2 × 8 — for tests and
+    /// examples, which override fields with struct-update syntax.
+    pub fn small(layout: &str, vocab: usize) -> Result<Self> {
+        let (layer_types, lin) = parse_layout(layout)?;
+        let any_linear = lin.iter().any(Option::is_some);
+        Ok(HybridConfig {
+            model_type: "hybrid".into(),
+            vocab_size: vocab,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: layer_types.len(),
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            partial_rotary_factor: 1.0,
+            sliding_window: Some(6),
+            attn_output_gate: false,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: true,
+            layer_types,
+            linear_attn_type: any_linear.then_some(LinearAttnType::PerLayer(lin)),
+            linear_num_key_heads: any_linear.then_some(2),
+            linear_num_value_heads: any_linear.then_some(2),
+            linear_key_head_dim: any_linear.then_some(8),
+            linear_value_head_dim: any_linear.then_some(8),
+            linear_conv_kernel_dim: 4,
+            linear_gate_rank: 4,
+            linear_chunk_size: 8,
+            bos_token_id: None,
+            eos_token_id: None,
+        })
+    }
+
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let s = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
