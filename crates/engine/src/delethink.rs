@@ -373,6 +373,16 @@ impl ThinkSplitter {
         (out, String::new())
     }
 
+    /// (reasoning, answer) of a whole text at once.
+    pub fn split_text(text: &str) -> (String, String) {
+        let mut s = ThinkSplitter::default();
+        let (mut r, mut a) = s.push(text);
+        let (r2, a2) = s.finish();
+        r.push_str(&r2);
+        a.push_str(&a2);
+        (r, a)
+    }
+
     /// What is left at the end of the trace.
     pub fn finish(&mut self) -> (String, String) {
         let rest = std::mem::take(&mut self.pending);

@@ -251,10 +251,7 @@ impl GpuLlamaGguf {
 
     /// Greedy next tokens of each row of logits [rows, V].
     pub fn argmax(&self, logits: &CudaSlice<f32>, rows: usize) -> Result<Vec<u32>> {
-        let mut out = self.gpu.zeros::<u32>(rows)?;
-        self.gpu
-            .argmax_f32(logits, &mut out, rows, self.config.vocab_size)?;
-        Ok(self.gpu.download(&out)?)
+        Ok(self.gpu.argmax_rows(logits, rows, self.config.vocab_size)?)
     }
 
     pub fn logits_to_host(&self, logits: &CudaSlice<f32>) -> Result<Vec<f32>> {

@@ -259,11 +259,7 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
                             json!({"role": "assistant", "content": format!("<think>\n{text}")})
                         }
                         Kind::ChatThinking(model::ThinkHistory::Strip) => {
-                            let mut sp = engine::delethink::ThinkSplitter::default();
-                            let (mut r, mut a) = sp.push(&text);
-                            let (r2, a2) = sp.finish();
-                            r.push_str(&r2);
-                            a.push_str(&a2);
+                            let (r, a) = engine::delethink::ThinkSplitter::split_text(&text);
                             json!({"role": "assistant", "content": a, "reasoning_content": r})
                         }
                         _ => json!({"role": "assistant", "content": text}),

@@ -126,6 +126,41 @@ pub fn run(c: BenchCommand) -> Result<()> {
     Ok(())
 }
 
+/// Median prefill and decode tokens/s of one GPU model at batch `b`: B copies of the prompt
+/// prefilled together, then greedy decode steps of all B sequences (argmax on the device).
+/// `step(tokens, cache, rows)` runs the tokens and returns the argmax of each of the `rows`
+/// logits rows it produced.
+fn time_gpu_decode<C>(
+    a: &DecodeArgs,
+    prompt: &[u32],
+    b: usize,
+    sync: impl Fn() -> Result<()>,
+    new_cache: impl Fn(usize) -> Result<C>,
+    step: impl Fn(&[u32], &mut C, usize) -> Result<Vec<u32>>,
+) -> Result<(f64, f64)> {
+    let (mut pre, mut dec) = (vec![], vec![]);
+    for rep in 0..=a.reps {
+        let mut cache = new_cache(prompt.len() + a.gen_tokens + 1)?;
+        let toks: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+        sync()?;
+        let t0 = Instant::now();
+        let all = step(&toks, &mut cache, b * prompt.len())?;
+        // the last row of each sequence
+        let mut next: Vec<u32> = (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
+        let tp = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..a.gen_tokens {
+            next = step(&next, &mut cache, b)?;
+        }
+        let td = t1.elapsed().as_secs_f64();
+        if rep > 0 {
+            pre.push((b * prompt.len()) as f64 / tp);
+            dec.push((b * a.gen_tokens) as f64 / td);
+        }
+    }
+    Ok((median(pre), median(dec)))
+}
+
 /// The same benchmark on a GPU, for each batch size: B copies of the prompt prefilled
 /// together, then greedy decode steps of all B sequences (argmax on the device).
 fn bench_decode_gpu(
@@ -137,56 +172,29 @@ fn bench_decode_gpu(
     let gpu = model::llama_gpu::GpuLlama::new(&m.model, ordinal)?;
     let mut rows = vec![];
     for &b in &a.batch {
-        let (mut pre, mut dec) = (vec![], vec![]);
-        for rep in 0..=a.reps {
-            let mut cache = gpu.new_cache(b, prompt.len() + a.gen_tokens + 1)?;
-            let toks: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
-            gpu.gpu.synchronize()?;
-            let t0 = Instant::now();
-            let logits = gpu.forward(&toks, &mut cache)?;
-            // the last row of each sequence
-            let all = gpu.argmax(&logits, b * prompt.len())?;
-            let mut next: Vec<u32> = (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
-            let tp = t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            for _ in 0..a.gen_tokens {
-                let logits = gpu.forward(&next, &mut cache)?;
-                next = gpu.argmax(&logits, b)?;
-            }
-            let td = t1.elapsed().as_secs_f64();
-            if rep > 0 {
-                pre.push((b * prompt.len()) as f64 / tp);
-                dec.push((b * a.gen_tokens) as f64 / td);
-            }
-        }
-        rows.push(serde_json::json!({"batch": b, "gpu_weights": "bf16", "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+        let (pre, dec) = time_gpu_decode(
+            a,
+            prompt,
+            b,
+            || gpu.gpu.synchronize().map_err(Into::into),
+            |cap| gpu.new_cache(b, cap),
+            |toks, cache, rows| gpu.argmax(&gpu.forward(toks, cache)?, rows),
+        )?;
+        rows.push(serde_json::json!({"batch": b, "gpu_weights": "bf16", "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec}));
     }
     // The GGUF-quantized path (the CPU's arithmetic, 4/8-bit weights) where the model allows it.
     if model::llama_gpu_gguf::GpuLlamaGguf::unsupported(&m.model).is_none() {
         let q = model::llama_gpu_gguf::GpuLlamaGguf::new(&m.model, ordinal)?;
         for &b in &a.batch {
-            let (mut pre, mut dec) = (vec![], vec![]);
-            for rep in 0..=a.reps {
-                let mut cache = q.new_cache(b, prompt.len() + a.gen_tokens + 1)?;
-                let toks: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
-                q.gpu.synchronize()?;
-                let t0 = Instant::now();
-                let logits = q.forward(&toks, &mut cache)?;
-                let all = q.argmax(&logits, b * prompt.len())?;
-                let mut next: Vec<u32> = (0..b).map(|i| all[(i + 1) * prompt.len() - 1]).collect();
-                let tp = t0.elapsed().as_secs_f64();
-                let t1 = Instant::now();
-                for _ in 0..a.gen_tokens {
-                    let logits = q.forward(&next, &mut cache)?;
-                    next = q.argmax(&logits, b)?;
-                }
-                let td = t1.elapsed().as_secs_f64();
-                if rep > 0 {
-                    pre.push((b * prompt.len()) as f64 / tp);
-                    dec.push((b * a.gen_tokens) as f64 / td);
-                }
-            }
-            rows.push(serde_json::json!({"batch": b, "gpu_weights": "gguf", "prefill_tokens_per_s": median(pre), "decode_tokens_per_s": median(dec)}));
+            let (pre, dec) = time_gpu_decode(
+                a,
+                prompt,
+                b,
+                || q.gpu.synchronize().map_err(Into::into),
+                |cap| q.new_cache(b, cap),
+                |toks, cache, rows| q.argmax(&q.forward(toks, cache)?, rows),
+            )?;
+            rows.push(serde_json::json!({"batch": b, "gpu_weights": "gguf", "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec}));
         }
     }
     let j = serde_json::json!({

@@ -137,6 +137,27 @@ fn stream(url: &str, body: &Value) -> Result<Timing> {
     Ok(t)
 }
 
+/// The reply to a streamed chat request `body`, asked again without streaming (greedy: the
+/// same tokens, served from the prefix cache), as the history's next assistant message: its
+/// content, and its reasoning_content when the server split one off.
+fn reply_message(chat_url: &str, body: &Value) -> Result<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let mut nb = body.clone();
+    nb["stream"] = json!(false);
+    nb.as_object_mut().map(|o| o.remove("stream_options"));
+    let v: Value = agent
+        .post(chat_url)
+        .send_json(&nb)?
+        .body_mut()
+        .read_json()?;
+    let msg = &v["choices"][0]["message"];
+    let mut reply = json!({"role": "assistant", "content": msg["content"].as_str().unwrap_or("")});
+    if let Some(r) = msg.get("reasoning_content") {
+        reply["reasoning_content"] = r.clone();
+    }
+    Ok(reply)
+}
+
 /// Filler text of about `n` tokens (a numbered sentence per ~16 tokens); `tag` makes it
 /// differ from other filler of the same length.
 fn filler(n: usize, tag: &str) -> String {
@@ -152,11 +173,20 @@ struct Running {
     _rt: tokio::runtime::Runtime,
 }
 
+/// A server for `m` with the benchmark's engine settings (4 sequences, the step budget, the
+/// prefix cache on or off) and, if given, a thinking-history policy.
 fn start(
     m: Arc<engine::ServeModel>,
-    cfg: engine::EngineConfig,
+    a: &ServeBenchArgs,
+    prefix_cache: OnOff,
     think: Option<model::ThinkHistory>,
 ) -> Result<Running> {
+    let cfg = engine::EngineConfig {
+        max_num_seqs: 4,
+        max_batched_tokens: a.max_batched_tokens,
+        prefix_cache: prefix_cache == OnOff::On,
+        ..Default::default()
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -196,16 +226,7 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
         let m = Arc::new(engine::ServeModel::load(path, &name)?);
         let kind = model_kind(&m);
         for &pc in &a.prefix_cache {
-            let srv = start(
-                m.clone(),
-                engine::EngineConfig {
-                    max_num_seqs: 4,
-                    max_batched_tokens: a.max_batched_tokens,
-                    prefix_cache: pc == OnOff::On,
-                    ..Default::default()
-                },
-                None,
-            )?;
+            let srv = start(m.clone(), &a, pc, None)?;
             let comp = format!("{}/v1/completions", srv.url);
             let req = |prompt: String| {
                 json!({"prompt": prompt, "max_tokens": a.gen_tokens, "temperature": 0,
@@ -242,18 +263,7 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
                 let body = json!({"messages": msgs, "max_tokens": a.gen_tokens, "temperature": 0,
                     "stream": true, "stream_options": {"include_usage": true}});
                 let t = stream(&chat, &body)?;
-                // The reply as the history's next assistant message (non-streamed, same tokens).
-                let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-                let mut nb = body.clone();
-                nb["stream"] = json!(false);
-                nb.as_object_mut().map(|o| o.remove("stream_options"));
-                let mut r = agent.post(&chat).send_json(&nb)?;
-                let v: Value = r.body_mut().read_json()?;
-                let reply = v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                msgs.push(json!({"role": "assistant", "content": reply}));
+                msgs.push(reply_message(&chat, &body)?);
                 // What the prefix cache holds after the turn (blocks shared by the turns'
                 // checkpoints count once).
                 let cache_bytes = prefix_cache_bytes(&srv.url)?;
@@ -319,34 +329,15 @@ fn thinking_workload(a: &ServeBenchArgs) -> Result<Vec<Value>> {
         let m = Arc::new(m);
         for policy in [model::ThinkHistory::Keep, model::ThinkHistory::Strip] {
             for &pc in &a.prefix_cache {
-                let srv = start(
-                    m.clone(),
-                    engine::EngineConfig {
-                        max_num_seqs: 4,
-                        max_batched_tokens: a.max_batched_tokens,
-                        prefix_cache: pc == OnOff::On,
-                        ..Default::default()
-                    },
-                    Some(policy),
-                )?;
+                let srv = start(m.clone(), a, pc, Some(policy))?;
                 let chat = format!("{}/v1/chat/completions", srv.url);
-                let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
                 let mut msgs = vec![json!({"role": "system", "content": filler(120, "think-sys")})];
                 for turn in 0..a.think_turns {
                     msgs.push(json!({"role": "user", "content": format!("{} What follows from note {turn}?", filler(32, &format!("q{turn}-")))}));
                     let body = json!({"messages": msgs, "max_tokens": a.think_tokens, "temperature": 0,
                         "stream": true, "stream_options": {"include_usage": true}});
                     let t = stream(&chat, &body)?;
-                    let mut nb = body.clone();
-                    nb["stream"] = json!(false);
-                    nb.as_object_mut().map(|o| o.remove("stream_options"));
-                    let v: Value = agent.post(&chat).send_json(&nb)?.body_mut().read_json()?;
-                    let msg = &v["choices"][0]["message"];
-                    let mut reply = json!({"role": "assistant", "content": msg["content"]});
-                    if let Some(r) = msg.get("reasoning_content") {
-                        reply["reasoning_content"] = r.clone();
-                    }
-                    msgs.push(reply);
+                    msgs.push(reply_message(&chat, &body)?);
                     let policy_name = format!("{policy:?}").to_lowercase();
                     eprintln!(
                         "thinking: {name} ({kind}), history {policy_name}, prefix cache {pc:?}, turn {}: TTFT {:.3} s, cached {}/{}",

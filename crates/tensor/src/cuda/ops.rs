@@ -330,6 +330,13 @@ impl Gpu {
         self.argmax(x, "argmax_f32", out, rows, n)
     }
 
+    /// Row-wise argmax of f32 rows [rows, n], brought to the host.
+    pub fn argmax_rows(&self, x: &CudaSlice<f32>, rows: usize, n: usize) -> Result<Vec<u32>> {
+        let mut out = self.zeros::<u32>(rows)?;
+        self.argmax_f32(x, &mut out, rows, n)?;
+        self.download(&out)
+    }
+
     fn argmax<T: cudarc::driver::DeviceRepr>(
         &self,
         x: &CudaSlice<T>,
