@@ -8,11 +8,12 @@
 //!
 //! Every sequence runs through the model on its own (batch 1), so its outputs do not depend on
 //! which others share its steps: batching changes throughput, never tokens.
+use crate::backend::{Backend, CacheState, CpuBackend, GpuBackend};
 use crate::metrics::Metrics;
-use crate::pools::{self, PoolBytes};
+use crate::pools::PoolBytes;
 use crate::prefix::PrefixCache;
 use anyhow::{bail, Result};
-use model::hybrid::{HybridModel, LayerState};
+use model::hybrid::HybridModel;
 use model::{ChatTemplate, Sampler, SamplingParams, TextStream, Tokenizer};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -70,6 +71,9 @@ pub struct EngineConfig {
     /// state after its prefill fits every pool, and a step whose growth would overflow one
     /// preempts the newest sequence (its state is dropped and recomputed when it resumes).
     pub pools: PoolBytes,
+    /// Where the sequences run: the CPU model, or the GPU model on one device (weights in
+    /// bf16, caches and prefix-cache checkpoints in device memory).
+    pub device: tensor::Device,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
                 window: 1 << 30,
                 recurrent: 1 << 30,
             },
+            device: tensor::Device::Cpu,
         }
     }
 }
@@ -97,6 +102,9 @@ pub struct Request {
     /// Extra positions to keep a checkpoint at (e.g. where the assistant generation prompt
     /// begins, which the next turn of a chat shares).
     pub keep: Vec<usize>,
+    /// Generate past the end-of-sequence token until `max_tokens` (vLLM's `ignore_eos`, for
+    /// benchmarks that need fixed output lengths); stop strings still apply.
+    pub ignore_eos: bool,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -140,9 +148,36 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let (m, me) = (model.clone(), metrics.clone());
-        let thread = std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || Worker::new(m, cfg, me).run(rx))?;
+        // The GPU model is made on the engine thread (which then owns the device); whether
+        // that worked comes back before `start` returns.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let device = cfg.device;
+        let thread =
+            std::thread::Builder::new()
+                .name("engine".into())
+                .spawn(move || match device {
+                    tensor::Device::Cpu => {
+                        let _ = ready_tx.send(Ok(()));
+                        Worker::new(CpuBackend(&m.model), &m, cfg, me).run(rx)
+                    }
+                    tensor::Device::Cuda(ordinal) => {
+                        match model::hybrid::gpu::GpuHybrid::new(&m.model, ordinal) {
+                            Ok(gpu) => {
+                                let _ = ready_tx.send(Ok(()));
+                                let b = GpuBackend { cpu: &m.model, gpu };
+                                Worker::new(b, &m, cfg, me).run(rx)
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("{e:#}")));
+                            }
+                        }
+                    }
+                })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("the engine cannot run on {device}: {e}"),
+            Err(_) => bail!("the engine thread stopped while starting"),
+        }
         Ok(Engine {
             tx: Some(tx),
             metrics,
@@ -173,12 +208,13 @@ impl Drop for Engine {
     }
 }
 
-struct Seq {
+struct Seq<S> {
     req: Request,
     sink: Sink,
     /// Tokens to prefill: the prompt, or after a preemption the prompt and what was generated.
     target: Vec<u32>,
-    states: Vec<LayerState>,
+    /// None while preempted.
+    states: Option<S>,
     /// Tokens the states have seen: the prompt, then the fed generated tokens.
     fed: Vec<u32>,
     /// Logits after the last fed token (None while the prompt is being prefilled).
@@ -190,21 +226,23 @@ struct Seq {
     keep: BTreeSet<usize>,
 }
 
-struct Worker {
-    m: Arc<ServeModel>,
+struct Worker<'a, B: Backend> {
+    backend: B,
+    m: &'a ServeModel,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
-    cache: PrefixCache,
+    cache: PrefixCache<B::State>,
     waiting: VecDeque<(Request, Sink)>,
     /// Preempted sequences, resumed before any new request.
-    preempted: VecDeque<Seq>,
-    running: Vec<Seq>,
+    preempted: VecDeque<Seq<B::State>>,
+    running: Vec<Seq<B::State>>,
 }
 
-impl Worker {
-    fn new(m: Arc<ServeModel>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+impl<'a, B: Backend> Worker<'a, B> {
+    fn new(backend: B, m: &'a ServeModel, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
         let cache = PrefixCache::new(cfg.cache_bytes);
         Worker {
+            backend,
             m,
             cfg,
             metrics,
@@ -277,7 +315,7 @@ impl Worker {
                 (None, None) => return,
             };
             if !self.running.is_empty() {
-                let need = self.running_bytes() + pools::after(&self.m.model, next_len);
+                let need = self.running_bytes() + self.backend.after(next_len);
                 if let Some(p) = need.over(&self.cfg.pools) {
                     self.metrics.note_admission_wait(p);
                     return;
@@ -305,12 +343,11 @@ impl Worker {
                 .filter(|&k| k > 0 && k < n)
                 .collect();
             keep.insert(n);
-            let (mut states, mut fed, mut logits, mut cached) =
-                (self.m.model.new_state(1), vec![], None, 0);
+            let (mut states, mut fed, mut logits, mut cached) = (None, vec![], None, 0);
             if self.cfg.prefix_cache {
                 let l = self.cache.lookup(&req.prompt);
                 if let Some(s) = l.states {
-                    states = s;
+                    states = Some(s);
                     fed = req.prompt[..l.hit].to_vec();
                     logits = l.logits;
                     cached = l.hit;
@@ -324,6 +361,18 @@ impl Worker {
                     }
                 }
             }
+            let states = match states {
+                Some(s) => s,
+                None => match self.backend.new_state() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        sink(Event::Error(format!(
+                            "no memory for the sequence's state: {e:#}"
+                        )));
+                        continue;
+                    }
+                },
+            };
             self.metrics
                 .prompt_tokens
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -337,7 +386,7 @@ impl Worker {
                 target: req.prompt.clone(),
                 req,
                 sink,
-                states,
+                states: Some(states),
                 fed,
                 logits,
                 sampler,
@@ -351,24 +400,34 @@ impl Worker {
     fn running_bytes(&self) -> PoolBytes {
         self.running
             .iter()
-            .map(|s| pools::held(&self.m.model, &s.states))
+            .filter_map(|s| s.states.as_ref().map(|st| self.backend.held(st)))
             .fold(PoolBytes::default(), |a, b| a + b)
     }
 
     /// A preempted sequence back in the running set: its prompt and generated tokens are
     /// prefilled again (from the deepest checkpoint the prefix cache has of them); its sampler
     /// and text stream carry on where they stopped.
-    fn resume(&mut self, mut s: Seq) {
-        s.states = self.m.model.new_state(1);
+    fn resume(&mut self, mut s: Seq<B::State>) {
         s.fed.clear();
         s.logits = None;
         s.keep = BTreeSet::from([s.target.len()]);
         if self.cfg.prefix_cache {
             let l = self.cache.lookup(&s.target);
             if let Some(st) = l.states {
-                s.states = st;
+                s.states = Some(st);
                 s.fed = s.target[..l.hit].to_vec();
                 s.logits = l.logits;
+            }
+        }
+        if s.states.is_none() {
+            match self.backend.new_state() {
+                Ok(st) => s.states = Some(st),
+                Err(e) => {
+                    let _ = (s.sink)(Event::Error(format!(
+                        "no memory to resume the sequence: {e:#}"
+                    )));
+                    return;
+                }
             }
         }
         self.running.push(s);
@@ -378,7 +437,6 @@ impl Worker {
     /// every pool (decode adds a token per sequence, prefill up to the step's budget; a
     /// window stops growing once full, a recurrent slot never grows).
     fn make_room(&mut self) {
-        let m = &self.m.model;
         loop {
             let after_step = self
                 .running
@@ -389,7 +447,7 @@ impl Worker {
                     } else {
                         (s.target.len() - s.fed.len()).min(self.cfg.max_batched_tokens)
                     };
-                    pools::after(m, s.fed.len() + t)
+                    self.backend.after(s.fed.len() + t)
                 })
                 .fold(PoolBytes::default(), |a, b| a + b);
             let Some(pool) = after_step.over(&self.cfg.pools) else {
@@ -405,7 +463,7 @@ impl Worker {
             if s.target.len() < s.req.prompt.len() {
                 s.target = s.req.prompt.clone();
             }
-            s.states = Vec::new();
+            s.states = None;
             self.metrics.note_preempted(pool);
             self.preempted.push_front(s);
         }
@@ -422,7 +480,7 @@ impl Worker {
             }
             let Some(logits) = &s.logits else { continue };
             let next = s.sampler.sample(logits);
-            match advance(&self.m, s, next) {
+            match advance(&self.backend, self.m, s, next) {
                 Ok(None) => {
                     budget -= 1;
                     self.metrics
@@ -446,7 +504,8 @@ impl Worker {
             let next_keep = s.keep.range(pos + 1..).next().copied().unwrap_or(n);
             let end = next_keep.min(pos + budget);
             let chunk = &s.target[pos..end];
-            match self.m.model.forward(chunk, 1, &mut s.states, false) {
+            let states = s.states.as_mut().expect("running sequences hold a state");
+            match self.backend.forward(chunk, states) {
                 Ok(l) => {
                     s.fed.extend_from_slice(chunk);
                     budget -= chunk.len();
@@ -454,9 +513,12 @@ impl Worker {
                         .prefilled_tokens
                         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     if self.cfg.prefix_cache && s.keep.contains(&end) {
-                        let lg = (end == n).then(|| l.clone());
-                        self.cache.insert(&s.fed, s.states.clone(), lg);
-                        self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+                        // A checkpoint that cannot be copied is skipped (a later miss).
+                        if let Ok(copy) = states.duplicate() {
+                            let lg = (end == n).then(|| l.clone());
+                            self.cache.insert(&s.fed, copy, lg);
+                            self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     if end == n {
                         s.logits = Some(l);
@@ -501,8 +563,11 @@ impl Worker {
                 text: s.stream.text.clone(),
                 usage,
             });
-            if self.cfg.prefix_cache && s.fed.len() > s.req.prompt.len() {
-                self.cache.insert(&s.fed, s.states, s.logits);
+            if let (true, Some(st)) = (
+                self.cfg.prefix_cache && s.fed.len() > s.req.prompt.len(),
+                s.states,
+            ) {
+                self.cache.insert(&s.fed, st, s.logits);
                 self.metrics.stored.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -511,8 +576,13 @@ impl Worker {
 
 /// Takes the sampled token `next` for sequence `s`: emits its text, then either feeds it to
 /// the model (Ok(None)) or ends the sequence (Ok(Some(finish reason))).
-fn advance(m: &ServeModel, s: &mut Seq, next: u32) -> Result<Option<String>> {
-    if m.tokenizer.is_stop(next) {
+fn advance<B: Backend>(
+    b: &B,
+    m: &ServeModel,
+    s: &mut Seq<B::State>,
+    next: u32,
+) -> Result<Option<String>> {
+    if m.tokenizer.is_stop(next) && !s.req.ignore_eos {
         return Ok(Some("stop".into()));
     }
     let (delta, stopped) = s.stream.push(&m.tokenizer, next)?;
@@ -525,7 +595,8 @@ fn advance(m: &ServeModel, s: &mut Seq, next: u32) -> Result<Option<String>> {
     if s.stream.tokens.len() >= s.req.max_tokens || s.fed.len() + 1 >= m.context {
         return Ok(Some("length".into()));
     }
-    let l = m.model.forward(&[next], 1, &mut s.states, false)?;
+    let states = s.states.as_mut().expect("running sequences hold a state");
+    let l = b.forward(&[next], states)?;
     s.fed.push(next);
     s.logits = Some(l);
     Ok(None)

@@ -2,6 +2,7 @@
 //! token budget, continuous batching, and a prefix cache whose hits are valid for hybrids
 //! (recurrent states are checkpointed exactly where a hit may resume), and Delethink's bounded-context
 //! reasoning loop.
+pub mod backend;
 pub mod delethink;
 pub mod engine;
 pub mod metrics;

@@ -31,7 +31,7 @@ impl Pool {
         }
     }
 
-    fn of(mixer: &Mixer) -> Pool {
+    pub(crate) fn of(mixer: &Mixer) -> Pool {
         match mixer {
             Mixer::Attention(a) if a.cfg.window.is_some() => Pool::Window,
             Mixer::Attention(_) => Pool::Kv,
@@ -57,7 +57,7 @@ impl PoolBytes {
         }
     }
 
-    fn slot(&mut self, p: Pool) -> &mut usize {
+    pub(crate) fn slot(&mut self, p: Pool) -> &mut usize {
         match p {
             Pool::Kv => &mut self.kv,
             Pool::Window => &mut self.window,

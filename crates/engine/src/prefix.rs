@@ -14,11 +14,12 @@
 //! Recurrent and conv states are small and copied. Eviction, when the byte budget is exceeded,
 //! removes the checkpoint with the lowest recompute cost per byte it would free, discounted by
 //! age: score = tokens / MiB / (1 + age / 64 lookups).
+use crate::backend::CacheState;
 use model::hybrid::LayerState;
 use std::collections::HashMap;
 
-pub struct Checkpoint {
-    pub states: Vec<LayerState>,
+pub struct Checkpoint<S> {
+    pub states: S,
     /// The last token's logits, when the checkpoint ends a prompt (a hit of the whole prompt
     /// then needs no forward at all).
     pub logits: Option<Vec<f32>>,
@@ -30,27 +31,27 @@ pub struct Checkpoint {
     last_used: u64,
 }
 
-struct Node {
+struct Node<S> {
     /// Tokens on the edge from the parent to this node.
     edge: Vec<u32>,
     parent: usize,
     depth: usize,
     children: HashMap<u32, usize>,
-    ckpt: Option<Checkpoint>,
+    ckpt: Option<Checkpoint<S>>,
 }
 
 /// What a lookup found for a prompt.
-pub struct Lookup {
+pub struct Lookup<S> {
     /// Tokens covered by the deepest usable checkpoint (0: none).
     pub hit: usize,
-    pub states: Option<Vec<LayerState>>,
+    pub states: Option<S>,
     pub logits: Option<Vec<f32>>,
     /// Length of the longest prefix of the prompt present in the tree (≥ hit).
     pub shared: usize,
 }
 
-pub struct PrefixCache {
-    nodes: Vec<Node>,
+pub struct PrefixCache<S> {
+    nodes: Vec<Node<S>>,
     free: Vec<usize>,
     budget: usize,
     used: usize,
@@ -71,12 +72,12 @@ pub fn state_bytes(states: &[LayerState]) -> usize {
         .sum()
 }
 
-fn linear_bytes(l: &mixers::linear_mixer::LinearState) -> usize {
+pub(crate) fn linear_bytes(l: &mixers::linear_mixer::LinearState) -> usize {
     (l.rec.len() + l.conv_q.len() + l.conv_k.len() + l.conv_v.len()) * 4
 }
 
 /// The key/value blocks of a state: (address, bytes).
-fn kv_blocks(states: &[LayerState]) -> Vec<(usize, usize)> {
+pub(crate) fn kv_blocks(states: &[LayerState]) -> Vec<(usize, usize)> {
     let mut out = vec![];
     for s in states {
         if let LayerState::Attention(a) = s {
@@ -90,7 +91,7 @@ fn kv_blocks(states: &[LayerState]) -> Vec<(usize, usize)> {
     out
 }
 
-impl PrefixCache {
+impl<S: CacheState> PrefixCache<S> {
     pub fn new(budget_bytes: usize) -> Self {
         PrefixCache {
             nodes: vec![Node {
@@ -119,7 +120,8 @@ impl PrefixCache {
 
     /// The deepest checkpoint on the prompt's path that leaves something to run: one strictly
     /// inside the prompt, or one at its end that carries the last logits.
-    pub fn lookup(&mut self, tokens: &[u32]) -> Lookup {
+    /// A checkpoint that cannot be copied (out of device memory) is a miss.
+    pub fn lookup(&mut self, tokens: &[u32]) -> Lookup<S> {
         self.clock += 1;
         let (mut node, mut depth) = (0usize, 0usize);
         let mut best: Option<usize> = None;
@@ -157,10 +159,18 @@ impl PrefixCache {
         let n = &mut self.nodes[b];
         let c = n.ckpt.as_mut().expect("best holds a checkpoint");
         c.last_used = clock;
+        let Ok(states) = c.states.duplicate() else {
+            return Lookup {
+                hit: 0,
+                states: None,
+                logits: None,
+                shared: depth,
+            };
+        };
         let hit = n.depth;
         Lookup {
             hit,
-            states: Some(c.states.clone()),
+            states: Some(states),
             logits: if hit == tokens.len() {
                 c.logits.clone()
             } else {
@@ -172,16 +182,9 @@ impl PrefixCache {
 
     /// Keeps a checkpoint after exactly `tokens` (replacing one there), then evicts down to
     /// the budget. A checkpoint larger than the whole budget is not kept.
-    pub fn insert(&mut self, tokens: &[u32], states: Vec<LayerState>, logits: Option<Vec<f32>>) {
-        let own = states
-            .iter()
-            .map(|s| match s {
-                LayerState::Linear(l) => linear_bytes(l),
-                LayerState::Attention(_) => 0,
-            })
-            .sum::<usize>()
-            + logits.as_ref().map_or(0, |l| l.len() * 4);
-        let blocks = kv_blocks(&states);
+    pub fn insert(&mut self, tokens: &[u32], states: S, logits: Option<Vec<f32>>) {
+        let own = states.own_bytes() + logits.as_ref().map_or(0, |l| l.len() * 4);
+        let blocks = states.kv_blocks();
         let total = own + blocks.iter().map(|b| b.1).sum::<usize>();
         if total > self.budget || tokens.is_empty() {
             return;
@@ -214,7 +217,7 @@ impl PrefixCache {
     }
 
     /// Drops a checkpoint's claims: its own bytes and its references to blocks.
-    fn release(&mut self, c: &Checkpoint) {
+    fn release(&mut self, c: &Checkpoint<S>) {
         self.used -= c.own;
         for addr in &c.blocks {
             let e = self
@@ -230,7 +233,7 @@ impl PrefixCache {
     }
 
     /// Bytes that removing `c` would free (blocks no other checkpoint holds).
-    fn freed_by(&self, c: &Checkpoint) -> usize {
+    fn freed_by(&self, c: &Checkpoint<S>) -> usize {
         c.own
             + c.blocks
                 .iter()
@@ -287,7 +290,7 @@ impl PrefixCache {
         node
     }
 
-    fn alloc(&mut self, n: Node) -> usize {
+    fn alloc(&mut self, n: Node<S>) -> usize {
         match self.free.pop() {
             Some(i) => {
                 self.nodes[i] = n;
@@ -355,7 +358,7 @@ mod tests {
         })]
     }
 
-    fn tag(l: &Lookup) -> f32 {
+    fn tag(l: &Lookup<Vec<LayerState>>) -> f32 {
         match &l.states.as_ref().unwrap()[0] {
             LayerState::Linear(s) => s.rec[0],
             _ => unreachable!(),
@@ -364,7 +367,7 @@ mod tests {
 
     #[test]
     fn hits_are_the_deepest_checkpoint_on_the_path() {
-        let mut c = PrefixCache::new(1 << 20);
+        let mut c = PrefixCache::<Vec<LayerState>>::new(1 << 20);
         c.insert(&[1, 2, 3, 4], state(1.0, 4), None);
         c.insert(&[1, 2, 3, 4, 5, 6], state(2.0, 4), Some(vec![0.5; 3]));
         // Splits the [5, 6] edge: a checkpoint at [1..5] of a diverging branch.
@@ -391,7 +394,7 @@ mod tests {
     #[test]
     fn eviction_keeps_the_budget_and_prefers_costly_recent_checkpoints() {
         // Each checkpoint: 1000 floats = 4000 bytes; room for two.
-        let mut c = PrefixCache::new(9000);
+        let mut c = PrefixCache::<Vec<LayerState>>::new(9000);
         c.insert(&[1; 100], state(1.0, 1000), None);
         c.insert(&[2; 10], state(2.0, 1000), None);
         // Touch the long one: it is both costlier to recompute and more recent.
@@ -440,7 +443,7 @@ mod tests {
     fn checkpoints_of_one_conversation_share_their_blocks() {
         let row = 4;
         let block = 32 * row * 4 * 2; // bytes of a full block (keys and values)
-        let mut c = PrefixCache::new(1 << 20);
+        let mut c = PrefixCache::<Vec<LayerState>>::new(1 << 20);
         let turn1 = kv_state(64, row);
         c.insert(&[1; 64], turn1.clone(), None);
         assert_eq!(c.bytes(), 2 * block);
@@ -462,7 +465,7 @@ mod tests {
         };
         assert_eq!(b.kv[0].end(), 64);
         // Evicting the first checkpoint frees nothing the second still holds.
-        let mut small = PrefixCache::new(5 * block);
+        let mut small = PrefixCache::<Vec<LayerState>>::new(5 * block);
         small.insert(&[1; 64], turn1, None);
         small.insert(&[1; 144], extend(&kv_state(64, row), 80), None);
         assert!(small.bytes() <= 5 * block);

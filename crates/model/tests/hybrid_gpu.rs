@@ -111,3 +111,39 @@ fn all_layer_types_prefill_and_decode_match_the_cpu() {
 fn batched_sequences_and_the_output_gate_match_the_cpu() {
     check("gdn,fa,kda,swa", true, (1, 2), 2, 37, 3);
 }
+
+/// A state copied to another capacity (a prefix-cache checkpoint trimmed to its tokens, then
+/// grown when a sequence resumes from it) continues exactly like the original: the same bits
+/// for a prefill chunk and for decode steps, batched.
+#[test]
+#[ignore]
+fn a_resized_state_continues_exactly() {
+    let cpu = model("fa,swa,gdn,kda,gla", false, (2, 2));
+    let gpu = GpuHybrid::new(&cpu, 0).unwrap();
+    let b = 2;
+    let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(40, 7 + i as u64)).collect();
+    let mut orig = gpu.new_state(b, 80).unwrap();
+    gpu.forward(&prompt, &mut orig).unwrap();
+    let trimmed = orig.resized(orig.len).unwrap();
+    assert_eq!((trimmed.len, trimmed.capacity), (40, 40));
+    let mut grown = trimmed.resized(64).unwrap();
+    assert!(orig.resized(39).is_err(), "a copy cannot drop tokens");
+    let chunk: Vec<u32> = (0..b).flat_map(|i| tokens(9, 50 + i as u64)).collect();
+    for toks in [chunk, tokens(b, 60), tokens(b, 61)] {
+        let want = gpu
+            .gpu
+            .download(&gpu.forward(&toks, &mut orig).unwrap())
+            .unwrap();
+        let got = gpu
+            .gpu
+            .download(&gpu.forward(&toks, &mut grown).unwrap())
+            .unwrap();
+        assert!(
+            want.iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "the resized state's logits differ (max |Δ| {})",
+            rel(&want, &got)
+        );
+    }
+}

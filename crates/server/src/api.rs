@@ -58,6 +58,9 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// Extension (vLLM's): keep generating past the end-of-sequence token up to max_tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// Extension: reason with Delethink (`{"chunk": C, "carryover": m, "max_chunks": I}`,
     /// optional `"head"`, default 100); the reply carries `reasoning_content`.
     #[serde(default)]

@@ -214,6 +214,7 @@ async fn submit(
         sampling,
         stop: c.stop.list(),
         keep,
+        ignore_eos: c.ignore_eos,
     };
     run(s, req, kind, c.stream, usage).await
 }

@@ -48,6 +48,27 @@ fn kinds_of(spec: &str, n: usize) -> Result<Vec<String>> {
     Ok(kinds)
 }
 
+/// A hybrid of layout `spec` (one character per layer) built from `teacher` the way `convert`
+/// builds its candidates (attention weights transferred), untrained: for speed and memory.
+pub(crate) fn layout_model(
+    teacher: &HybridModel,
+    spec: &str,
+    window: usize,
+) -> Result<HybridModel> {
+    let kinds = kinds_of(spec, teacher.blocks.len())?;
+    let mut cands = vec![];
+    for k in ["swa", "gdn", "kda"] {
+        if kinds.iter().any(|x| x == k) {
+            cands.push((
+                k.to_string(),
+                train::transfer::candidate_model(teacher, k, window, 0)?,
+            ));
+        }
+    }
+    let mut sn = train::supernet::Supernet::new(teacher.clone_model(), cands)?;
+    sn.extract(&kinds)
+}
+
 pub fn run(a: ContextArgs) -> Result<()> {
     let device = a.model.device()?;
     let path = a.model.model_path()?;
@@ -68,24 +89,12 @@ pub fn run(a: ContextArgs) -> Result<()> {
     } else {
         let lm = model::LoadedModel::load(&path)?;
         let teacher = HybridModel::from_llama(&lm.model)?;
-        let n = teacher.blocks.len();
         for spec in &a.layout {
             if spec == "teacher" {
                 models.push(("teacher".into(), teacher.clone_model()));
                 continue;
             }
-            let kinds = kinds_of(spec, n)?;
-            let mut cands = vec![];
-            for k in ["swa", "gdn", "kda"] {
-                if kinds.iter().any(|x| x == k) {
-                    cands.push((
-                        k.to_string(),
-                        train::transfer::candidate_model(&teacher, k, a.window, 0)?,
-                    ));
-                }
-            }
-            let mut sn = train::supernet::Supernet::new(teacher.clone_model(), cands)?;
-            models.push((spec.clone(), sn.extract(&kinds)?));
+            models.push((spec.clone(), layout_model(&teacher, spec, a.window)?));
         }
     }
     let mut results = vec![];

@@ -50,6 +50,21 @@ pub struct ServeBenchArgs {
     pub max_batched_tokens: usize,
     #[arg(long, default_value = "out/bench-serve")]
     pub out: PathBuf,
+    /// Also serve hybrids of these layouts built from the first (GGUF) model, untrained (one
+    /// character per layer: F = FA, S = SWA, . = GDN, K = KDA): speed does not depend on
+    /// training, so a long-context benchmark needs no converted weights.
+    #[arg(long)]
+    pub layout: Vec<String>,
+    /// Sliding window of the layouts' SWA layers.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// cpu, cuda or cuda:N (default: cuda when a GPU is usable, else cpu).
+    #[arg(long)]
+    pub device: Option<tensor::Device>,
+    /// Generate exactly the requested tokens (vLLM's `ignore_eos`) in the hit-rate and
+    /// multi-turn workloads, so that models that stop early are timed on equal outputs.
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 /// The server's `hybrid_prefix_cache_bytes` gauge.
@@ -178,6 +193,7 @@ struct Running {
 fn start(
     m: Arc<engine::ServeModel>,
     a: &ServeBenchArgs,
+    device: tensor::Device,
     prefix_cache: OnOff,
     think: Option<model::ThinkHistory>,
 ) -> Result<Running> {
@@ -185,6 +201,7 @@ fn start(
         max_num_seqs: 4,
         max_batched_tokens: a.max_batched_tokens,
         prefix_cache: prefix_cache == OnOff::On,
+        device,
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;
@@ -214,22 +231,54 @@ impl Drop for Running {
     }
 }
 
-pub fn run(a: ServeBenchArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut rows = vec![];
-    let mut turns = vec![];
+/// The models to serve: each --model, then each --layout built from the first model.
+fn models(a: &ServeBenchArgs) -> Result<Vec<Arc<engine::ServeModel>>> {
+    let mut out = vec![];
     for path in &a.model {
         let name = path
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        let m = Arc::new(engine::ServeModel::load(path, &name)?);
-        let kind = model_kind(&m);
+        out.push(Arc::new(engine::ServeModel::load(path, &name)?));
+    }
+    for spec in &a.layout {
+        let t: &engine::ServeModel = &out[0];
+        let model = super::bench_context::layout_model(&t.model, spec, a.window)?;
+        let m = engine::ServeModel {
+            name: format!("layout {spec}"),
+            model,
+            tokenizer: t.tokenizer.clone(),
+            template: t.template.clone(),
+            context: t.context,
+        };
+        out.push(Arc::new(m));
+    }
+    Ok(out)
+}
+
+/// Where the engines run, in words (the GPU's name, or the CPU and its threads).
+fn device_name(device: tensor::Device) -> Result<String> {
+    Ok(match device {
+        tensor::Device::Cuda(n) => tensor::cuda::Gpu::open(n)?.name.clone(),
+        tensor::Device::Cpu => format!("CPU, {} threads", rayon::current_num_threads()),
+    })
+}
+
+pub fn run(a: ServeBenchArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let device = super::resolve_device(a.device)?;
+    let mut rows = vec![];
+    let mut turns = vec![];
+    let all = models(&a)?;
+    for m in &all {
+        let name = m.name.clone();
+        let kind = model_kind(m);
         for &pc in &a.prefix_cache {
-            let srv = start(m.clone(), &a, pc, None)?;
+            let srv = start(m.clone(), &a, device, pc, None)?;
             let comp = format!("{}/v1/completions", srv.url);
             let req = |prompt: String| {
                 json!({"prompt": prompt, "max_tokens": a.gen_tokens, "temperature": 0,
+                       "ignore_eos": a.ignore_eos,
                        "stream": true, "stream_options": {"include_usage": true}})
             };
             for &ctx in &a.contexts {
@@ -261,6 +310,7 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
             for turn in 0..a.turns {
                 msgs.push(json!({"role": "user", "content": format!("{} Summarise note {turn}.", filler(64, &format!("t{turn}-")))}));
                 let body = json!({"messages": msgs, "max_tokens": a.gen_tokens, "temperature": 0,
+                    "ignore_eos": a.ignore_eos,
                     "stream": true, "stream_options": {"include_usage": true}});
                 let t = stream(&chat, &body)?;
                 msgs.push(reply_message(&chat, &body)?);
@@ -284,11 +334,12 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
         }
     }
     let thinking = if a.think_turns > 0 {
-        thinking_workload(&a)?
+        thinking_workload(&a, &all, device)?
     } else {
         vec![]
     };
-    let j = json!({"bench": "serve", "device": "cpu", "threads": rayon::current_num_threads(),
+    let j = json!({"bench": "serve", "device": device_name(device)?, "threads": rayon::current_num_threads(),
+        "ignore_eos": a.ignore_eos,
         "gen_tokens": a.gen_tokens, "max_batched_tokens": a.max_batched_tokens,
         "think_tokens": a.think_tokens,
         "hit_rate": rows, "multi_turn": turns, "thinking": thinking});
@@ -311,13 +362,21 @@ const THINKING_CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n
 /// `think_turns` turns in which every reply (`think_tokens` tokens, greedy, stop tokens honoured)
 /// is sent back as the client received it: content (`<think>`… appended) under `keep`,
 /// content + reasoning_content under `strip`.
-fn thinking_workload(a: &ServeBenchArgs) -> Result<Vec<Value>> {
+fn thinking_workload(
+    a: &ServeBenchArgs,
+    all: &[Arc<engine::ServeModel>],
+    device: tensor::Device,
+) -> Result<Vec<Value>> {
     let mut out = vec![];
-    for path in &a.model {
-        let name = path
-            .file_name()
-            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        let mut m = engine::ServeModel::load(path, &name)?;
+    for base in all {
+        let name = base.name.clone();
+        let mut m = engine::ServeModel {
+            name: name.clone(),
+            model: base.model.clone_model(),
+            tokenizer: base.tokenizer.clone(),
+            template: base.template.clone(),
+            context: base.context,
+        };
         let (bos, eos) = m
             .template
             .as_ref()
@@ -329,7 +388,7 @@ fn thinking_workload(a: &ServeBenchArgs) -> Result<Vec<Value>> {
         let m = Arc::new(m);
         for policy in [model::ThinkHistory::Keep, model::ThinkHistory::Strip] {
             for &pc in &a.prefix_cache {
-                let srv = start(m.clone(), a, pc, Some(policy))?;
+                let srv = start(m.clone(), a, device, pc, Some(policy))?;
                 let chat = format!("{}/v1/chat/completions", srv.url);
                 let mut msgs = vec![json!({"role": "system", "content": filler(120, "think-sys")})];
                 for turn in 0..a.think_turns {
@@ -443,8 +502,15 @@ fn ttft_per_turn(rows: &Value, thinking: bool) -> Vec<(String, Vec<(f64, f64)>)>
 
 fn markdown(j: &Value) -> String {
     let mut s = format!(
-        "# hybrid bench serve\n\nCPU, {} threads; {} generated tokens per request; streaming; times in seconds.\n\n## Hit rate x context\n\n| model | kind | prefix cache | context | hit rate | prompt tokens | cached | TTFT | TPOT | e2e |\n|---|---|---|---|---|---|---|---|---|---|\n",
-        j["threads"], j["gen_tokens"]
+        "# hybrid bench serve\n\n{} (engine host: {} threads); {} generated tokens per request{}; streaming; times in seconds.\n\n## Hit rate x context\n\n| model | kind | prefix cache | context | hit rate | prompt tokens | cached | TTFT | TPOT | e2e |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        j["device"].as_str().unwrap_or("?"),
+        j["threads"],
+        j["gen_tokens"],
+        if j["ignore_eos"] == json!(true) {
+            " (end-of-sequence ignored)"
+        } else {
+            ""
+        }
     );
     for r in j["hit_rate"].as_array().into_iter().flatten() {
         let t = &r["timing"];
@@ -462,6 +528,7 @@ fn markdown(j: &Value) -> String {
             t["e2e_s"].as_f64().unwrap_or(0.0),
         ));
     }
+    s.push_str(&speedups(j));
     s.push_str("\n## Multi-turn chat (append-only history): TTFT per turn\n\n| model | kind | prefix cache | turn | prompt tokens | cached | TTFT |\n|---|---|---|---|---|---|---|\n");
     for r in j["multi_turn"].as_array().into_iter().flatten() {
         let t = &r["timing"];
@@ -493,6 +560,46 @@ fn markdown(j: &Value) -> String {
                 t["ttft_s"].as_f64().unwrap_or(0.0),
             ));
         }
+    }
+    s
+}
+
+/// The headline: each hybrid's speedup over the FA model in the same cell (context, hit rate,
+/// cache setting), as FA time / hybrid time for TTFT and for the whole request.
+fn speedups(j: &Value) -> String {
+    let rows = j["hit_rate"].as_array().cloned().unwrap_or_default();
+    let key = |r: &Value| {
+        (
+            r["prefix_cache"].clone(),
+            r["context"].clone(),
+            r["hit_rate"].clone(),
+        )
+    };
+    let mut s = String::new();
+    for h in rows.iter().filter(|r| r["kind"] == json!("hybrid")) {
+        let Some(f) = rows
+            .iter()
+            .find(|r| r["kind"] == json!("fa") && key(r) == key(h))
+        else {
+            continue;
+        };
+        if s.is_empty() {
+            s.push_str("\n## Hybrid speedup over the FA model (FA time / hybrid time)\n\n| hybrid | FA model | prefix cache | context | hit rate | TTFT speedup | e2e speedup |\n|---|---|---|---|---|---|---|\n");
+        }
+        let ratio = |k: &str| {
+            f["timing"][k].as_f64().unwrap_or(0.0)
+                / h["timing"][k].as_f64().unwrap_or(1.0).max(1e-9)
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.2}x | {:.2}x |\n",
+            h["model"].as_str().unwrap_or(""),
+            f["model"].as_str().unwrap_or(""),
+            h["prefix_cache"],
+            h["context"],
+            h["hit_rate"],
+            ratio("ttft_s"),
+            ratio("e2e_s"),
+        ));
     }
     s
 }

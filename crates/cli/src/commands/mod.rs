@@ -76,18 +76,7 @@ impl ModelArgs {
     /// a device that opens), else the CPU. Asking for CUDA on a machine without a usable GPU
     /// is one sentence saying why.
     pub fn device(&self) -> Result<Device> {
-        match self.device {
-            Some(Device::Cpu) => Ok(Device::Cpu),
-            Some(Device::Cuda(n)) => {
-                tensor::cuda::libs::ensure_loaded().map_err(anyhow::Error::msg)?;
-                Ok(Device::Cuda(n))
-            }
-            None => Ok(if gpu_usable() {
-                Device::Cuda(0)
-            } else {
-                Device::Cpu
-            }),
-        }
+        resolve_device(self.device)
     }
 
     pub fn load(&self) -> Result<model::LoadedModel> {
@@ -105,4 +94,20 @@ fn gpu_usable() -> bool {
     tensor::cuda::libs::driver_present()
         && tensor::cuda::libs::ensure_loaded().is_ok()
         && tensor::cuda::Gpu::open(0).is_ok()
+}
+
+/// The device asked for, or by default CUDA when a GPU is usable here, else the CPU.
+pub fn resolve_device(asked: Option<Device>) -> Result<Device> {
+    match asked {
+        Some(Device::Cpu) => Ok(Device::Cpu),
+        Some(Device::Cuda(n)) => {
+            tensor::cuda::libs::ensure_loaded().map_err(anyhow::Error::msg)?;
+            Ok(Device::Cuda(n))
+        }
+        None => Ok(if gpu_usable() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
+    }
 }

@@ -59,8 +59,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    if let Some(tensor::Device::Cuda(_)) = a.model.device {
-        bail!("hybrid serve runs on the CPU so far (the GPU engine comes with the serving issue's next part); use --device cpu");
+    let device = a.model.device()?;
+    if matches!(a.model.gpu_weights, super::GpuWeightsArg::Gguf) {
+        bail!("hybrid serve runs bf16 weights on the GPU (--gpu-weights gguf is the single-sequence reference path of generate and chat); drop --gpu-weights or use bf16");
     }
     let path = a.model.model_path()?;
     let name = a.served_model_name.clone().unwrap_or_else(|| {
@@ -78,6 +79,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             window: a.max_window_mib << 20,
             recurrent: a.max_recurrent_mib << 20,
         },
+        device,
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;
@@ -95,7 +97,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "serving '{name}' on http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            "serving '{name}' on {device} at http://{} (OpenAI API under /v1; Ctrl-C stops)",
             listener.local_addr()?
         );
         server::serve(listener, state, async {

@@ -13,11 +13,12 @@
 //! Shapes: B sequences of T tokens each, all at the same position; N = B·T rows.
 use super::{HybridModel, Mixer};
 use anyhow::{bail, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use mixers::attention::AttentionConfig;
 use mixers::linear_mixer::{LinearConfig, LinearKind};
 use mixers::params::Params;
+use std::sync::Arc;
 use tensor::cuda::{ChunkDims, DecayGate, Gpu, StepDims};
 
 struct GpuAttention {
@@ -79,10 +80,11 @@ pub struct GpuHybrid {
 }
 
 enum LayerCache {
-    /// [B, capacity, Hk, Dh] each.
+    /// [B, capacity, Hk, Dh] each; `row` = Hk·Dh.
     Attention {
         k: CudaSlice<bf16>,
         v: CudaSlice<bf16>,
+        row: usize,
     },
     /// Recurrent state [B, HV, K, V] f32 and conv histories [B, W−1, C] f32 (q, k, v).
     Linear {
@@ -97,6 +99,78 @@ pub struct GpuHybridState {
     pub batch: usize,
     pub capacity: usize,
     pub len: usize,
+    /// The stream the caches live on (copies of the state run on it).
+    stream: Arc<CudaStream>,
+}
+
+impl GpuHybridState {
+    /// A copy holding the same tokens with room for `capacity` (≥ len) per sequence: a
+    /// prefix-cache checkpoint (capacity = len) or a sequence whose cache grows.
+    pub fn resized(&self, capacity: usize) -> Result<GpuHybridState> {
+        if capacity < self.len {
+            bail!(
+                "a cache of {} tokens does not fit a capacity of {capacity}",
+                self.len
+            );
+        }
+        let s = &self.stream;
+        let copy_err = |e| anyhow::anyhow!("copying a GPU cache: {e:?}");
+        let mut layers = vec![];
+        for l in &self.layers {
+            layers.push(match l {
+                LayerCache::Attention { k, v, row } => {
+                    let row = *row;
+                    let (old, new) = (self.capacity * row, capacity * row);
+                    let mut out = vec![];
+                    for src in [k, v] {
+                        let mut dst = s
+                            .alloc_zeros::<bf16>((self.batch * new).max(1))
+                            .map_err(copy_err)?;
+                        for b in 0..self.batch {
+                            let n = self.len * row;
+                            s.memcpy_dtod(
+                                &src.slice(b * old..b * old + n),
+                                &mut dst.slice_mut(b * new..b * new + n),
+                            )
+                            .map_err(copy_err)?;
+                        }
+                        out.push(dst);
+                    }
+                    let v = out.pop().expect("two caches");
+                    let k = out.pop().expect("two caches");
+                    LayerCache::Attention { k, v, row }
+                }
+                LayerCache::Linear { rec, conv } => LayerCache::Linear {
+                    rec: s.clone_dtod(rec).map_err(copy_err)?,
+                    conv: [
+                        s.clone_dtod(&conv[0]).map_err(copy_err)?,
+                        s.clone_dtod(&conv[1]).map_err(copy_err)?,
+                        s.clone_dtod(&conv[2]).map_err(copy_err)?,
+                    ],
+                },
+            });
+        }
+        Ok(GpuHybridState {
+            layers,
+            batch: self.batch,
+            capacity,
+            len: self.len,
+            stream: s.clone(),
+        })
+    }
+
+    /// Device bytes each layer's cache holds (allocated, not only filled).
+    pub fn layer_bytes(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Attention { k, v, .. } => (k.len() + v.len()) * 2,
+                LayerCache::Linear { rec, conv } => {
+                    (rec.len() + conv.iter().map(|c| c.len()).sum::<usize>()) * 4
+                }
+            })
+            .collect()
+    }
 }
 
 fn bf(gpu: &Gpu, x: &[f32]) -> Result<CudaSlice<bf16>> {
@@ -174,10 +248,12 @@ impl GpuHybrid {
         for bl in &self.blocks {
             layers.push(match &bl.mixer {
                 GpuMixer::Attention(a) => {
-                    let n = batch * capacity * a.cfg.n_kv_heads * a.cfg.head_dim;
+                    let row = a.cfg.n_kv_heads * a.cfg.head_dim;
+                    let n = (batch * capacity * row).max(1);
                     LayerCache::Attention {
                         k: g.zeros(n)?,
                         v: g.zeros(n)?,
+                        row,
                     }
                 }
                 GpuMixer::Linear(l) => {
@@ -199,6 +275,7 @@ impl GpuHybrid {
             batch,
             capacity,
             len: 0,
+            stream: g.stream.clone(),
         })
     }
 
@@ -233,7 +310,7 @@ impl GpuHybrid {
         for (bl, cache) in self.blocks.iter().zip(state.layers.iter_mut()) {
             g.rmsnorm_bf16(&x, &bl.attn_norm, &mut h, n, d, c.rms_norm_eps)?;
             match (&bl.mixer, cache) {
-                (GpuMixer::Attention(a), LayerCache::Attention { k, v }) => {
+                (GpuMixer::Attention(a), LayerCache::Attention { k, v, .. }) => {
                     attention_forward(g, a, &h, &mut y, (b, t), past, state.capacity, k, v)?
                 }
                 (GpuMixer::Linear(l), LayerCache::Linear { rec, conv }) => {

@@ -230,6 +230,17 @@ impl Gpu {
             .map_err(|e| cuda_err("copy to host", e))
     }
 
+    /// Elements `range` of a device buffer, to the host.
+    pub fn download_range<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(&dev.slice(range))
+            .map_err(|e| cuda_err("copy to host", e))
+    }
+
     pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         n: usize,
