@@ -259,7 +259,7 @@ fn models(a: &ServeBenchArgs) -> Result<Vec<Arc<engine::ServeModel>>> {
 fn device_name(device: tensor::Device) -> Result<String> {
     Ok(match device {
         tensor::Device::Cuda(n) => tensor::cuda::Gpu::open(n)?.name.clone(),
-        tensor::Device::Cpu => format!("CPU, {} threads", rayon::current_num_threads()),
+        tensor::Device::Cpu => "CPU".to_string(),
     })
 }
 
