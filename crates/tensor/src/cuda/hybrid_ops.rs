@@ -48,13 +48,13 @@ impl Gpu {
         let f = self.function(HYBRID, "short_conv_batched")?;
         let (bi, ti, ci, kwi, si) = (b as i32, t as i32, c as i32, kw as i32, silu as i32);
         let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(128) as u32, b as u32, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: ((t * c).div_ceil(256) as u32, b as u32, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut l = self.stream.launch_builder(&f);
         l.arg(x)
-            .arg(hist)
+            .arg(&*hist)
             .arg(w)
             .arg(y)
             .arg(&bi)
@@ -64,6 +64,17 @@ impl Gpu {
             .arg(&si);
         // SAFETY: argument list matches the kernel; sizes follow from (b, t, c, kw) (callers).
         unsafe { l.launch(cfg) }.map_err(|e| cuda_err("short conv launch", e))?;
+        // Then the histories (same stream: after every read of the old ones).
+        let f = self.function(HYBRID, "short_conv_history")?;
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(128) as u32, b as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(x).arg(hist).arg(&bi).arg(&ti).arg(&ci).arg(&kwi);
+        // SAFETY: as above.
+        unsafe { l.launch(cfg) }.map_err(|e| cuda_err("short conv history launch", e))?;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub use train_ops::GateActivation;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
 pub use chunk_linear_bwd::ChunkGrads;
+pub use flash::FlashDims;
 pub use gguf_ops::{gguf_type_code, Q8Act};
 pub use hybrid_ops::DecayGate;
 

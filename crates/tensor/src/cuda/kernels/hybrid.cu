@@ -3,28 +3,37 @@
 // batched short conv + SiLU, per-head L2 normalisation, β = sigmoid(·), the three decay
 // parameterisations, the gated per-head RMSNorm, and attention's sigmoid output gate.
 
-// Short causal depthwise conv + SiLU for B sequences of T tokens, each with a history of W−1
-// earlier inputs: x [B, T, C] bf16, hist [B, W−1, C] f32 (updated), w [C, W] f32, y [B, T, C].
-// silu = 0 skips the activation. One thread per (sequence, channel).
-extern "C" __global__ void short_conv_batched(const bf16_t* x, float* hist, const float* w, bf16_t* y,
+// Short causal conv (+ SiLU) of B sequences: one thread per (token, channel), so a long
+// prefill fills the GPU (one thread per channel walking the tokens left a 5K-token prefill
+// of a 24-layer hybrid latency-bound at ~0.2 s). Reads the old histories only; the new ones
+// are written afterwards by short_conv_history. x, y [B, T, C]; hist [B, W-1, C]; w [C, W].
+extern "C" __global__ void short_conv_batched(const bf16_t* x, const float* hist, const float* w, bf16_t* y,
                                               int b, int t, int c, int kw, int silu) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int bi = blockIdx.y;
+    if (i >= (long)t * c || bi >= b) return;
+    int ti = (int)(i / c), ch = (int)(i % c);
+    int h = kw - 1;
+    const bf16_t* xs = x + (long)bi * t * c;
+    const float* hs = hist + (long)bi * h * c;
+    float acc = 0.0f;
+    for (int wi = 0; wi < kw; ++wi) {
+        int src = ti - h + wi;
+        float xv = src >= 0 ? bf16_to_f32(xs[(long)src * c + ch]) : hs[(long)(h + src) * c + ch];
+        acc += w[ch * kw + wi] * xv;
+    }
+    y[(long)bi * t * c + i] = f32_to_bf16(silu ? acc / (1.0f + __expf(-acc)) : acc);
+}
+
+// The new histories after short_conv_batched: the last W-1 inputs of (hist ++ x), one thread
+// per channel. Reads of old entries happen before they are overwritten (j ascending reads
+// h + src >= j).
+extern "C" __global__ void short_conv_history(const bf16_t* x, float* hist, int b, int t, int c, int kw) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x, bi = blockIdx.y;
     if (ch >= c || bi >= b) return;
     int h = kw - 1;
     const bf16_t* xs = x + (long)bi * t * c;
     float* hs = hist + (long)bi * h * c;
-    bf16_t* ys = y + (long)bi * t * c;
-    for (int ti = 0; ti < t; ++ti) {
-        float acc = 0.0f;
-        for (int wi = 0; wi < kw; ++wi) {
-            int src = ti - h + wi;
-            float xv = src >= 0 ? bf16_to_f32(xs[(long)src * c + ch]) : hs[(long)(h + src) * c + ch];
-            acc += w[ch * kw + wi] * xv;
-        }
-        ys[(long)ti * c + ch] = f32_to_bf16(silu ? acc / (1.0f + __expf(-acc)) : acc);
-    }
-    // The new history: the last W−1 inputs of (hist ++ x). Reads of old entries happen
-    // before they are overwritten (j ascending reads h + src ≥ j).
     for (int j = 0; j < h; ++j) {
         int src = t - h + j;
         hs[(long)j * c + ch] = src >= 0 ? bf16_to_f32(xs[(long)src * c + ch]) : hs[(long)(h + src) * c + ch];
