@@ -40,6 +40,9 @@ enum Command {
     TrainMarkov(commands::train_markov::TrainMarkovArgs),
     /// Train small models from scratch on a synthetic recall task and report accuracy.
     TrainSynthetic(commands::train_synthetic::TrainSyntheticArgs),
+    /// Where FA, hybrids and Delethink win: a calibrated time and memory model from configs
+    /// (presets or config.json), with the article's workloads. Markdown + JSON + plots.
+    Cost(commands::cost::CostArgs),
     /// The NVIDIA libraries and GPU this machine offers (JSON).
     Device,
     /// Benchmarks (JSON on stdout).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Think(a) => commands::think::run(a),
         Command::TrainMarkov(a) => commands::train_markov::run(a),
         Command::TrainSynthetic(a) => commands::train_synthetic::run_cmd(a),
+        Command::Cost(a) => commands::cost::run(a),
         Command::Device => commands::device::info(),
         Command::Bench { what } => commands::bench::run(what),
     });

@@ -262,7 +262,7 @@ pub fn validate(
                 num(&r["prefill_tokens_per_s"], "prefill")?,
                 (prompt * b) as f64 / pre,
                 "tokens/s",
-                false,
+                b == 1,
             ));
         }
     }

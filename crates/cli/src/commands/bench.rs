@@ -32,6 +32,9 @@ pub enum BenchCommand {
     ChunkLinearBwd(super::bench_linear_bwd::ChunkLinearBwdArgs),
     /// Decode speed at long contexts, the teacher and hybrid layouts of it side by side.
     Context(super::bench_context::ContextArgs),
+    /// A machine profile for `hybrid cost` from the GPU runs' JSON (kernel rates, decode and
+    /// prefill points).
+    CostProfile(super::cost::CostProfileArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -77,6 +80,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::ChunkLinearBwd(g) => return super::bench_linear_bwd::run(g),
         BenchCommand::Agreement(g) => return super::bench_agreement::run(g),
         BenchCommand::Context(g) => return super::bench_context::run(g),
+        BenchCommand::CostProfile(g) => return super::cost::write_profile(g),
         BenchCommand::Serve(g) => return super::bench_serve::run(g),
         BenchCommand::Think(g) => return super::bench_think::run(g),
     };

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod convert;
 mod convert_plots;
 mod convert_report;
+pub mod cost;
 pub mod device;
 pub mod generate;
 pub mod inspect;
