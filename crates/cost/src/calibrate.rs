@@ -117,7 +117,7 @@ pub fn calibrate(gpu_check: &Path, context: &Path, gpu_model: &Path) -> Result<P
     let (t4, t32) = (at("teacher", 4096)?, at("teacher", 32768)?);
     let kv = |c| teacher.cache_bytes(c) as f64;
     let bw = (kv(32768) - kv(4096)) / (t32 - t4);
-    if !(bw > 0.0) {
+    if bw.is_nan() || bw <= 0.0 {
         bail!("bench context: decode does not slow down with context; cannot fit the KV read rate");
     }
     p.decode_kv_bytes_per_s = bw;

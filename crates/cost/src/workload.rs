@@ -57,6 +57,8 @@ pub struct Turns {
     pub answer: usize,
     /// Share of the history served from the prefix cache (0: none, 1: all).
     pub hit: f64,
+    /// Whether a turn's thinking stays in the history (MiniMax-M2) or is stripped (Qwen3).
+    pub keep_think: bool,
 }
 
 /// Seconds of each turn, and the context at its end.
@@ -88,10 +90,24 @@ pub fn multi_turn(
             }
             None => decode_s(a, p, 1, ctx, w.think + w.answer),
         };
-        history = ctx + w.think + w.answer;
+        history = ctx + w.answer + if w.keep_think { w.think } else { 0 };
         out.push((t, history));
     }
     out
+}
+
+/// One request of many sharing a `system`-token prompt: its prefill (the system prompt from
+/// the cache when `cached`, else recomputed) and `answer` decoded tokens.
+pub fn shared_prompt(
+    a: &Arch,
+    p: &Profile,
+    system: usize,
+    user: usize,
+    answer: usize,
+    cached: bool,
+) -> f64 {
+    let past = if cached { system } else { 0 };
+    prefill_s(a, p, past, system + user - past, CHUNK) + decode_s(a, p, 1, system + user, answer)
 }
 
 /// The first turn count at which `b`'s cumulative time is below `a`'s (None within `max`).
@@ -168,6 +184,7 @@ mod tests {
             think: 2000,
             answer: 300,
             hit: 1.0,
+            keep_think: true,
         };
         let cached: f64 = multi_turn(&fa, &p, 10, w, None).iter().map(|t| t.0).sum();
         let cold: f64 = multi_turn(&fa, &p, 10, Turns { hit: 0.0, ..w }, None)
@@ -177,5 +194,16 @@ mod tests {
         assert!(cached < cold);
         let turns = multi_turn(&fa, &p, 3, w, None);
         assert_eq!(turns[2].1, 2000 + 3 * 2500);
+        let stripped = multi_turn(
+            &fa,
+            &p,
+            3,
+            Turns {
+                keep_think: false,
+                ..w
+            },
+            None,
+        );
+        assert_eq!(stripped[2].1, 2000 + 3 * 500);
     }
 }

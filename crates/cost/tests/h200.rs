@@ -41,7 +41,7 @@ fn predictions_agree_with_the_h200_runs_within_25_percent() {
         .iter()
         .filter(|c| !c.fitted && c.departure.is_none())
         .collect();
-    assert!(held_out.len() >= 10, "{} held-out points", held_out.len());
+    assert!(held_out.len() >= 9, "{} held-out points", held_out.len());
     assert!(checks.iter().filter(|c| c.departure.is_some()).count() <= 9);
     let bad: Vec<_> = held_out.iter().filter(|c| c.error.abs() > 0.25).collect();
     assert!(

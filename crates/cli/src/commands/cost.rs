@@ -52,6 +52,13 @@ pub struct CostArgs {
     pub think_per_turn: usize,
     #[arg(long, default_value_t = 500)]
     pub answer: usize,
+    /// Strip each turn's thinking from the history (Qwen3 style) instead of keeping it
+    /// (MiniMax-M2's interleaved thinking).
+    #[arg(long)]
+    pub strip_think: bool,
+    /// Requests of the shared-system-prompt workload.
+    #[arg(long, default_value_t = 64)]
+    pub shared_requests: usize,
     #[arg(long, value_delimiter = ',', default_value = "0,0.5,0.9,0.99,1")]
     pub hit_rates: Vec<f64>,
     /// Which engine's costs: `ours` (the profile as measured: our kernels' launches, ~0.1 ms a
@@ -129,7 +136,7 @@ fn gpus_for(a: &Arch, p: &Profile) -> usize {
 }
 
 fn fmt_ctx(c: usize) -> String {
-    if c >= 1 << 20 && c % (1 << 20) == 0 {
+    if c >= 1 << 20 && c.is_multiple_of(1 << 20) {
         format!("{}M", c >> 20)
     } else {
         format!("{}K", c / 1024)
@@ -223,8 +230,7 @@ pub fn run(a: CostArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut md = String::new();
-    let mut j =
-        json!({"profile": base, "models": [], "pairs": [], "single_shot": [], "multi_turn": []});
+    let mut j = json!({"profile": base, "models": [], "pairs": [], "single_shot": [], "multi_turn": [], "shared_prompt": []});
     writeln!(md, "# hybrid cost\n\nMachine profile: {} ({}). Each model runs on the GPUs its bf16 weights need (80% of {:.0} GB each), with ideal tensor parallelism (rates × GPUs, fixed per-layer costs as on one). Times are one request stream (batch 1) unless stated.\n", base.device, base.sources.join("; "), base.memory_bytes / 1e9)?;
 
     // Models.
@@ -379,7 +385,7 @@ pub fn run(a: CostArgs) -> Result<()> {
             )?;
             j["single_shot"].as_array_mut().expect("array").push(json!({"think": n, "fa": r[0], "fa_delethink": r[1], "hybrid": r[2], "hybrid_delethink": r[3]}));
         }
-        writeln!(md, "\n## Multi-turn interleaved thinking: {f} + Delethink against {h}\n\nSystem prompt {}, then per turn: user {}, thinking {} (kept in the history, M2 style), answer {}. A share h of the history is served from the prefix cache. The crossover is the first turn at which the hybrid's cumulative time is below FA + Delethink's.\n\n| hit rate h | FA total | FA + Delethink total | hybrid total | crossover vs FA + Delethink (turn, context) | crossover vs FA |\n|---|---|---|---|---|---|", a.system, a.user, a.think_per_turn, a.answer)?;
+        writeln!(md, "\n## Multi-turn interleaved thinking: {f} + Delethink against {h}\n\nSystem prompt {}, then per turn: user {}, thinking {} ({}), answer {}. A share h of the history is served from the prefix cache. The crossover is the first turn at which the hybrid's cumulative time is below FA + Delethink's.\n\n| hit rate h | FA total | FA + Delethink total | hybrid total | crossover vs FA + Delethink (turn, context) | crossover vs FA |\n|---|---|---|---|---|---|", a.system, a.user, a.think_per_turn, if a.strip_think { "stripped from the history, Qwen3 style" } else { "kept in the history, M2 style" }, a.answer)?;
         let mut cum_curves = vec![];
         let mut hit_curve = vec![];
         for &hr in &a.hit_rates {
@@ -389,6 +395,7 @@ pub fn run(a: CostArgs) -> Result<()> {
                 think: a.think_per_turn,
                 answer: a.answer,
                 hit: hr,
+                keep_think: !a.strip_think,
             };
             let rf = workload::multi_turn(&fa, &p, a.turns, w, None);
             let rd = workload::multi_turn(&fa, &p, a.turns, w, Some(dt));
@@ -425,6 +432,23 @@ pub fn run(a: CostArgs) -> Result<()> {
             }
             j["multi_turn"].as_array_mut().expect("array").push(json!({"hit_rate": hr, "fa": rf, "fa_delethink": rd, "hybrid": rh,
                 "crossover_vs_delethink": workload::crossover(&rd, &rh), "crossover_vs_fa": workload::crossover(&rf, &rh)}));
+        }
+        writeln!(md, "\n## Shared system prompt: {f} against {h}\n\n{} requests share a {}-token system prompt; each adds {} user tokens and decodes {}. Seconds per request after the first (one stream), and for all of them.\n\n| model | prefix cache | per request | all requests |\n|---|---|---|---|", a.shared_requests, a.system, a.user, a.answer)?;
+        for (name, mdl) in [(f, &fa), (h, &hy)] {
+            for cached in [false, true] {
+                // The first request always computes the system prompt.
+                let first = workload::shared_prompt(mdl, &p, a.system, a.user, a.answer, false);
+                let rest = workload::shared_prompt(mdl, &p, a.system, a.user, a.answer, cached);
+                let all = first + rest * a.shared_requests.saturating_sub(1) as f64;
+                writeln!(
+                    md,
+                    "| {name} | {} | {rest:.2} s | {all:.0} s |",
+                    if cached { "on" } else { "off" }
+                )?;
+                if let Some(v) = j["shared_prompt"].as_array_mut() {
+                    v.push(json!({"model": name, "prefix_cache": cached, "per_request_s": rest, "all_s": all}));
+                }
+            }
         }
         super::convert_plots::lines(
             &a.out.join("cumulative_cost_vs_turn.png"),
