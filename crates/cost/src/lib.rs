@@ -5,5 +5,7 @@
 //! it was not fitted to, `workload` answers the article's question.
 pub mod arch;
 pub mod calibrate;
+pub mod config;
+pub mod presets;
 pub mod time;
 pub mod workload;

@@ -22,51 +22,6 @@ fn gpu(cfg: EngineConfig) -> EngineConfig {
     }
 }
 
-/// Greedy replies of two two-turn conversations (each turn appends the last reply), the
-/// second conversation sharing the first's system prompt: (reply, cached, prompt tokens).
-fn conversations(s: &TestServer, concurrent: bool) -> Vec<(String, u64, u64)> {
-    let one = |topic: usize| {
-        let qs = [
-            ["What is the capital of France?", "And of Italy?"],
-            ["Name a primary color.", "Name another one."],
-        ][topic];
-        let mut msgs = vec![
-            json!({"role": "system", "content": "You are a concise assistant. Answer in one short sentence."}),
-        ];
-        let mut out = vec![];
-        for q in qs {
-            msgs.push(json!({"role": "user", "content": q}));
-            let (status, v) = post(
-                &format!("{}/v1/chat/completions", s.url),
-                &json!({"messages": msgs, "max_tokens": 12, "temperature": 0}),
-            );
-            assert_eq!(status, 200, "{v}");
-            let text = v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let u = &v["usage"];
-            out.push((
-                text.clone(),
-                u["prompt_tokens_details"]["cached_tokens"]
-                    .as_u64()
-                    .unwrap(),
-                u["prompt_tokens"].as_u64().unwrap(),
-            ));
-            msgs.push(json!({"role": "assistant", "content": text}));
-        }
-        out
-    };
-    if concurrent {
-        std::thread::scope(|sc| {
-            let h: Vec<_> = (0..2).map(|t| sc.spawn(move || one(t))).collect();
-            h.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        })
-    } else {
-        (0..2).flat_map(one).collect()
-    }
-}
-
 fn same(a: &[(String, u64, u64)], b: &[(String, u64, u64)]) -> usize {
     a.iter().zip(b).filter(|(x, y)| x.0 == y.0).count()
 }
@@ -80,10 +35,10 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
     };
     // The CPU engine's replies, for the record (bf16 on the GPU against f32 on the CPU).
     let cpu = TestServer::start(m.clone(), cold_cfg.clone());
-    let on_cpu = conversations(&cpu, false);
+    let on_cpu = run_conversations(&cpu, false, 12);
     drop(cpu);
     let cold = TestServer::start(m.clone(), gpu(cold_cfg.clone()));
-    let want = conversations(&cold, false);
+    let want = run_conversations(&cold, false, 12);
     drop(cold);
     assert!(want.iter().all(|r| r.1 == 0));
     assert!(want.iter().any(|r| !r.0.is_empty()), "{want:?}");
@@ -95,7 +50,7 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
             ..cold_cfg.clone()
         }),
     );
-    let got = conversations(&batched, true);
+    let got = run_conversations(&batched, true, 12);
     assert_eq!(
         got.iter().map(|r| &r.0).collect::<Vec<_>>(),
         want.iter().map(|r| &r.0).collect::<Vec<_>>(),
@@ -113,7 +68,7 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
             ..Default::default()
         }),
     );
-    let got = conversations(&cached, true);
+    let got = run_conversations(&cached, true, 12);
     for g in [&got[1], &got[3]] {
         assert!(
             g.1 > 0 && g.1 < g.2,
@@ -125,8 +80,8 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
     }
     // A repeated first turn: a hit of the whole prompt, and the same reply as when cached.
     let first: Vec<Value> = vec![
-        json!({"role": "system", "content": "You are a concise assistant. Answer in one short sentence."}),
-        json!({"role": "user", "content": "What is the capital of France?"}),
+        json!({"role": "system", "content": SYSTEM}),
+        json!({"role": "user", "content": conversation(0)[0]}),
     ];
     let (_, v) = post(
         &format!("{}/v1/chat/completions", cached.url),
@@ -189,38 +144,8 @@ fn gpu_engine_under_32_concurrent_streaming_clients() {
             ..Default::default()
         }),
     );
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let url = format!("{}/v1/chat/completions", s.url);
-    let done: usize = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..32)
-            .map(|c| {
-                let url = url.clone();
-                sc.spawn(move || {
-                    let (mut n, mut i) = (0, 0);
-                    while n == 0 || std::time::Instant::now() < until {
-                        let body = json!({"messages": [{"role": "user",
-                            "content": format!("Client {c}, question {i}: name a fruit.")}],
-                            "max_tokens": 8, "temperature": 0.7, "seed": c * 100 + i,
-                            "stream": true});
-                        let chunks = sse(&url, &body);
-                        assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
-                        n += 1;
-                        i += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let m = loop {
-        let (_, m) = get_text(&format!("{}/metrics", s.url));
-        if metric(&m, "hybrid_running") == 0.0 || std::time::Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let done = streaming_clients(&s.url, 32, 15, 8);
+    let m = idle_metrics(&s.url);
     println!("GPU engine: {done} requests from 32 clients in 15 s");
     assert!(done >= 32);
     assert_eq!(metric(&m, "hybrid_running"), 0.0, "{m}");

@@ -27,42 +27,9 @@ fn thirty_two_concurrent_streaming_clients_and_memory_returns_to_idle() {
         &json!({"prompt": "Hello", "max_tokens": 2}),
     );
     let idle = rss();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let url = format!("{}/v1/chat/completions", s.url);
-    let done: usize = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..32)
-            .map(|c| {
-                let url = url.clone();
-                sc.spawn(move || {
-                    let mut n = 0;
-                    let mut i = 0;
-                    while n == 0 || std::time::Instant::now() < until {
-                        let body = json!({"messages": [{"role": "user",
-                            "content": format!("Client {c}, question {i}: name a fruit.")}],
-                            "max_tokens": 4, "temperature": 0.7, "seed": c * 100 + i,
-                            "stream": true});
-                        let chunks = sse(&url, &body);
-                        let last = chunks.last().unwrap();
-                        assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
-                        n += 1;
-                        i += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+    let done = streaming_clients(&s.url, 32, 20, 4);
     assert!(done >= 32);
-    // The engine publishes its gauges after the step that sent the last [DONE].
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let m = loop {
-        let (_, m) = get_text(&format!("{}/metrics", s.url));
-        if metric(&m, "hybrid_running") == 0.0 || std::time::Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let m = idle_metrics(&s.url);
     assert_eq!(metric(&m, "hybrid_running"), 0.0, "{m}");
     assert_eq!(metric(&m, "hybrid_queue_waiting"), 0.0);
     assert_eq!(metric(&m, "hybrid_running_state_bytes"), 0.0);

@@ -8,59 +8,6 @@ use serde_json::{json, Value};
 use std::io::BufRead;
 use std::sync::Arc;
 
-/// One chat turn, greedy: (reply, cached tokens, prompt tokens).
-fn chat(s: &TestServer, messages: &[Value], max_tokens: usize) -> (String, u64, u64) {
-    let (status, v) = post(
-        &format!("{}/v1/chat/completions", s.url),
-        &json!({"model": null, "messages": messages, "max_tokens": max_tokens, "temperature": 0}),
-    );
-    assert_eq!(status, 200, "{v}");
-    (
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-        v["usage"]["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap(),
-        v["usage"]["prompt_tokens"].as_u64().unwrap(),
-    )
-}
-
-const SYSTEM: &str = "You are a concise assistant. Answer in one short sentence.";
-
-fn conversation(topic: usize) -> Vec<&'static str> {
-    [
-        vec!["What is the capital of France?", "And of Italy?"],
-        vec!["Name a primary color.", "Name another one."],
-    ][topic]
-        .clone()
-}
-
-/// Two conversations of two turns, each turn appending the previous reply: the replies, and
-/// the cached tokens of each request.
-fn run_conversations(s: &TestServer, concurrent: bool) -> Vec<(String, u64, u64)> {
-    let one = |topic: usize| -> Vec<(String, u64, u64)> {
-        let mut msgs = vec![json!({"role": "system", "content": SYSTEM})];
-        let mut out = vec![];
-        for q in conversation(topic) {
-            msgs.push(json!({"role": "user", "content": q}));
-            let r = chat(s, &msgs, 10);
-            msgs.push(json!({"role": "assistant", "content": r.0.clone()}));
-            out.push(r);
-        }
-        out
-    };
-    if concurrent {
-        std::thread::scope(|sc| {
-            let h: Vec<_> = (0..2).map(|t| sc.spawn(move || one(t))).collect();
-            h.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        })
-    } else {
-        (0..2).flat_map(one).collect()
-    }
-}
-
 fn greedy_is_invariant(m: Arc<ServeModel>) {
     // Reference: no prefix cache, one sequence at a time, whole-prompt prefill.
     let cold = TestServer::start(
@@ -72,7 +19,7 @@ fn greedy_is_invariant(m: Arc<ServeModel>) {
             ..Default::default()
         },
     );
-    let want = run_conversations(&cold, false);
+    let want = run_conversations(&cold, false, 10);
     drop(cold);
     assert!(want.iter().all(|r| r.1 == 0));
     // (The untrained hybrid may end a turn at once; most replies still have text.)
@@ -96,7 +43,7 @@ fn greedy_is_invariant(m: Arc<ServeModel>) {
                 ..Default::default()
             },
         );
-        let got = run_conversations(&s, seqs > 1);
+        let got = run_conversations(&s, seqs > 1, 10);
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(
                 w.0, g.0,

@@ -2,7 +2,7 @@
 //! port, and small HTTP clients.
 #![allow(dead_code)] // each test binary uses a different part
 use engine::{Engine, EngineConfig, ServeModel};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::BufRead;
 use std::sync::{Arc, OnceLock};
 
@@ -150,4 +150,105 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// One chat turn, greedy: (reply, cached tokens, prompt tokens).
+pub fn chat(s: &TestServer, messages: &[Value], max_tokens: usize) -> (String, u64, u64) {
+    let (status, v) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({"model": null, "messages": messages, "max_tokens": max_tokens, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{v}");
+    (
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+    )
+}
+
+pub const SYSTEM: &str = "You are a concise assistant. Answer in one short sentence.";
+
+pub fn conversation(topic: usize) -> Vec<&'static str> {
+    [
+        vec!["What is the capital of France?", "And of Italy?"],
+        vec!["Name a primary color.", "Name another one."],
+    ][topic]
+        .clone()
+}
+
+/// Two conversations of two turns (the second sharing the first's system prompt), each turn appending the previous reply: the replies, and
+/// the cached tokens of each request.
+pub fn run_conversations(
+    s: &TestServer,
+    concurrent: bool,
+    max_tokens: usize,
+) -> Vec<(String, u64, u64)> {
+    let one = |topic: usize| -> Vec<(String, u64, u64)> {
+        let mut msgs = vec![json!({"role": "system", "content": SYSTEM})];
+        let mut out = vec![];
+        for q in conversation(topic) {
+            msgs.push(json!({"role": "user", "content": q}));
+            let r = chat(s, &msgs, max_tokens);
+            msgs.push(json!({"role": "assistant", "content": r.0.clone()}));
+            out.push(r);
+        }
+        out
+    };
+    if concurrent {
+        std::thread::scope(|sc| {
+            let h: Vec<_> = (0..2).map(|t| sc.spawn(move || one(t))).collect();
+            h.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    } else {
+        (0..2).flat_map(one).collect()
+    }
+}
+
+/// `clients` concurrent streaming chat clients, each sending requests of `max_tokens` sampled
+/// tokens until `secs` have passed (at least one each); every stream must end with a finish
+/// reason and [DONE]. Returns the requests completed.
+pub fn streaming_clients(url: &str, clients: usize, secs: u64, max_tokens: usize) -> usize {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let url = format!("{url}/v1/chat/completions");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let url = url.clone();
+                sc.spawn(move || {
+                    let (mut n, mut i) = (0, 0);
+                    while n == 0 || std::time::Instant::now() < until {
+                        let body = json!({"messages": [{"role": "user",
+                            "content": format!("Client {c}, question {i}: name a fruit.")}],
+                            "max_tokens": max_tokens, "temperature": 0.7, "seed": c * 100 + i,
+                            "stream": true});
+                        let chunks = sse(&url, &body);
+                        let last = chunks.last().unwrap();
+                        assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+                        n += 1;
+                        i += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+/// The `/metrics` text once nothing runs (the engine publishes its gauges after the step that
+/// sent the last [DONE]), or after 10 s.
+pub fn idle_metrics(url: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, m) = get_text(&format!("{url}/metrics"));
+        if metric(&m, "hybrid_running") == 0.0 || std::time::Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
