@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+use common::fails_with;
+
 fn hybrid(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hybrid"))
         .args(["--threads", "2"])
@@ -22,24 +25,6 @@ fn model() -> String {
     let p = model::fetch::default_model_path();
     assert!(p.exists(), "run `hybrid fetch` first ({})", p.display());
     p.to_str().unwrap().to_owned()
-}
-
-/// Asserts a failed run whose stderr is exactly one line naming `what`.
-fn fails_with(out: Output, what: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "expected one line, got: {err}"
-    );
-    assert!(
-        err.starts_with("error: ") && err.contains(what),
-        "expected '{what}' in: {err}"
-    );
 }
 
 #[test]

@@ -138,33 +138,6 @@ impl Mixer {
         }
     }
 
-    /// Attention FLOPs of one token at position `pos` (it sees `pos + 1` keys): the score and
-    /// value products; a recurrence's state update and readout.
-    pub fn token_flops(&self, pos: usize) -> f64 {
-        let keys = (pos + 1) as f64;
-        match *self {
-            Mixer::Fa {
-                heads, head_dim, ..
-            } => 4.0 * (heads * head_dim) as f64 * keys,
-            // Absorbed form (decode): scores over kv_lora + rope, values over kv_lora.
-            Mixer::Mla {
-                heads,
-                kv_lora,
-                rope,
-                ..
-            } => 2.0 * heads as f64 * (2 * kv_lora + rope) as f64 * keys,
-            Mixer::Swa {
-                heads,
-                head_dim,
-                window,
-                ..
-            } => 4.0 * (heads * head_dim) as f64 * keys.min(window as f64),
-            Mixer::Linear {
-                v_heads, dk, dv, ..
-            } => 6.0 * (v_heads * dk * dv) as f64,
-        }
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             Mixer::Fa { .. } => "fa",
@@ -189,6 +162,25 @@ impl Mlp {
                 3 * d * (active * inter + shared) + d * experts,
                 3 * d * (experts * inter + shared) + d * experts,
             ),
+        }
+    }
+
+    /// Weights a step of `batch` tokens reads: all of a dense MLP; of an MoE layer the router,
+    /// the shared expert and the routed experts those tokens touch (expected count under
+    /// uniform routing).
+    pub fn step_params(&self, d: usize, batch: usize) -> f64 {
+        match *self {
+            Mlp::Dense { inter } => (3 * d * inter) as f64,
+            Mlp::Moe {
+                experts,
+                active,
+                inter,
+                shared,
+            } => {
+                let e = experts as f64;
+                let touched = e * (1.0 - (1.0 - active as f64 / e).powi(batch as i32));
+                touched * (3 * d * inter) as f64 + (3 * d * shared + d * experts) as f64
+            }
         }
     }
 }

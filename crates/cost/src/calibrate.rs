@@ -40,6 +40,17 @@ fn context_rows(j: &Value) -> Vec<(String, usize, f64)> {
         .collect()
 }
 
+/// A benchmark's result rows in gpu-check's JSON (none when it did not run).
+fn results<'a>(bench: &'a Value, name: &str) -> &'a [Value] {
+    bench[name]["results"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The hybrid layout whose 4K decode point fits the linear layers' fixed cost: the first
+/// non-teacher layout of `bench context`.
+fn fitted_layout(rows: &[(String, usize, f64)]) -> Option<String> {
+    rows.iter().find(|r| r.0 != "teacher").map(|r| r.0.clone())
+}
+
 /// The SmolLM2 teacher or a layout of it (`bench context` names).
 pub fn smol(layout: &str) -> Result<Arch> {
     let t = arch::preset("smollm2-135m")?;
@@ -54,50 +65,45 @@ pub fn smol(layout: &str) -> Result<Arch> {
 pub fn calibrate(gpu_check: &Path, context: &Path, gpu_model: &Path) -> Result<Profile> {
     let g = read(gpu_check)?;
     let b = &g["bench"];
-    let gemm = b["gemm_bf16"]["results"]
-        .as_array()
-        .and_then(|r| {
-            r.iter()
-                .filter_map(|x| x["tflops"].as_f64())
-                .reduce(f64::max)
-        })
-        .context("gpu-check: no bf16 GEMM result")?
-        * 1e12;
-    let stream = b["gdn_step"]["results"]
-        .as_array()
-        .and_then(|r| {
-            r.iter()
-                .filter_map(|x| x["bytes_per_s"].as_f64())
-                .reduce(f64::max)
-        })
-        .context("gpu-check: no GDN step result")?;
-    let flash = b["attention"]["results"]
-        .as_array()
-        .and_then(|r| r.iter().find(|x| x["t"] == 16384))
+    let best = |bench: &str, field: &str| {
+        results(b, bench)
+            .iter()
+            .filter_map(|x| x[field].as_f64())
+            .reduce(f64::max)
+    };
+    let gemm = best("gemm_bf16", "tflops").context("gpu-check: no bf16 GEMM result")? * 1e12;
+    let stream = best("gdn_step", "bytes_per_s").context("gpu-check: no GDN step result")?;
+    let flash = results(b, "attention")
+        .iter()
+        .find(|x| x["t"] == 16384)
         .map(|x| num(&x["fwd_tflops"], "attention fwd_tflops at 16K"))
         .context("gpu-check: no attention result at 16K")??
         * 1e12;
-    let lin = b["chunk_linear"]["results"]
-        .as_array()
-        .and_then(|r| r.iter().find(|x| x["kind"] == "gdn" && x["t"] == 65536))
+    // Tokens × heads per second, normalised to a 128 × 128 state per head (as time.rs uses it).
+    let cl = &b["chunk_linear"];
+    let (heads, dim) = (
+        num(&cl["heads"], "chunk_linear heads")?,
+        num(&cl["head_dim"], "chunk_linear head_dim")?,
+    );
+    let lin = results(b, "chunk_linear")
+        .iter()
+        .find(|x| x["kind"] == "gdn" && x["t"] == 65536)
         .map(|x| num(&x["mtok_per_s"], "chunk_linear mtok_per_s"))
         .context("gpu-check: no chunked GDN result at 64K")??
         * 1e6
-        * 16.0;
+        * heads
+        * (dim * dim)
+        / (128.0 * 128.0);
     let rows = context_rows(&read(context)?);
     let at = |layout: &str, ctx: usize| -> Result<f64> {
         rows.iter()
-            .find(|r| (r.0 == layout || (layout != "teacher" && r.0 != "teacher")) && r.1 == ctx)
+            .find(|r| r.0 == layout && r.1 == ctx)
             .map(|r| 1.0 / r.2)
             .with_context(|| format!("bench context: no {layout} decode at {ctx}"))
     };
-    let hybrid_layout = rows
-        .iter()
-        .find(|r| r.0 != "teacher")
-        .map(|r| r.0.clone())
-        .context("bench context: no hybrid layout")?;
+    let hybrid_layout = fitted_layout(&rows).context("bench context: no hybrid layout")?;
     let mut p = Profile {
-        device: g["device"]["gpus"][0]["name"].as_str().unwrap_or("NVIDIA H200").to_string(),
+        device: b["gemm_bf16"]["device"].as_str().unwrap_or("unnamed GPU").to_string(),
         gemm_flops: gemm,
         stream_bytes_per_s: stream,
         decode_kv_bytes_per_s: 1.0,
@@ -220,9 +226,12 @@ pub fn validate(
     serve: Option<&Path>,
 ) -> Result<Vec<Check>> {
     let mut out = vec![];
-    for (layout, ctx, tps) in context_rows(&read(context)?) {
+    let rows = context_rows(&read(context)?);
+    let hybrid = fitted_layout(&rows);
+    for (layout, ctx, tps) in rows {
         let a = smol(&layout)?;
-        let fitted = ctx == 4096 || (layout == "teacher" && ctx == 32768);
+        let fitted = (layout == "teacher" && (ctx == 4096 || ctx == 32768))
+            || (Some(&layout) == hybrid.as_ref() && ctx == 4096);
         out.push(check(
             format!(
                 "decode, batch 1, {ctx} context: {}",

@@ -27,6 +27,21 @@ fn uniform(
     }
 }
 
+/// Qwen3-Next-80B's GDN layer: 16 key heads and 32 value heads of 128.
+const QWEN3_NEXT_GDN: Mixer = Mixer::Linear {
+    k_heads: 16,
+    v_heads: 32,
+    dk: 128,
+    dv: 128,
+    conv: 4,
+};
+
+/// Qwen3-Next's 3:1 layout on `m`: every 4th layer keeps its attention, the rest become its
+/// GDN (the M2 hybrid is MiniMax-M2 with this layout).
+fn three_to_one(m: &Arch, name: &str) -> Arch {
+    m.hybridised(name, |i| (i + 1) % 4 == 0, QWEN3_NEXT_GDN)
+}
+
 /// The built-in presets: (name, what it is).
 pub const PRESETS: &[(&str, &str)] = &[
     ("smollm2-135m", "SmolLM2-135M (30 FA layers), our teacher"),
@@ -105,17 +120,7 @@ pub fn preset(name: &str) -> Result<Arch> {
         "minimax-m2" => uniform(name, 3072, 200064, 62, m2_fa, m2_moe, false),
         "m2-hybrid" => {
             let m = uniform(name, 3072, 200064, 62, m2_fa, m2_moe, false);
-            m.hybridised(
-                name,
-                |i| (i + 1) % 4 == 0,
-                Mixer::Linear {
-                    k_heads: 16,
-                    v_heads: 32,
-                    dk: 128,
-                    dv: 128,
-                    conv: 4,
-                },
-            )
+            three_to_one(&m, name)
         }
         "kimi-linear-48b" | "kimi-mla-48b" => {
             let mla = Mixer::Mla {
@@ -174,17 +179,7 @@ pub fn preset(name: &str) -> Result<Arch> {
                 },
                 false,
             );
-            m.hybridised(
-                name,
-                |i| (i + 1) % 4 == 0,
-                Mixer::Linear {
-                    k_heads: 16,
-                    v_heads: 32,
-                    dk: 128,
-                    dv: 128,
-                    conv: 4,
-                },
-            )
+            three_to_one(&m, name)
         }
         "jet-nemotron-2b" => {
             let fa = Mixer::Fa {

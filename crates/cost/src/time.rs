@@ -3,7 +3,7 @@
 //! attention FLOPs at measured rates) plus a fixed cost per layer and step — kernel launches,
 //! which dominate a small model at batch 1 on an H200 (SmolLM2 decodes at ~3.4 ms a token
 //! with ~0.1 ms of memory traffic).
-use crate::arch::{Arch, Mixer, Mlp};
+use crate::arch::{Arch, Mixer};
 use serde::{Deserialize, Serialize};
 
 /// A machine's measured rates (from `hybrid bench` runs; see [`crate::calibrate`]).
@@ -66,24 +66,12 @@ fn kind(m: &Mixer) -> &'static str {
 /// layers the experts the batch's tokens touch (expected count under uniform routing).
 pub fn step_weight_bytes(a: &Arch, batch: usize) -> f64 {
     let d = a.hidden;
-    let mut params = (a.vocab * d) as f64;
-    for l in &a.layers {
-        params += l.mixer.params(d) as f64;
-        params += match l.mlp {
-            Mlp::Dense { inter } => (3 * d * inter) as f64,
-            Mlp::Moe {
-                experts,
-                active,
-                inter,
-                shared,
-            } => {
-                let e = experts as f64;
-                let touched = e * (1.0 - (1.0 - active as f64 / e).powi(batch as i32));
-                touched * (3 * d * inter) as f64 + (3 * d * shared + d * experts) as f64
-            }
-        };
-    }
-    params * a.dtype_bytes as f64
+    let params: f64 = a
+        .layers
+        .iter()
+        .map(|l| l.mixer.params(d) as f64 + l.mlp.step_params(d, batch))
+        .sum();
+    (params + (a.vocab * d) as f64) * a.dtype_bytes as f64
 }
 
 /// Seconds for one decode step of `batch` sequences, each at `context` tokens.
@@ -116,33 +104,31 @@ pub fn prefill_s(a: &Arch, p: &Profile, past: usize, n: usize, chunk: usize) -> 
     // Every expert is touched by a long prefill: weights read once per chunk.
     let weights = chunks * step_weight_bytes(a, n.min(chunk)) / (p.stream_bytes_per_s * p.g());
     let mut t = (nf * 2.0 * a.active_params() as f64 / (p.gemm_flops * p.g())).max(weights);
+    // Keys seen, summed over the queries: Σ_i min(past + i + 1, w).
+    let keys = |w: f64| -> f64 {
+        let m = (w - pf).clamp(0.0, nf);
+        let tail = if m < nf { (nf - m) * w } else { 0.0 };
+        m * pf + m * (m + 1.0) / 2.0 + tail
+    };
+    let flash = p.flash_flops * p.g();
     for l in &a.layers {
         t += chunks * p.prefill_overhead(&l.mixer);
-        // Keys seen, summed over the queries: Σ_i min(past + i + 1, w).
-        let keys = |w: f64| -> f64 {
-            let m = (w - pf).clamp(0.0, nf);
-            let tail = if m < nf { (nf - m) * w } else { 0.0 };
-            m * pf + m * (m + 1.0) / 2.0 + tail
-        };
         t += match l.mixer {
             Mixer::Fa {
                 heads, head_dim, ..
-            } => 4.0 * (heads * head_dim) as f64 * keys(f64::INFINITY) / (p.flash_flops * p.g()),
+            } => 4.0 * (heads * head_dim) as f64 * keys(f64::INFINITY) / flash,
             Mixer::Swa {
                 heads,
                 head_dim,
                 window,
                 ..
-            } => 4.0 * (heads * head_dim) as f64 * keys(window as f64) / (p.flash_flops * p.g()),
+            } => 4.0 * (heads * head_dim) as f64 * keys(window as f64) / flash,
             Mixer::Mla {
                 heads,
                 qk_head,
                 v_head,
                 ..
-            } => {
-                2.0 * (heads * (qk_head + v_head)) as f64 * keys(f64::INFINITY)
-                    / (p.flash_flops * p.g())
-            }
+            } => 2.0 * (heads * (qk_head + v_head)) as f64 * keys(f64::INFINITY) / flash,
             Mixer::Linear {
                 v_heads, dk, dv, ..
             } => {

@@ -5,7 +5,7 @@
 //!
 //! Every sequence runs through the model on its own (batch 1), on either device, so a
 //! sequence's tokens never depend on which others share its steps.
-use crate::pools::{self, Pool, PoolBytes};
+use crate::pools::{self, PoolBytes};
 use anyhow::Result;
 use model::hybrid::gpu::{GpuHybrid, GpuHybridState};
 use model::hybrid::{HybridModel, LayerState};
@@ -86,6 +86,11 @@ impl CacheState for GpuHybridState {
 /// room beyond its own, so the pools' prediction is exact.
 const GPU_CACHE_STEP: usize = 256;
 
+/// The room a GPU cache holding `n` tokens has.
+fn gpu_room(n: usize) -> usize {
+    n.div_ceil(GPU_CACHE_STEP) * GPU_CACHE_STEP
+}
+
 pub struct GpuBackend<'a> {
     pub cpu: &'a HybridModel,
     pub gpu: GpuHybrid,
@@ -99,7 +104,7 @@ impl Backend for GpuBackend<'_> {
     fn forward(&self, tokens: &[u32], state: &mut Self::State) -> Result<Vec<f32>> {
         let need = state.len + tokens.len();
         if need > state.capacity {
-            *state = state.resized(need.div_ceil(GPU_CACHE_STEP) * GPU_CACHE_STEP)?;
+            *state = state.resized(gpu_room(need))?;
         }
         let logits = self.gpu.forward(tokens, state)?;
         let v = self.gpu.config.vocab_size;
@@ -108,24 +113,18 @@ impl Backend for GpuBackend<'_> {
     }
     /// Allocated device bytes (a cache's room beyond its tokens counts too).
     fn held(&self, state: &Self::State) -> PoolBytes {
-        let mut out = PoolBytes::default();
-        for (b, bytes) in self.cpu.blocks.iter().zip(state.layer_bytes()) {
-            *out.slot(Pool::of(&b.mixer)) += bytes;
-        }
-        out
+        pools::by_pool(self.cpu, state.layer_bytes())
     }
     /// bf16 keys/values; a window's cache is not trimmed on the GPU, so it grows like FA's.
     fn after(&self, n: usize) -> PoolBytes {
-        let room = n.div_ceil(GPU_CACHE_STEP) * GPU_CACHE_STEP;
-        let mut out = PoolBytes::default();
-        for b in &self.cpu.blocks {
-            *out.slot(Pool::of(&b.mixer)) += match &b.mixer {
+        pools::by_pool(
+            self.cpu,
+            self.cpu.blocks.iter().map(|b| match &b.mixer {
                 model::hybrid::Mixer::Attention(a) => {
-                    room * a.cfg.n_kv_heads * a.cfg.head_dim * 2 * 2
+                    gpu_room(n) * a.cfg.n_kv_heads * a.cfg.head_dim * 2 * 2
                 }
                 model::hybrid::Mixer::Linear(l) => l.state_bytes(4),
-            };
-        }
-        out
+            }),
+        )
     }
 }

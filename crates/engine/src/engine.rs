@@ -361,17 +361,14 @@ impl<'a, B: Backend> Worker<'a, B> {
                     }
                 }
             }
-            let states = match states {
-                Some(s) => s,
-                None => match self.backend.new_state() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        sink(Event::Error(format!(
-                            "no memory for the sequence's state: {e:#}"
-                        )));
-                        continue;
-                    }
-                },
+            let states = match self.state_or_new(states) {
+                Ok(s) => s,
+                Err(e) => {
+                    sink(Event::Error(format!(
+                        "no memory for the sequence's state: {e:#}"
+                    )));
+                    continue;
+                }
             };
             self.metrics
                 .prompt_tokens
@@ -419,18 +416,24 @@ impl<'a, B: Backend> Worker<'a, B> {
                 s.logits = l.logits;
             }
         }
-        if s.states.is_none() {
-            match self.backend.new_state() {
-                Ok(st) => s.states = Some(st),
-                Err(e) => {
-                    let _ = (s.sink)(Event::Error(format!(
-                        "no memory to resume the sequence: {e:#}"
-                    )));
-                    return;
-                }
+        match self.state_or_new(s.states.take()) {
+            Ok(st) => s.states = Some(st),
+            Err(e) => {
+                let _ = (s.sink)(Event::Error(format!(
+                    "no memory to resume the sequence: {e:#}"
+                )));
+                return;
             }
         }
         self.running.push(s);
+    }
+
+    /// `restored` (a prefix-cache hit), or the state before any token.
+    fn state_or_new(&self, restored: Option<B::State>) -> Result<B::State> {
+        match restored {
+            Some(s) => Ok(s),
+            None => self.backend.new_state(),
+        }
     }
 
     /// Preempts the newest sequences while the states after this step's tokens would not fit
@@ -563,12 +566,11 @@ impl<'a, B: Backend> Worker<'a, B> {
                 text: s.stream.text.clone(),
                 usage,
             });
-            if let (true, Some(st)) = (
-                self.cfg.prefix_cache && s.fed.len() > s.req.prompt.len(),
-                s.states,
-            ) {
-                self.cache.insert(&s.fed, st, s.logits);
-                self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+            if self.cfg.prefix_cache && s.fed.len() > s.req.prompt.len() {
+                if let Some(st) = s.states {
+                    self.cache.insert(&s.fed, st, s.logits);
+                    self.metrics.stored.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -31,7 +31,7 @@ impl Pool {
         }
     }
 
-    pub(crate) fn of(mixer: &Mixer) -> Pool {
+    fn of(mixer: &Mixer) -> Pool {
         match mixer {
             Mixer::Attention(a) if a.cfg.window.is_some() => Pool::Window,
             Mixer::Attention(_) => Pool::Kv,
@@ -57,7 +57,7 @@ impl PoolBytes {
         }
     }
 
-    pub(crate) fn slot(&mut self, p: Pool) -> &mut usize {
+    fn slot(&mut self, p: Pool) -> &mut usize {
         match p {
             Pool::Kv => &mut self.kv,
             Pool::Window => &mut self.window,
@@ -86,31 +86,40 @@ impl std::ops::Add for PoolBytes {
     }
 }
 
-/// Bytes a sequence's states hold, by pool.
-pub fn held(m: &HybridModel, states: &[LayerState]) -> PoolBytes {
+/// Per-layer byte counts of model `m`, summed by the pool each layer's mixer belongs to.
+pub fn by_pool(m: &HybridModel, layer_bytes: impl IntoIterator<Item = usize>) -> PoolBytes {
     let mut out = PoolBytes::default();
-    for (b, s) in m.blocks.iter().zip(states) {
-        *out.slot(Pool::of(&b.mixer)) += crate::prefix::state_bytes(std::slice::from_ref(s));
+    for (b, bytes) in m.blocks.iter().zip(layer_bytes) {
+        *out.slot(Pool::of(&b.mixer)) += bytes;
     }
     out
+}
+
+/// Bytes a sequence's states hold, by pool.
+pub fn held(m: &HybridModel, states: &[LayerState]) -> PoolBytes {
+    by_pool(
+        m,
+        states
+            .iter()
+            .map(|s| crate::prefix::state_bytes(std::slice::from_ref(s))),
+    )
 }
 
 /// Bytes a sequence's states will hold after `n` tokens (f32 caches), by pool: an upper
 /// bound. A window frees whole blocks, so it holds up to its last W − 1 tokens plus the rest
 /// of the oldest block still in use.
 pub fn after(m: &HybridModel, n: usize) -> PoolBytes {
-    let mut out = PoolBytes::default();
-    for b in &m.blocks {
-        *out.slot(Pool::of(&b.mixer)) += match &b.mixer {
+    by_pool(
+        m,
+        m.blocks.iter().map(|b| match &b.mixer {
             Mixer::Attention(a) => {
                 let per_token = a.cache_bytes(1, 4);
                 let held = a.cfg.window.map_or(n, |w| n.min(w + BLOCK_TOKENS - 2));
                 held * per_token
             }
             Mixer::Linear(l) => l.state_bytes(4),
-        };
-    }
-    out
+        }),
+    )
 }
 
 #[cfg(test)]

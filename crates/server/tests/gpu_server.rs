@@ -12,7 +12,7 @@
 mod common;
 use common::*;
 use engine::{EngineConfig, ServeModel};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
 fn gpu(cfg: EngineConfig) -> EngineConfig {
@@ -69,33 +69,19 @@ fn gpu_engine_serves(m: Arc<ServeModel>) {
         }),
     );
     let got = run_conversations(&cached, true, 12);
-    for g in [&got[1], &got[3]] {
-        assert!(
-            g.1 > 0 && g.1 < g.2,
-            "{}: a second turn cached {} of {} tokens",
-            m.name,
-            g.1,
-            g.2
-        );
-    }
+    second_turns_resume(&m.name, &got);
     // A repeated first turn: a hit of the whole prompt, and the same reply as when cached.
-    let first: Vec<Value> = vec![
+    let first = [
         json!({"role": "system", "content": SYSTEM}),
         json!({"role": "user", "content": conversation(0)[0]}),
     ];
-    let (_, v) = post(
-        &format!("{}/v1/chat/completions", cached.url),
-        &json!({"messages": first, "max_tokens": 12, "temperature": 0}),
-    );
-    let u = &v["usage"];
+    let again = chat(&cached, &first, 12);
     assert_eq!(
-        u["prompt_tokens_details"]["cached_tokens"], u["prompt_tokens"],
-        "{v}"
+        again.1, again.2,
+        "{}: a repeated prompt is cached whole",
+        m.name
     );
-    assert_eq!(
-        v["choices"][0]["message"]["content"].as_str().unwrap(),
-        got[0].0
-    );
+    assert_eq!(again.0, got[0].0);
     let (_, metrics) = get_text(&format!("{}/metrics", cached.url));
     assert!(metric(&metrics, "hybrid_prefix_hits_total") > 0.0);
     drop(cached);

@@ -252,3 +252,16 @@ pub fn idle_metrics(url: &str) -> String {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Second turns of [`run_conversations`] resume from the first turn's checkpoint (system
+/// prompt, question, reply): part of each prompt, not all of it, is cached.
+pub fn second_turns_resume(model: &str, got: &[(String, u64, u64)]) {
+    for g in [&got[1], &got[3]] {
+        assert!(
+            g.1 > 0 && g.1 < g.2,
+            "{model}: a second turn cached {} of {} tokens",
+            g.1,
+            g.2
+        );
+    }
+}
