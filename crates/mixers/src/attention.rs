@@ -49,6 +49,24 @@ impl AttnState {
     pub fn bytes(&self) -> usize {
         self.kv.iter().map(|c| c.bytes()).sum()
     }
+
+    /// Back to absolute position `pos` (≤ the current one): the keys and values from `pos` on
+    /// are forgotten (speculative drafts that were rejected). A window must have kept the
+    /// tokens `pos` needs (see [`Attention::forward_lanes`]).
+    pub fn rollback(&mut self, pos: usize, window: Option<usize>) {
+        if pos >= self.pos {
+            return;
+        }
+        for c in self.kv.iter_mut() {
+            c.truncate(pos);
+        }
+        let start = self.kv.iter().map(|c| c.start()).max().unwrap_or(0);
+        self.kept = match window {
+            None => self.kept - (self.pos - pos),
+            Some(w) => (pos - start.min(pos)).min(w.saturating_sub(1)),
+        };
+        self.pos = pos;
+    }
 }
 
 /// What the backward pass needs.
@@ -146,6 +164,24 @@ impl Attention {
         t: usize,
         state: Option<&mut AttnState>,
     ) -> (Vec<f32>, AttnSaved) {
+        self.forward_impl(x, b, t, state, 0)
+    }
+
+    /// x [T, D] of one sequence -> y [T, D] over a cache that keeps T−1 tokens more than a
+    /// window needs, so that [`AttnState::rollback`] can return to any of the T positions
+    /// (speculative verification).
+    pub fn forward_lanes(&self, x: &[f32], t: usize, state: &mut AttnState) -> Vec<f32> {
+        self.forward_impl(x, 1, t, Some(state), t - 1).0
+    }
+
+    fn forward_impl(
+        &self,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        state: Option<&mut AttnState>,
+        hold: usize,
+    ) -> (Vec<f32>, AttnSaved) {
         let c = &self.cfg;
         let (dh, h, hk) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let n = b * t;
@@ -221,7 +257,7 @@ impl Attention {
                 // whole blocks before that go back.
                 let keep = c.window.map_or(s, |w| s.min(w.saturating_sub(1)));
                 for cache in st.kv.iter_mut() {
-                    cache.drop_before(st.pos + t - keep);
+                    cache.drop_before((st.pos + t - keep).saturating_sub(hold));
                 }
                 st.kept = keep;
                 st.pos += t;

@@ -236,7 +236,33 @@ impl LinearMixer {
         x: &[f32],
         b: usize,
         t: usize,
+        state: Option<&mut LinearState>,
+    ) -> (Vec<f32>, LinearSaved) {
+        self.forward_impl(x, b, t, state, None)
+    }
+
+    /// x [T, D] of one sequence -> y [T, D], continuing `state`, and the state after each of
+    /// the T tokens (speculative verification's lanes: a rejected draft is undone by taking the
+    /// lane of the last accepted token, since a recurrent state cannot be rolled back). The
+    /// recurrence runs token by token, exactly as decode steps do; `state` ends after all T.
+    pub fn forward_lanes(
+        &self,
+        x: &[f32],
+        t: usize,
+        state: &mut LinearState,
+    ) -> (Vec<f32>, Vec<LinearState>) {
+        let mut lanes = Vec::with_capacity(t);
+        let (y, _) = self.forward_impl(x, 1, t, Some(state), Some(&mut lanes));
+        (y, lanes)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &[f32],
+        b: usize,
+        t: usize,
         mut state: Option<&mut LinearState>,
+        mut lanes: Option<&mut Vec<LinearState>>,
     ) -> (Vec<f32>, LinearSaved) {
         let c = &self.cfg;
         let p = &self.params;
@@ -251,9 +277,23 @@ impl LinearMixer {
         let pre_v = linear(x, p.get("v_proj.weight"), None, n, hvv, d);
         // Short convs (their SiLU included), or the plain activation without them.
         let mut conv_pre: [Vec<f32>; 3] = Default::default();
+        // With lanes, the conv history after every token (token by token, as decode runs).
+        let per_token = lanes.is_some();
+        let mut hists: [Vec<Vec<f32>>; 3] = Default::default();
         let mut act =
             |i: usize, pre: &[f32], ch: usize, name: &str, st: Option<&mut Vec<f32>>| -> Vec<f32> {
-                if c.conv_size > 0 {
+                if c.conv_size > 0 && per_token {
+                    let st = st.expect("lanes continue a state");
+                    let (mut y, mut pv) = (vec![], vec![]);
+                    for row in pre.chunks_exact(ch) {
+                        let out = conv::forward(row, p.get(name), 1, 1, ch, c.conv_size, Some(st));
+                        y.extend(out.y);
+                        pv.extend(out.pre);
+                        hists[i].push(st.clone());
+                    }
+                    conv_pre[i] = pv;
+                    y
+                } else if c.conv_size > 0 {
                     let out = conv::forward(
                         pre,
                         p.get(name),
@@ -363,7 +403,37 @@ impl LinearMixer {
         };
         let scale = (c.head_k_dim as f32).powf(-0.5);
         let h0 = state.as_deref().map(|s| s.rec.as_slice());
-        let core = if t == 1 && state.is_some() {
+        let core = if let Some(lanes) = lanes.as_deref_mut() {
+            let st = state.as_deref_mut().expect("lanes continue a state");
+            let (hk_row, hv_row, g_row) = (hk, hvv, hvk);
+            let mut o = Vec::with_capacity(t * hvv);
+            for j in 0..t {
+                let row = Inputs {
+                    q: &q[j * hk_row..(j + 1) * hk_row],
+                    k: &k[j * hk_row..(j + 1) * hk_row],
+                    v: &v[j * hv_row..(j + 1) * hv_row],
+                    g: &g[j * g_row..(j + 1) * g_row],
+                    beta: c
+                        .kind
+                        .delta_rule()
+                        .then(|| &beta[j * c.n_v_heads..(j + 1) * c.n_v_heads]),
+                };
+                o.extend(linear_core::step(self.dims(1, 1), row, scale, &mut st.rec));
+                let hist = |i: usize, now: &Vec<f32>| hists[i].get(j).unwrap_or(now).clone();
+                lanes.push(LinearState {
+                    rec: st.rec.clone(),
+                    conv_q: hist(0, &st.conv_q),
+                    conv_k: hist(1, &st.conv_k),
+                    conv_v: hist(2, &st.conv_v),
+                });
+            }
+            linear_core::ChunkedOut {
+                o,
+                state: vec![],
+                chunk_states: vec![],
+                chunk: 1,
+            }
+        } else if t == 1 && state.is_some() {
             let st = state.as_deref_mut().unwrap();
             let o = linear_core::step(dims, inputs, scale, &mut st.rec);
             linear_core::ChunkedOut {

@@ -96,6 +96,25 @@ impl PagedKv {
         }
     }
 
+    /// Forgets the tokens from absolute index `end` on (a rejected speculative draft); a
+    /// block shared with a checkpoint is copied before it shrinks.
+    pub fn truncate(&mut self, end: usize) {
+        if end >= self.end {
+            return;
+        }
+        let n = end.saturating_sub(self.origin);
+        self.blocks.truncate(n.div_ceil(BLOCK_TOKENS));
+        if let Some(last) = self.blocks.last_mut() {
+            let rows = n - (n - 1) / BLOCK_TOKENS * BLOCK_TOKENS;
+            if last.k.len() > rows * self.row {
+                let b = Arc::make_mut(last);
+                b.k.truncate(rows * self.row);
+                b.v.truncate(rows * self.row);
+            }
+        }
+        self.end = end.max(self.origin);
+    }
+
     /// Key and value rows of absolute token `abs` (`start() <= abs < end()`).
     #[inline]
     pub fn row(&self, abs: usize) -> (&[f32], &[f32]) {
@@ -148,6 +167,26 @@ mod tests {
         assert_eq!(b.end(), 40);
         assert_eq!(b.blocks()[1].k.len(), 8 * row);
         assert_eq!(a.row(40).0, &rows(1, 40, row)[..]);
+    }
+
+    #[test]
+    fn truncation_forgets_rows_without_touching_a_shared_block() {
+        let row = 3;
+        let mut a = PagedKv::new(row, 0);
+        a.push(&rows(40, 0, row), &rows(40, 100, row));
+        let checkpoint = a.clone();
+        a.truncate(33);
+        assert_eq!((a.end(), a.blocks().len()), (33, 2));
+        assert_eq!(a.row(32).0, &rows(1, 32, row)[..]);
+        // The checkpoint still holds its 40 rows; the shrunk block was a copy.
+        assert_eq!(checkpoint.blocks()[1].k.len(), 8 * row);
+        a.push(&rows(2, 7, row), &rows(2, 7, row));
+        assert_eq!((a.end(), a.row(33).0), (35, &rows(1, 7, row)[..]));
+        assert_eq!(checkpoint.row(33).0, &rows(1, 33, row)[..]);
+        a.truncate(32);
+        assert_eq!((a.end(), a.blocks().len()), (32, 1));
+        a.truncate(0);
+        assert_eq!((a.end(), a.blocks().len()), (0, 0));
     }
 
     #[test]

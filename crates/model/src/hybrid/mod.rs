@@ -59,6 +59,27 @@ pub enum LayerState {
     Linear(LinearState),
 }
 
+/// What a speculative verification ([`HybridModel::forward_lanes`]) keeps so that any prefix
+/// of its tokens can be committed: per linear layer, the state before the call and after each
+/// token (attention layers need nothing: their caches are truncated).
+pub struct Lanes {
+    t: usize,
+    base: Vec<Option<LinearState>>,
+    layers: Vec<Option<Vec<LinearState>>>,
+}
+
+impl Lanes {
+    fn base(states: &[LayerState]) -> Vec<Option<LinearState>> {
+        states
+            .iter()
+            .map(|s| match s {
+                LayerState::Linear(l) => Some(l.clone()),
+                LayerState::Attention(_) => None,
+            })
+            .collect()
+    }
+}
+
 enum MixerSaved {
     Attention(AttnSaved),
     Linear(Box<LinearSaved>),
@@ -241,7 +262,6 @@ impl HybridModel {
         state: Option<&mut LayerState>,
     ) -> (Vec<f32>, BlockSaved) {
         let c = &self.config;
-        let (d, f, n) = (c.hidden_size, c.intermediate_size, b * t);
         let mut h = vec![0f32; x.len()];
         cpu::rms_norm(
             &x,
@@ -267,8 +287,63 @@ impl HybridModel {
                 (y, MixerSaved::Linear(Box::new(sv)))
             }
         };
-        let mut x_mid = x.clone();
-        cpu::add_inplace(&mut x_mid, &y);
+        let (out, x_mid, h2, gate, up, act) = self.residual_mlp(bl, &x, &y);
+        (
+            out,
+            BlockSaved {
+                x,
+                mixer,
+                x_mid,
+                h2,
+                gate,
+                up,
+                act,
+            },
+        )
+    }
+
+    /// One block of one sequence in speculative verification: the mixer keeps what lets the
+    /// state return to any of the T positions (attention: its window's slack; linear mixers:
+    /// the state after each token, returned).
+    fn block_lanes(
+        &self,
+        bl: &Block,
+        x: Vec<f32>,
+        t: usize,
+        state: &mut LayerState,
+    ) -> (Vec<f32>, Option<Vec<LinearState>>) {
+        let c = &self.config;
+        let mut h = vec![0f32; x.len()];
+        cpu::rms_norm(
+            &x,
+            bl.params.get("input_layernorm.weight"),
+            c.rms_norm_eps,
+            &mut h,
+        );
+        let (y, lanes) = match (&bl.mixer, state) {
+            (Mixer::Attention(a), LayerState::Attention(st)) => (a.forward_lanes(&h, t, st), None),
+            (Mixer::Linear(l), LayerState::Linear(st)) => {
+                let (y, lanes) = l.forward_lanes(&h, t, st);
+                (y, Some(lanes))
+            }
+            _ => unreachable!("state kinds follow layer kinds"),
+        };
+        (self.residual_mlp(bl, &x, &y).0, lanes)
+    }
+
+    /// x + y, then the MLP's residual branch: (out, x_mid, h2, gate, up, act).
+    #[allow(clippy::type_complexity)]
+    fn residual_mlp(
+        &self,
+        bl: &Block,
+        x: &[f32],
+        y: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let c = &self.config;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let n = x.len() / d;
+        let mut x_mid = x.to_vec();
+        cpu::add_inplace(&mut x_mid, y);
         let mut out = x_mid.clone();
         let (mut h2, mut gate, mut up, mut act) = (vec![], vec![], vec![], vec![]);
         if f > 0 {
@@ -288,18 +363,7 @@ impl HybridModel {
                 &linear(&act, bl.params.get("mlp.down_proj.weight"), None, n, d, f),
             );
         }
-        (
-            out,
-            BlockSaved {
-                x,
-                mixer,
-                x_mid,
-                h2,
-                gate,
-                up,
-                act,
-            },
-        )
+        (out, x_mid, h2, gate, up, act)
     }
 
     /// Per layer, the mixer's input (after `input_layernorm`) and its output, for tokens
@@ -514,6 +578,62 @@ impl HybridModel {
         };
         let rows = x.len() / d;
         Ok(self.head(&x, rows).0)
+    }
+
+    /// Speculative verification of one sequence: runs `tokens` (T of them) after `states`
+    /// and returns the logits of every token ([T, V]) and the lanes that let
+    /// [`HybridModel::commit`] keep any prefix of them without running anything again.
+    pub fn forward_lanes(
+        &self,
+        tokens: &[u32],
+        states: &mut [LayerState],
+    ) -> Result<(Vec<f32>, Lanes)> {
+        let t = tokens.len();
+        if t == 0 {
+            bail!("speculative verification needs at least one token");
+        }
+        let base = Lanes::base(states);
+        let mut x = self.embed(tokens)?;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (bl, st) in self.blocks.iter().zip(states.iter_mut()) {
+            let (y, lanes) = self.block_lanes(bl, x, t, st);
+            x = y;
+            layers.push(lanes);
+        }
+        let logits = self.head(&x, t).0;
+        Ok((logits, Lanes { t, base, layers }))
+    }
+
+    /// Keeps the first `keep` (0..=T) tokens of a [`HybridModel::forward_lanes`] call: linear
+    /// layers take the state after token `keep` (their lane; the state before the call when
+    /// `keep` is 0), attention layers forget the keys and values after it.
+    pub fn commit(&self, states: &mut [LayerState], lanes: Lanes, keep: usize) -> Result<()> {
+        if keep > lanes.t {
+            bail!("cannot keep {keep} of {} verified tokens", lanes.t);
+        }
+        for ((bl, st), (lane, base)) in self
+            .blocks
+            .iter()
+            .zip(states.iter_mut())
+            .zip(lanes.layers.into_iter().zip(lanes.base))
+        {
+            match (st, &bl.mixer) {
+                (LayerState::Attention(a), Mixer::Attention(m)) => {
+                    let pos = a.pos - lanes.t + keep;
+                    a.rollback(pos, m.cfg.window);
+                }
+                (LayerState::Linear(l), Mixer::Linear(_)) => {
+                    if keep == 0 {
+                        *l = base.expect("linear layers keep their base state");
+                    } else if keep < lanes.t {
+                        let mut lane = lane.expect("linear layers have lanes");
+                        *l = lane.swap_remove(keep - 1);
+                    }
+                }
+                _ => unreachable!("state kinds follow layer kinds"),
+            }
+        }
+        Ok(())
     }
 
     /// Calls `f(name, param, grad)` for every parameter, with checkpoint names.
