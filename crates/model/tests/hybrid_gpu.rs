@@ -179,3 +179,51 @@ fn chunked_prefill_over_cached_keys_matches_the_cpu() {
         }
     }
 }
+
+/// Speculative verification on the GPU (batch 1): the logits of T verified tokens match T
+/// decode steps, and committing any prefix leaves a state whose next steps match a state
+/// that decoded only that prefix (attention cut back, recurrent lanes, conv histories).
+#[test]
+#[ignore]
+fn verification_lanes_commit_any_prefix() {
+    let cpu = model("fa,swa,gdn,kda", false, (2, 4));
+    let gpu = GpuHybrid::new(&cpu, 0).unwrap();
+    let v = 97;
+    let mut base = gpu.new_state(1, 128).unwrap();
+    gpu.forward(&tokens(37, 3), &mut base).unwrap();
+    let (drafts, after) = (tokens(5, 4), tokens(3, 5));
+    let steps = |st: &mut model::hybrid::gpu::GpuHybridState, toks: &[u32]| -> Vec<Vec<f32>> {
+        toks.iter()
+            .map(|&t| gpu.gpu.download(&gpu.forward(&[t], st).unwrap()).unwrap())
+            .collect()
+    };
+    let stepped = steps(&mut base.resized(128).unwrap(), &drafts);
+    for keep in 0..=drafts.len() {
+        let mut st = base.resized(128).unwrap();
+        let (logits, lanes) = gpu.forward_lanes(&drafts, &mut st).unwrap();
+        let logits = gpu.gpu.download(&logits).unwrap();
+        for (j, want) in stepped.iter().enumerate() {
+            let e = rel(want, &logits[j * v..(j + 1) * v]);
+            assert!(e < TOL, "verified token {j}: rel err {e}");
+        }
+        gpu.commit(&mut st, lanes, keep).unwrap();
+        assert_eq!(st.len, 37 + keep);
+        let mut reference = base.resized(128).unwrap();
+        steps(&mut reference, &drafts[..keep]);
+        for (j, (a, b)) in steps(&mut st, &after)
+            .iter()
+            .zip(steps(&mut reference, &after))
+            .enumerate()
+        {
+            let e = rel(&b, a);
+            assert!(
+                e < TOL,
+                "keep {keep}, step {j} after the commit: rel err {e}"
+            );
+        }
+    }
+    let gla = GpuHybrid::new(&model("fa,gla", false, (2, 2)), 0).unwrap();
+    let mut st = gla.new_state(1, 16).unwrap();
+    let e = gla.forward_lanes(&[1, 2], &mut st).err().unwrap();
+    assert!(e.to_string().contains("delta-rule"), "{e}");
+}

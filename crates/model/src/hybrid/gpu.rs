@@ -93,6 +93,27 @@ enum LayerCache {
     },
 }
 
+/// The q, k, v buffers of a linear layer, collected in a loop.
+fn three<T>(v: Vec<T>) -> [T; 3] {
+    v.try_into()
+        .unwrap_or_else(|_| unreachable!("one buffer each for q, k, v"))
+}
+
+/// A linear layer's part of [`GpuLanes`].
+pub struct GpuLinearLanes {
+    /// The recurrent state after each verified token [T, HV, K, V].
+    rec: CudaSlice<f32>,
+    /// The conv histories (q, k, v) before the call, and the call's conv inputs [T, C].
+    conv_base: [CudaSlice<f32>; 3],
+    pre: [CudaSlice<bf16>; 3],
+}
+
+/// What [`GpuHybrid::forward_lanes`] keeps for [`GpuHybrid::commit`].
+pub struct GpuLanes {
+    t: usize,
+    layers: Vec<Option<GpuLinearLanes>>,
+}
+
 /// Every layer's cache for B sequences.
 pub struct GpuHybridState {
     layers: Vec<LayerCache>,
@@ -281,6 +302,103 @@ impl GpuHybrid {
 
     /// Runs tokens [B, T] after what `state` holds; returns logits [B·T, V] (f32, on the GPU).
     pub fn forward(&self, tokens: &[u32], state: &mut GpuHybridState) -> Result<CudaSlice<f32>> {
+        self.forward_impl(tokens, state, None)
+    }
+
+    /// Speculative verification of one sequence (batch 1): runs `tokens` (T) after `state` and
+    /// returns the logits of every token [T, V] and the lanes [`GpuHybrid::commit`] keeps a
+    /// prefix of: per linear layer, the recurrent state after each token (the delta-rule step
+    /// writes each token's state to its own lane; the sequence's own state is not touched until
+    /// the commit), the conv histories before the call and the call's conv inputs. Attention
+    /// caches take all T tokens and are cut back by the commit.
+    pub fn forward_lanes(
+        &self,
+        tokens: &[u32],
+        state: &mut GpuHybridState,
+    ) -> Result<(CudaSlice<f32>, GpuLanes)> {
+        if state.batch != 1 {
+            bail!(
+                "speculative verification runs one sequence at a time, not {}",
+                state.batch
+            );
+        }
+        self.check_lanes()?;
+        let mut layers = vec![];
+        let logits = self.forward_impl(tokens, state, Some(&mut layers))?;
+        Ok((
+            logits,
+            GpuLanes {
+                t: tokens.len(),
+                layers,
+            },
+        ))
+    }
+
+    /// Whether every layer can be verified speculatively: the lanes come from the delta-rule
+    /// step kernel, so GLA layers (and value head dims not a multiple of 4) cannot.
+    pub fn check_lanes(&self) -> Result<()> {
+        for (i, bl) in self.blocks.iter().enumerate() {
+            if let GpuMixer::Linear(l) = &bl.mixer {
+                let c = &l.cfg;
+                if c.kind == LinearKind::Gla || c.head_k_dim > 256 || c.head_v_dim % 4 != 0 {
+                    bail!(
+                        "speculative verification on the GPU needs delta-rule linear layers (GDN, KDA) with value head dims a multiple of 4; layer {i} is {} with value head dim {}",
+                        c.kind.name(),
+                        c.head_v_dim
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the first `keep` (0..=T) tokens of a [`GpuHybrid::forward_lanes`] call: each
+    /// linear layer's state becomes lane `keep` (copied; unchanged for 0), its conv histories
+    /// the last W−1 inputs before token `keep`, and every cache's length drops to match.
+    pub fn commit(&self, state: &mut GpuHybridState, lanes: GpuLanes, keep: usize) -> Result<()> {
+        let t = lanes.t;
+        if keep > t || state.len < t {
+            bail!("cannot keep {keep} of {t} verified tokens");
+        }
+        let g = &self.gpu;
+        let copy_err = |e| anyhow::anyhow!("committing a verified state: {e:?}");
+        for ((bl, cache), lane) in self
+            .blocks
+            .iter()
+            .zip(state.layers.iter_mut())
+            .zip(lanes.layers)
+        {
+            let (GpuMixer::Linear(l), LayerCache::Linear { rec, conv }, Some(lane)) =
+                (&bl.mixer, cache, lane)
+            else {
+                continue;
+            };
+            let n = rec.len();
+            if keep > 0 {
+                g.stream
+                    .memcpy_dtod(&lane.rec.slice((keep - 1) * n..keep * n), rec)
+                    .map_err(copy_err)?;
+            }
+            if keep < t {
+                for ((hist, base), pre) in conv.iter_mut().zip(lane.conv_base).zip(&lane.pre) {
+                    *hist = base;
+                    if keep > 0 {
+                        let ch = pre.len() / t;
+                        g.short_conv_history_bf16(pre, hist, (1, keep, ch, l.cfg.conv_size))?;
+                    }
+                }
+            }
+        }
+        state.len = state.len - t + keep;
+        Ok(())
+    }
+
+    fn forward_impl(
+        &self,
+        tokens: &[u32],
+        state: &mut GpuHybridState,
+        mut lanes: Option<&mut Vec<Option<GpuLinearLanes>>>,
+    ) -> Result<CudaSlice<f32>> {
         let c = &self.config;
         let g = &self.gpu;
         let b = state.batch;
@@ -311,10 +429,17 @@ impl GpuHybrid {
             g.rmsnorm_bf16(&x, &bl.attn_norm, &mut h, n, d, c.rms_norm_eps)?;
             match (&bl.mixer, cache) {
                 (GpuMixer::Attention(a), LayerCache::Attention { k, v, .. }) => {
-                    attention_forward(g, a, &h, &mut y, (b, t), past, state.capacity, k, v)?
+                    attention_forward(g, a, &h, &mut y, (b, t), past, state.capacity, k, v)?;
+                    if let Some(ls) = lanes.as_deref_mut() {
+                        ls.push(None);
+                    }
                 }
                 (GpuMixer::Linear(l), LayerCache::Linear { rec, conv }) => {
-                    linear_forward(g, l, &h, &mut y, (b, t), d, rec, conv)?
+                    let lane =
+                        linear_forward(g, l, &h, &mut y, (b, t), d, rec, conv, lanes.is_some())?;
+                    if let Some(ls) = lanes.as_deref_mut() {
+                        ls.push(lane);
+                    }
                 }
                 _ => unreachable!("caches are made from the blocks"),
             }
@@ -487,17 +612,30 @@ fn linear_forward(
     d: usize,
     rec: &mut CudaSlice<f32>,
     conv: &mut [CudaSlice<f32>; 3],
-) -> Result<()> {
+    lanes: bool,
+) -> Result<Option<GpuLinearLanes>> {
     let c = &l.cfg;
     let n = b * t;
+    let delta = c.kind != LinearKind::Gla;
+    let step_kernel = delta && c.head_k_dim <= 256 && c.head_v_dim % 4 == 0;
+    if lanes && !step_kernel {
+        bail!(
+            "speculative verification on the GPU needs delta-rule linear layers (GDN, KDA) with value head dims a multiple of 4; this layer is {}",
+            c.kind.name()
+        );
+    }
+    let copy_err = |e| anyhow::anyhow!("keeping a verification's conv history: {e:?}");
+    let (mut conv_base, mut pres) = (vec![], vec![]);
     let (nh, hv, kd, vd) = (c.n_heads, c.n_v_heads, c.head_k_dim, c.head_v_dim);
     let (ck, cv) = (nh * kd, hv * vd);
-    let delta = c.kind != LinearKind::Gla;
     // q, k, v: projection, short conv + SiLU (histories carried in `conv`).
     let mut qkv = vec![];
     for (i, (w, ch)) in [(&l.q, ck), (&l.k, ck), (&l.v, cv)].into_iter().enumerate() {
         let mut pre = g.zeros::<bf16>(n * ch)?;
         g.matmul_nt_bf16(h, w, &mut pre, n, ch, d)?;
+        if lanes {
+            conv_base.push(g.stream.clone_dtod(&conv[i]).map_err(copy_err)?);
+        }
         let mut out = g.zeros::<bf16>(n * ch)?;
         g.short_conv_batched_bf16(
             &pre,
@@ -508,6 +646,9 @@ fn linear_forward(
             true,
         )?;
         qkv.push(out);
+        if lanes {
+            pres.push(pre);
+        }
     }
     let (mut q, mut k, v) = {
         let mut it = qkv.into_iter();
@@ -556,14 +697,36 @@ fn linear_forward(
     // The recurrence: the fused one-token step for delta-rule decode, else the chunked form.
     let scale = (kd as f32).powf(-0.5);
     let mut o = g.zeros::<bf16>(n * cv)?;
-    if t == 1 && delta && kd <= 256 && vd % 4 == 0 {
-        let sd = StepDims {
-            b,
-            h: nh,
-            hv,
-            k: kd,
-            v: vd,
-        };
+    let sd = StepDims {
+        b,
+        h: nh,
+        hv,
+        k: kd,
+        v: vd,
+    };
+    let mut kept = None;
+    if lanes {
+        // Token by token, as decode steps run; token j's state goes to lane j.
+        let mut lane = g.zeros::<f32>(t * rec.len())?;
+        let beta = beta.as_ref().expect("delta-rule layers have β");
+        for j in 0..t {
+            g.gdn_step_lane(
+                sd,
+                j,
+                (&q, &k, &v),
+                (&gd, per_head, beta),
+                rec,
+                &mut lane,
+                &mut o,
+                scale,
+            )?;
+        }
+        kept = Some(GpuLinearLanes {
+            rec: lane,
+            conv_base: three(conv_base),
+            pre: three(pres),
+        });
+    } else if t == 1 && step_kernel {
         g.gdn_step(
             sd,
             &q,
@@ -623,5 +786,5 @@ fn linear_forward(
         c.kind == LinearKind::Kda,
     )?;
     g.matmul_nt_bf16(&yn, &l.o, y, n, d, cv)?;
-    Ok(())
+    Ok(kept)
 }

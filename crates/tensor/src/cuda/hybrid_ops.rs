@@ -65,6 +65,18 @@ impl Gpu {
         // SAFETY: argument list matches the kernel; sizes follow from (b, t, c, kw) (callers).
         unsafe { l.launch(cfg) }.map_err(|e| cuda_err("short conv launch", e))?;
         // Then the histories (same stream: after every read of the old ones).
+        self.short_conv_history_bf16(x, hist, (b, t, c, kw))
+    }
+
+    /// The conv histories [B, W−1, C] after `t` more inputs x [B, T, C] (rows beyond `t` are
+    /// not read): the last W−1 inputs of (hist ++ x), in place.
+    pub fn short_conv_history_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        hist: &mut CudaSlice<f32>,
+        (b, t, c, kw): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let (bi, ti, ci, kwi) = (b as i32, t as i32, c as i32, kw as i32);
         let f = self.function(HYBRID, "short_conv_history")?;
         let cfg = LaunchConfig {
             grid_dim: (c.div_ceil(128) as u32, b as u32, 1),

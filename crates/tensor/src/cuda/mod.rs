@@ -29,7 +29,8 @@ pub use hybrid_ops::DecayGate;
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::bf16;
@@ -328,6 +329,77 @@ impl Gpu {
                 "gdn_step supports key head dims up to 256, value head dims that are multiples of 4, and value heads a multiple of key heads; got {d:?}"
             )));
         }
+        let sp = state.device_ptr(&self.stream).0;
+        self.gdn_step_launch(
+            d,
+            (&q.as_view(), &k.as_view(), &v.as_view()),
+            (&g.as_view(), g_per_head, &beta.as_view()),
+            (sp, &mut state.as_view_mut()),
+            &mut o.as_view_mut(),
+            scale,
+        )
+    }
+
+    /// [`Gpu::gdn_step`] for token `j` of a speculative verification of one sequence (B = 1):
+    /// reads row `j` of q, k, v, g, β, the state before the token from `state_in` (the
+    /// sequence's state for j = 0, else lane j−1 of `lanes`), writes the state after it to
+    /// lane j of `lanes` [T, HV, K, V] and the output to row j of `o`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gdn_step_lane(
+        &self,
+        d: StepDims,
+        j: usize,
+        (q, k, v): (&CudaSlice<bf16>, &CudaSlice<bf16>, &CudaSlice<bf16>),
+        (g, g_per_head, beta): (&CudaSlice<f32>, bool, &CudaSlice<f32>),
+        state: &CudaSlice<f32>,
+        lanes: &mut CudaSlice<f32>,
+        o: &mut CudaSlice<bf16>,
+        scale: f32,
+    ) -> Result<()> {
+        let (ck, cv, st) = (d.h * d.k, d.hv * d.v, d.hv * d.k * d.v);
+        let gw = if g_per_head { d.hv } else { d.hv * d.k };
+        if d.b != 1 || lanes.len() < (j + 1) * st || state.len() < st || q.len() < (j + 1) * ck {
+            return Err(Error::Msg(format!(
+                "gdn_step_lane: lane {j} of {} values does not fit buffers of {} (state {}), {d:?}",
+                st,
+                lanes.len(),
+                state.len()
+            )));
+        }
+        fn row(x: &CudaSlice<bf16>, j: usize, w: usize) -> CudaView<'_, bf16> {
+            x.slice(j * w..(j + 1) * w)
+        }
+        let sp = if j == 0 {
+            state.device_ptr(&self.stream).0
+        } else {
+            lanes.slice((j - 1) * st..j * st).device_ptr(&self.stream).0
+        };
+        self.gdn_step_launch(
+            d,
+            (&row(q, j, ck), &row(k, j, ck), &row(v, j, cv)),
+            (
+                &g.slice(j * gw..(j + 1) * gw),
+                g_per_head,
+                &beta.slice(j * d.hv..(j + 1) * d.hv),
+            ),
+            (sp, &mut lanes.slice_mut(j * st..(j + 1) * st)),
+            &mut o.slice_mut(j * cv..(j + 1) * cv),
+            scale,
+        )
+    }
+
+    /// The launch behind [`Gpu::gdn_step`] and [`Gpu::gdn_step_lane`]: the state before the
+    /// token is a raw device address, since it may be the buffer the state after it goes to.
+    #[allow(clippy::type_complexity)]
+    fn gdn_step_launch(
+        &self,
+        d: StepDims,
+        (q, k, v): (&CudaView<bf16>, &CudaView<bf16>, &CudaView<bf16>),
+        (g, g_per_head, beta): (&CudaView<f32>, bool, &CudaView<f32>),
+        (state_in, state_out): (u64, &mut CudaViewMut<f32>),
+        o: &mut CudaViewMut<bf16>,
+        scale: f32,
+    ) -> Result<()> {
         let f = self.function(GDN_STEP, "gdn_step")?;
         // 16 warps, 128 columns per block: STEP_WARPS in kernels/gdn_step.cu.
         let cfg = LaunchConfig {
@@ -348,7 +420,8 @@ impl Gpu {
             .arg(v)
             .arg(g)
             .arg(beta)
-            .arg(state)
+            .arg(&state_in)
+            .arg(state_out)
             .arg(o)
             .arg(&h)
             .arg(&hv)

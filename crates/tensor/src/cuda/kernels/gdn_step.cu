@@ -1,5 +1,6 @@
-// One decode token of the gated delta rule (GDN; KDA with per-channel decay), in place on an
-// f32 state, FLA's K-first layout S[K, V] per (sequence, value head):
+// One decode token of the gated delta rule (GDN; KDA with per-channel decay) on an f32 state
+// (read from state_in, written to state_out: the same buffer in decode, the next lane in
+// speculative verification; each thread reads its elements before writing them), FLA's K-first layout S[K, V] per (sequence, value head):
 //   S = exp(g) * S;  u = beta * (v - S^T k);  S += k u^T;  o = S^T (scale * q)
 // q, k: [B, H, K] bf16 (L2-normalised by the caller); v: [B, HV, V] bf16;
 // g: [B, HV, K] f32 log decays (per channel) or, with g_per_head, [B, HV] (GDN);
@@ -15,7 +16,7 @@
 
 extern "C" __global__ void __launch_bounds__(512) gdn_step(
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* g, const float* beta,
-    float* state, bf16_t* o, int h, int hv, int kd, int vd, float scale, int g_per_head) {
+    const float* state_in, float* state_out, bf16_t* o, int h, int hv, int kd, int vd, float scale, int g_per_head) {
     __shared__ float sq[STEP_MAXK], sk[STEP_MAXK], sg[STEP_MAXK];
     __shared__ float4 part[STEP_WARPS][32];
     int bh = blockIdx.x;
@@ -31,7 +32,8 @@ extern "C" __global__ void __launch_bounds__(512) gdn_step(
         sg[i] = __expf(g_per_head ? g[bh] : g[(long)bh * kd + i]);
     }
     __syncthreads();
-    float* s = state + (long)bh * kd * vd;
+    const float* s = state_in + (long)bh * kd * vd;
+    float* s_out = state_out + (long)bh * kd * vd;
     bool live = col < vd;  // vd % 4 == 0 is required by the launcher
     float4 reg[STEP_ROWS];
     float4 pred = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -70,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(512) gdn_step(
             float kr = sk[r], qr = sq[r];
             float4 x = reg[n];
             x.x += kr * u.x; x.y += kr * u.y; x.z += kr * u.z; x.w += kr * u.w;
-            *(float4*)(s + (long)r * vd + col) = x;
+            *(float4*)(s_out + (long)r * vd + col) = x;
             out.x += x.x * qr; out.y += x.y * qr; out.z += x.z * qr; out.w += x.w * qr;
         }
     }
