@@ -26,6 +26,16 @@ pub trait Backend {
     fn new_state(&self) -> Result<Self::State>;
     /// Runs `tokens` of one sequence after what `state` holds; returns the last token's logits.
     fn forward(&self, tokens: &[u32], state: &mut Self::State) -> Result<Vec<f32>>;
+    /// What a speculative verification keeps until its commit.
+    type Lanes;
+    /// Speculative verification: runs `tokens` after `state` and returns the logits of every
+    /// token ([T, V], row-major) and the lanes [`Backend::commit`] needs.
+    fn verify(&self, tokens: &[u32], state: &mut Self::State) -> Result<(Vec<f32>, Self::Lanes)>;
+    /// Keeps the first `keep` tokens of the last verification (no token runs again).
+    fn commit(&self, state: &mut Self::State, lanes: Self::Lanes, keep: usize) -> Result<()>;
+    /// An independent copy of `state` with room for `more` tokens (a draft model's
+    /// throw-away run ahead).
+    fn fork(&self, state: &Self::State, more: usize) -> Result<Self::State>;
     /// Bytes a sequence's state holds, by pool.
     fn held(&self, state: &Self::State) -> PoolBytes;
     /// Bytes a sequence's state will hold after `n` tokens, by pool (an upper bound).
@@ -59,6 +69,16 @@ impl Backend for CpuBackend<'_> {
     }
     fn forward(&self, tokens: &[u32], state: &mut Self::State) -> Result<Vec<f32>> {
         self.0.forward(tokens, 1, state, false)
+    }
+    type Lanes = model::hybrid::Lanes;
+    fn verify(&self, tokens: &[u32], state: &mut Self::State) -> Result<(Vec<f32>, Self::Lanes)> {
+        self.0.forward_lanes(tokens, state)
+    }
+    fn commit(&self, state: &mut Self::State, lanes: Self::Lanes, keep: usize) -> Result<()> {
+        self.0.commit(state, lanes, keep)
+    }
+    fn fork(&self, state: &Self::State, _more: usize) -> Result<Self::State> {
+        Ok(state.clone())
     }
     fn held(&self, state: &Self::State) -> PoolBytes {
         pools::held(self.0, state)
@@ -110,6 +130,21 @@ impl Backend for GpuBackend<'_> {
         let v = self.gpu.config.vocab_size;
         let last = tokens.len() * v;
         Ok(self.gpu.gpu.download_range(&logits, last - v..last)?)
+    }
+    type Lanes = model::hybrid::gpu::GpuLanes;
+    fn verify(&self, tokens: &[u32], state: &mut Self::State) -> Result<(Vec<f32>, Self::Lanes)> {
+        let need = state.len + tokens.len();
+        if need > state.capacity {
+            *state = state.resized(gpu_room(need))?;
+        }
+        let (logits, lanes) = self.gpu.forward_lanes(tokens, state)?;
+        Ok((self.gpu.gpu.download(&logits)?, lanes))
+    }
+    fn commit(&self, state: &mut Self::State, lanes: Self::Lanes, keep: usize) -> Result<()> {
+        self.gpu.commit(state, lanes, keep)
+    }
+    fn fork(&self, state: &Self::State, more: usize) -> Result<Self::State> {
+        state.resized(gpu_room(state.len + more))
     }
     /// Allocated device bytes (a cache's room beyond its tokens counts too).
     fn held(&self, state: &Self::State) -> PoolBytes {

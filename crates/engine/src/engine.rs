@@ -12,6 +12,7 @@ use crate::backend::{Backend, CacheState, CpuBackend, GpuBackend};
 use crate::metrics::Metrics;
 use crate::pools::PoolBytes;
 use crate::prefix::PrefixCache;
+use crate::speculative::{DraftModel, Drafter, Method, NgramDrafter, SpecConfig};
 use anyhow::{bail, Result};
 use model::hybrid::HybridModel;
 use model::{ChatTemplate, Sampler, SamplingParams, TextStream, Tokenizer};
@@ -74,6 +75,8 @@ pub struct EngineConfig {
     /// Where the sequences run: the CPU model, or the GPU model on one device (weights in
     /// bf16, caches and prefix-cache checkpoints in device memory).
     pub device: tensor::Device,
+    /// Speculative decoding (prompt lookup or a draft model), off when None.
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
                 recurrent: 1 << 30,
             },
             device: tensor::Device::Cpu,
+            speculative: None,
         }
     }
 }
@@ -145,6 +149,9 @@ impl Engine {
         if cfg.max_num_seqs == 0 || cfg.max_batched_tokens == 0 {
             bail!("max_num_seqs and max_batched_tokens must be at least 1");
         }
+        if let Some(sp) = &cfg.speculative {
+            sp.check_vocab(&model.model)?;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let (m, me) = (model.clone(), metrics.clone());
@@ -152,27 +159,61 @@ impl Engine {
         // that worked comes back before `start` returns.
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
         let device = cfg.device;
-        let thread =
-            std::thread::Builder::new()
-                .name("engine".into())
-                .spawn(move || match device {
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                let draft = match &cfg.speculative {
+                    Some(SpecConfig {
+                        method: Method::Model { model, .. },
+                        ..
+                    }) => Some(model.clone()),
+                    _ => None,
+                };
+                let ngram = || -> Option<Box<dyn Drafter>> {
+                    cfg.speculative
+                        .as_ref()
+                        .map(|_| Box::new(NgramDrafter) as Box<dyn Drafter>)
+                };
+                match device {
                     tensor::Device::Cpu => {
+                        let drafter = match &draft {
+                            Some(d) => {
+                                Some(Box::new(DraftModel::new(CpuBackend(d))) as Box<dyn Drafter>)
+                            }
+                            None => ngram(),
+                        };
                         let _ = ready_tx.send(Ok(()));
-                        Worker::new(CpuBackend(&m.model), &m, cfg, me).run(rx)
+                        Worker::new(CpuBackend(&m.model), &m, cfg.clone(), me, drafter).run(rx)
                     }
                     tensor::Device::Cuda(ordinal) => {
-                        match model::hybrid::gpu::GpuHybrid::new(&m.model, ordinal) {
-                            Ok(gpu) => {
+                        match gpu_worker_parts(
+                            &m.model,
+                            draft.as_deref(),
+                            ordinal,
+                            cfg.speculative.is_some(),
+                        ) {
+                            Ok((gpu, dgpu)) => {
+                                let drafter = match (&draft, dgpu) {
+                                    (Some(d), Some(dg)) => {
+                                        Some(Box::new(DraftModel::new(GpuBackend {
+                                            cpu: d,
+                                            gpu: dg,
+                                        }))
+                                            as Box<dyn Drafter>)
+                                    }
+                                    _ => ngram(),
+                                };
                                 let _ = ready_tx.send(Ok(()));
                                 let b = GpuBackend { cpu: &m.model, gpu };
-                                Worker::new(b, &m, cfg, me).run(rx)
+                                Worker::new(b, &m, cfg.clone(), me, drafter).run(rx)
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!("{e:#}")));
                             }
                         }
                     }
-                })?;
+                }
+            })?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("the engine cannot run on {device}: {e}"),
@@ -209,6 +250,8 @@ impl Drop for Engine {
 }
 
 struct Seq<S> {
+    /// The engine's name for it (a draft model keeps its state under it).
+    id: u64,
     req: Request,
     sink: Sink,
     /// Tokens to prefill: the prompt, or after a preemption the prompt and what was generated.
@@ -224,6 +267,9 @@ struct Seq<S> {
     cached: usize,
     /// Prompt positions where a checkpoint is kept.
     keep: BTreeSet<usize>,
+    /// A token a verification emitted but did not feed (its correction or bonus token): the
+    /// next step feeds it instead of sampling.
+    pending: Option<u32>,
 }
 
 struct Worker<'a, B: Backend> {
@@ -236,10 +282,41 @@ struct Worker<'a, B: Backend> {
     /// Preempted sequences, resumed before any new request.
     preempted: VecDeque<Seq<B::State>>,
     running: Vec<Seq<B::State>>,
+    /// Proposes draft tokens when speculative decoding is on.
+    drafter: Option<Box<dyn Drafter + 'a>>,
+    next_id: u64,
+}
+
+/// The GPU model and, for speculative decoding with a draft model, the draft on the same
+/// device; checks that every layer can be verified with lanes.
+fn gpu_worker_parts(
+    m: &HybridModel,
+    draft: Option<&HybridModel>,
+    ordinal: usize,
+    speculative: bool,
+) -> Result<(
+    model::hybrid::gpu::GpuHybrid,
+    Option<model::hybrid::gpu::GpuHybrid>,
+)> {
+    let gpu = model::hybrid::gpu::GpuHybrid::new(m, ordinal)?;
+    if speculative {
+        gpu.check_lanes()?;
+    }
+    let dgpu = match draft {
+        Some(d) => Some(model::hybrid::gpu::GpuHybrid::new(d, ordinal)?),
+        None => None,
+    };
+    Ok((gpu, dgpu))
 }
 
 impl<'a, B: Backend> Worker<'a, B> {
-    fn new(backend: B, m: &'a ServeModel, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        backend: B,
+        m: &'a ServeModel,
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+        drafter: Option<Box<dyn Drafter + 'a>>,
+    ) -> Self {
         let cache = PrefixCache::new(cfg.cache_bytes);
         Worker {
             backend,
@@ -250,6 +327,8 @@ impl<'a, B: Backend> Worker<'a, B> {
             waiting: VecDeque::new(),
             preempted: VecDeque::new(),
             running: vec![],
+            drafter,
+            next_id: 0,
         }
     }
 
@@ -379,7 +458,10 @@ impl<'a, B: Backend> Worker<'a, B> {
             self.metrics.record_hit(&self.m.model, cached);
             let sampler = Sampler::new(req.sampling.clone());
             let stream = TextStream::new(&req.stop);
+            self.next_id += 1;
             self.running.push(Seq {
+                id: self.next_id,
+                pending: None,
                 target: req.prompt.clone(),
                 req,
                 sink,
@@ -446,7 +528,7 @@ impl<'a, B: Backend> Worker<'a, B> {
                 .iter()
                 .map(|s| {
                     let t = if s.logits.is_some() {
-                        1
+                        1 + self.cfg.speculative.as_ref().map_or(0, |sp| sp.k)
                     } else {
                         (s.target.len() - s.fed.len()).min(self.cfg.max_batched_tokens)
                     };
@@ -467,6 +549,9 @@ impl<'a, B: Backend> Worker<'a, B> {
                 s.target = s.req.prompt.clone();
             }
             s.states = None;
+            if let Some(d) = self.drafter.as_mut() {
+                d.forget(s.id);
+            }
             self.metrics.note_preempted(pool);
             self.preempted.push_front(s);
         }
@@ -476,21 +561,23 @@ impl<'a, B: Backend> Worker<'a, B> {
         self.make_room();
         let mut budget = self.cfg.max_batched_tokens;
         let mut done = vec![];
-        // Decode first: one token per sequence whose prompt is in.
+        // Decode first: one token per sequence whose prompt is in (and its drafts, with
+        // speculative decoding).
+        let k = self.cfg.speculative.as_ref().map_or(0, |sp| sp.k);
         for (i, s) in self.running.iter_mut().enumerate() {
             if budget == 0 {
                 break;
             }
-            let Some(logits) = &s.logits else { continue };
-            let next = s.sampler.sample(logits);
-            match advance(&self.backend, self.m, s, next) {
-                Ok(None) => {
-                    budget -= 1;
-                    self.metrics
-                        .generated_tokens
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Some(reason)) => done.push((i, reason)),
+            if s.logits.is_none() {
+                continue;
+            }
+            let spec = self
+                .drafter
+                .as_mut()
+                .map(|d| (d.as_mut() as &mut dyn Drafter, k.min(budget - 1)));
+            match decode(&self.backend, self.m, s, spec, &self.metrics) {
+                Ok(Decoded::Ran(n)) => budget -= n,
+                Ok(Decoded::Done(reason)) => done.push((i, reason)),
                 Err(e) => done.push((i, format!("error: {e}"))),
             }
         }
@@ -540,6 +627,9 @@ impl<'a, B: Backend> Worker<'a, B> {
         done.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (i, reason) in done {
             let mut s = self.running.swap_remove(i);
+            if let Some(d) = self.drafter.as_mut() {
+                d.forget(s.id);
+            }
             if let Some(msg) = reason.strip_prefix("error: ") {
                 let _ = (s.sink)(Event::Error(msg.to_string()));
                 continue;
@@ -576,31 +666,116 @@ impl<'a, B: Backend> Worker<'a, B> {
     }
 }
 
-/// Takes the sampled token `next` for sequence `s`: emits its text, then either feeds it to
-/// the model (Ok(None)) or ends the sequence (Ok(Some(finish reason))).
-fn advance<B: Backend>(
+/// What one decode step did to a sequence.
+enum Decoded {
+    /// Still running; this many tokens ran through the model.
+    Ran(usize),
+    /// Finished (the finish reason).
+    Done(String),
+}
+
+/// One decode step of sequence `s`: the next token (a verification's pending one, or sampled
+/// now) is emitted and fed; with a drafter (and room for k drafts), the drafts are verified
+/// with it in one forward, the accepted ones emitted, and the state committed to them.
+fn decode<B: Backend>(
     b: &B,
     m: &ServeModel,
     s: &mut Seq<B::State>,
-    next: u32,
+    spec: Option<(&mut (dyn Drafter + '_), usize)>,
+    metrics: &Metrics,
+) -> Result<Decoded> {
+    let x0 = match s.pending.take() {
+        Some(t) => t,
+        None => {
+            let t = s
+                .sampler
+                .sample(s.logits.as_ref().expect("decoding sequences have logits"));
+            if let Some(r) = emit(m, s, t, s.fed.len(), metrics)? {
+                return Ok(Decoded::Done(r));
+            }
+            t
+        }
+    };
+    // Drafts only where all of them could be emitted and fed within the limits.
+    let left = s.req.max_tokens.saturating_sub(s.stream.tokens.len());
+    let room = m.context.saturating_sub(s.fed.len() + 2);
+    let drafts = match spec {
+        Some((d, k)) => {
+            let k = k.min(left.saturating_sub(1)).min(room);
+            let mut ctx = Vec::with_capacity(s.fed.len() + 1);
+            ctx.extend_from_slice(&s.fed);
+            ctx.push(x0);
+            d.propose(s.id, &ctx, k)?
+        }
+        None => vec![],
+    };
+    let states = s.states.as_mut().expect("running sequences hold a state");
+    if drafts.is_empty() {
+        let l = b.forward(&[x0], states)?;
+        s.fed.push(x0);
+        s.logits = Some(l);
+        return Ok(Decoded::Ran(1));
+    }
+    let mut toks = Vec::with_capacity(1 + drafts.len());
+    toks.push(x0);
+    toks.extend_from_slice(&drafts);
+    let (logits, lanes) = b.verify(&toks, states)?;
+    let v = logits.len() / toks.len();
+    let row = |j: usize| &logits[j * v..(j + 1) * v];
+    // Token j+1 is checked against the logits after toks[..=j]; the first rejection's
+    // correction, or the bonus token after k accepted drafts, is emitted and left pending.
+    let (mut keep, mut accepted, mut finished) = (1, 0, None);
+    for j in 0..=drafts.len() {
+        let (t, ok) = match drafts.get(j) {
+            Some(&d) => s.sampler.verify_draft(row(j), d),
+            None => (s.sampler.sample(row(j)), false),
+        };
+        if let Some(r) = emit(m, s, t, s.fed.len() + keep, metrics)? {
+            finished = Some(r);
+            break;
+        }
+        if ok {
+            keep += 1;
+            accepted += 1;
+        } else {
+            s.pending = Some(t);
+            break;
+        }
+    }
+    metrics.record_verification(drafts.len(), accepted);
+    let states = s.states.as_mut().expect("running sequences hold a state");
+    b.commit(states, lanes, keep)?;
+    s.fed.extend_from_slice(&toks[..keep]);
+    s.logits = Some(row(keep - 1).to_vec());
+    Ok(match finished {
+        Some(r) => Decoded::Done(r),
+        None => Decoded::Ran(toks.len()),
+    })
+}
+
+/// Emits token `t` of sequence `s`, whose states will have seen `fed` tokens before it:
+/// its text goes to the client, or the sequence ends (Some(finish reason)).
+fn emit<S>(
+    m: &ServeModel,
+    s: &mut Seq<S>,
+    t: u32,
+    fed: usize,
+    metrics: &Metrics,
 ) -> Result<Option<String>> {
-    if m.tokenizer.is_stop(next) && !s.req.ignore_eos {
+    if m.tokenizer.is_stop(t) && !s.req.ignore_eos {
         return Ok(Some("stop".into()));
     }
-    let (delta, stopped) = s.stream.push(&m.tokenizer, next)?;
-    if !(s.sink)(Event::Text { token: next, delta }) {
+    let (delta, stopped) = s.stream.push(&m.tokenizer, t)?;
+    metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
+    if !(s.sink)(Event::Text { token: t, delta }) {
         return Ok(Some("cancelled".into()));
     }
     if stopped {
         return Ok(Some("stop".into()));
     }
-    if s.stream.tokens.len() >= s.req.max_tokens || s.fed.len() + 1 >= m.context {
+    if s.stream.tokens.len() >= s.req.max_tokens || fed + 1 >= m.context {
         return Ok(Some("length".into()));
     }
-    let states = s.states.as_mut().expect("running sequences hold a state");
-    let l = b.forward(&[next], states)?;
-    s.fed.push(next);
-    s.logits = Some(l);
     Ok(None)
 }
 

@@ -8,6 +8,8 @@ pub mod engine;
 pub mod metrics;
 pub mod pools;
 pub mod prefix;
+pub mod speculative;
 
 pub use engine::{Engine, EngineConfig, Event, Request, ServeModel, Sink, Usage};
 pub use pools::{Pool, PoolBytes};
+pub use speculative::SpecConfig;

@@ -38,6 +38,12 @@ pub struct Metrics {
     pool_budget: [AtomicU64; 3],
     pool_waits: [AtomicU64; 3],
     pool_preempted: [AtomicU64; 3],
+    /// Speculative decoding: verifications, draft tokens proposed and accepted.
+    pub spec_verifications: AtomicU64,
+    pub spec_draft_tokens: AtomicU64,
+    pub spec_accepted_tokens: AtomicU64,
+    /// Verifications by number of accepted drafts (index = accepted).
+    spec_accepted_length: Mutex<Vec<u64>>,
 }
 
 fn index(p: Pool) -> usize {
@@ -65,6 +71,28 @@ impl Metrics {
     pub fn note_preempted(&self, p: Pool) {
         self.preempted.fetch_add(1, Ordering::Relaxed);
         self.pool_preempted[index(p)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A verification of `drafted` draft tokens of which the first `accepted` were kept.
+    pub fn record_verification(&self, drafted: usize, accepted: usize) {
+        self.spec_verifications.fetch_add(1, Ordering::Relaxed);
+        self.spec_draft_tokens
+            .fetch_add(drafted as u64, Ordering::Relaxed);
+        self.spec_accepted_tokens
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        let mut h = self.spec_accepted_length.lock().expect("metrics lock");
+        if h.len() <= accepted {
+            h.resize(accepted + 1, 0);
+        }
+        h[accepted] += 1;
+    }
+
+    /// Verifications by number of accepted drafts (index = accepted).
+    pub fn accepted_lengths(&self) -> Vec<u64> {
+        self.spec_accepted_length
+            .lock()
+            .expect("metrics lock")
+            .clone()
     }
 
     pub fn record_hit(&self, m: &HybridModel, cached: usize) {
@@ -97,6 +125,9 @@ impl Metrics {
             ("hybrid_prefix_hits_clamped_total", "Prompts whose shared prefix extended past the deepest checkpoint (a state was missing there).", get(&self.hits_clamped)),
             ("hybrid_checkpoints_stored_total", "Checkpoints stored.", get(&self.stored)),
             ("hybrid_checkpoints_evicted_total", "Checkpoints evicted.", get(&self.evicted)),
+            ("hybrid_spec_verifications_total", "Speculative verifications (one forward over a token and its drafts).", get(&self.spec_verifications)),
+            ("hybrid_spec_draft_tokens_total", "Draft tokens proposed.", get(&self.spec_draft_tokens)),
+            ("hybrid_spec_accepted_tokens_total", "Draft tokens accepted (acceptance rate = accepted / draft).", get(&self.spec_accepted_tokens)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -165,6 +196,11 @@ impl Metrics {
                 let v = get(&values[index(p)]);
                 let _ = writeln!(s, "{name}{{model=\"{model}\",pool=\"{}\"}} {v}", p.name());
             }
+        }
+        let name = "hybrid_spec_accepted_length_total";
+        let _ = writeln!(s, "# HELP {name} Verifications by the number of drafts they accepted.\n# TYPE {name} counter");
+        for (n, v) in self.accepted_lengths().iter().enumerate() {
+            let _ = writeln!(s, "{name}{{model=\"{model}\",accepted=\"{n}\"}} {v}");
         }
         let name = "hybrid_cached_tokens_by_layer_type_total";
         let _ = writeln!(s, "# HELP {name} Cached tokens summed over the layers of each type.\n# TYPE {name} counter");

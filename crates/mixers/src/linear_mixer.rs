@@ -262,7 +262,7 @@ impl LinearMixer {
         b: usize,
         t: usize,
         mut state: Option<&mut LinearState>,
-        mut lanes: Option<&mut Vec<LinearState>>,
+        lanes: Option<&mut Vec<LinearState>>,
     ) -> (Vec<f32>, LinearSaved) {
         let c = &self.cfg;
         let p = &self.params;
@@ -403,7 +403,7 @@ impl LinearMixer {
         };
         let scale = (c.head_k_dim as f32).powf(-0.5);
         let h0 = state.as_deref().map(|s| s.rec.as_slice());
-        let core = if let Some(lanes) = lanes.as_deref_mut() {
+        let core = if let Some(lanes) = lanes {
             let st = state.as_deref_mut().expect("lanes continue a state");
             let (hk_row, hv_row, g_row) = (hk, hvv, hvk);
             let mut o = Vec::with_capacity(t * hvv);

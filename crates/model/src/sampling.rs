@@ -74,10 +74,47 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return argmax(logits);
         }
+        let dist = self.distribution(logits);
+        let u = self.rng.uniform();
+        pick(&dist, u)
+    }
+
+    /// Checks a speculative draft token against the target's logits at its position:
+    /// returns (the token to emit, whether it is the draft). Greedy: the argmax, accepted when
+    /// it is the draft, so outputs equal plain decoding's. Sampling (a draft proposed with
+    /// certainty: prompt lookup, or a draft model's argmax): the draft is kept with the
+    /// target's probability p(draft), else a token is drawn from p without the draft,
+    /// renormalised: the emitted token is distributed exactly as p (speculative sampling,
+    /// Leviathan et al. 2023, with a one-point draft distribution).
+    pub fn verify_draft(&mut self, logits: &[f32], draft: u32) -> (u32, bool) {
+        if self.params.temperature == 0.0 {
+            let best = argmax(logits);
+            return (best, best == draft);
+        }
+        let dist = self.distribution(logits);
+        let pd = dist.iter().find(|c| c.0 == draft).map_or(0.0, |c| c.1);
+        if self.rng.uniform() < pd {
+            return (draft, true);
+        }
+        let rest: Vec<(u32, f64)> = dist
+            .into_iter()
+            .filter(|c| c.0 != draft)
+            .map(|(t, q)| (t, q / (1.0 - pd).max(f64::MIN_POSITIVE)))
+            .collect();
+        if rest.is_empty() {
+            return (draft, true);
+        }
+        let u = self.rng.uniform();
+        (pick(&rest, u), false)
+    }
+
+    /// The candidates left after top-k, top-p and min-p, with their probabilities at the
+    /// temperature (descending).
+    fn distribution(&self, logits: &[f32]) -> Vec<(u32, f64)> {
+        let p = &self.params;
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -113,15 +150,19 @@ impl Sampler {
             cand.truncate(keep);
         }
         let pr = probs(&cand, p.temperature);
-        let mut u = self.rng.uniform();
-        for (c, q) in cand.iter().zip(&pr) {
-            if u < *q {
-                return c.0;
-            }
-            u -= q;
-        }
-        cand.last().unwrap().0
+        cand.iter().map(|c| c.0).zip(pr).collect()
     }
+}
+
+/// The candidate at cumulative probability `u` (the last one if rounding leaves u over).
+fn pick(dist: &[(u32, f64)], mut u: f64) -> u32 {
+    for (t, q) in dist {
+        if u < *q {
+            return *t;
+        }
+        u -= q;
+    }
+    dist.last().expect("at least one candidate").0
 }
 
 #[cfg(test)]
@@ -158,6 +199,47 @@ mod tests {
         let ones = xs.iter().filter(|&&x| x == 1).count() as f64 / 3000.0;
         assert!((ones - 2.0 / 3.0).abs() < 0.03, "{ones}");
         assert!(!xs.contains(&2));
+    }
+
+    /// Speculative sampling keeps the target's distribution: over many draws with a fixed
+    /// draft, the emitted tokens' frequencies match plain sampling's probabilities.
+    #[test]
+    fn verified_drafts_keep_the_target_distribution() {
+        let logits = [2.0f32, 1.0, 0.5, -1.0];
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        for draft in [0u32, 2, 3] {
+            let mut s = Sampler::new(SamplingParams {
+                seed: 7 + draft as u64,
+                ..params.clone()
+            });
+            let n = 200_000;
+            let mut counts = [0usize; 4];
+            let mut accepted = 0;
+            for _ in 0..n {
+                let (t, ok) = s.verify_draft(&logits, draft);
+                counts[t as usize] += 1;
+                accepted += ok as usize;
+                assert_eq!(ok, t == draft);
+            }
+            for (i, c) in counts.iter().enumerate() {
+                let want = (logits[i] as f64).exp() / z;
+                let got = *c as f64 / n as f64;
+                assert!(
+                    (got - want).abs() < 0.005,
+                    "draft {draft}: token {i} {got} vs {want}"
+                );
+            }
+            let pd = (logits[draft as usize] as f64).exp() / z;
+            assert!((accepted as f64 / n as f64 - pd).abs() < 0.005);
+        }
+        // Greedy: the argmax, accepted only when it is the draft.
+        let mut g = Sampler::new(SamplingParams::default());
+        assert_eq!(g.verify_draft(&logits, 0), (0, true));
+        assert_eq!(g.verify_draft(&logits, 1), (0, false));
     }
 
     #[test]

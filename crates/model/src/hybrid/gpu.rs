@@ -617,7 +617,7 @@ fn linear_forward(
     let c = &l.cfg;
     let n = b * t;
     let delta = c.kind != LinearKind::Gla;
-    let step_kernel = delta && c.head_k_dim <= 256 && c.head_v_dim % 4 == 0;
+    let step_kernel = delta && c.head_k_dim <= 256 && c.head_v_dim.is_multiple_of(4);
     if lanes && !step_kernel {
         bail!(
             "speculative verification on the GPU needs delta-rule linear layers (GDN, KDA) with value head dims a multiple of 4; this layer is {}",
