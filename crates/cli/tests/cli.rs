@@ -614,3 +614,26 @@ fn bench_context_measures_layouts_and_names_bad_ones() {
         "'X' is not a layer type",
     );
 }
+
+/// `serve --speculative` settings are checked before anything listens.
+#[test]
+fn serve_refuses_bad_speculative_settings() {
+    let m = model();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--model", &m, "--device", "cpu", "--port", "0"];
+        args.extend_from_slice(extra);
+        hybrid(&args)
+    };
+    fails_with(
+        serve(&["--speculative", "medusa"]),
+        "--speculative must be 'ngram' or 'model:PATH'",
+    );
+    fails_with(
+        serve(&["--speculative", "ngram", "--num-speculative-tokens", "0"]),
+        "--num-speculative-tokens must be between 1 and 16",
+    );
+    fails_with(
+        serve(&["--speculative", "model:/nonexistent/draft.gguf"]),
+        "cannot load the draft model /nonexistent/draft.gguf",
+    );
+}

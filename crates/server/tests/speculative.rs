@@ -9,26 +9,6 @@ use engine::{Engine, EngineConfig, ServeModel};
 use serde_json::json;
 use std::sync::Arc;
 
-/// Asks for a copy of a sentence: prompt lookup finds the drafts in the prompt.
-const COPY: &str = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the old river bank.";
-
-/// The two conversations of [`run_conversations`] and a copy request (concurrently when
-/// `concurrent`): the replies.
-fn replies(s: &TestServer, concurrent: bool) -> Vec<String> {
-    let copy = || chat(s, &[json!({"role": "user", "content": COPY})], 32).0;
-    let (mut out, c) = std::thread::scope(|sc| {
-        let c = sc.spawn(copy);
-        if !concurrent {
-            let c = c.join().unwrap();
-            return (run_conversations(s, false, 10), c);
-        }
-        (run_conversations(s, true, 10), c.join().unwrap())
-    });
-    let mut texts: Vec<String> = out.drain(..).map(|r| r.0).collect();
-    texts.push(c);
-    texts
-}
-
 fn spec(method: Method, k: usize) -> Option<SpecConfig> {
     Some(SpecConfig { method, k })
 }

@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// The OpenAI server under workloads (prefix hit rate x context, multi-turn chat): TTFT,
     /// TPOT, latencies; in-process servers on real ports. Markdown + JSON.
     Serve(super::bench_serve::ServeBenchArgs),
+    /// Speculative decoding at batch 1: off, prompt lookup and a draft model on copying and
+    /// chat workloads; decode speedup, acceptance, identical outputs. Markdown + JSON.
+    Spec(super::bench_spec::SpecBenchArgs),
     /// Memory and time of reasoning traces against their length: plain vs Delethink, FA vs
     /// hybrid. Markdown + JSON + plots.
     Think(super::bench_think::ThinkBenchArgs),
@@ -82,6 +85,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Context(g) => return super::bench_context::run(g),
         BenchCommand::CostProfile(g) => return super::cost::write_profile(g),
         BenchCommand::Serve(g) => return super::bench_serve::run(g),
+        BenchCommand::Spec(g) => return super::bench_spec::run(g),
         BenchCommand::Think(g) => return super::bench_think::run(g),
     };
     if a.reps == 0 || a.gen_tokens == 0 || a.prompt_tokens == 0 {

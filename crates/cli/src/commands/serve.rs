@@ -56,6 +56,14 @@ pub struct ServeArgs {
     /// The model id clients name (default: the file or folder name).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Speculative decoding: `ngram` (prompt lookup: drafts copied from the sequence's own
+    /// earlier tokens) or `model:PATH` (a draft model with the same vocabulary, GGUF or hybrid
+    /// folder). Greedy outputs are unchanged; sampled ones keep their distribution.
+    #[arg(long)]
+    pub speculative: Option<String>,
+    /// Draft tokens checked per verification.
+    #[arg(long, default_value_t = 4)]
+    pub num_speculative_tokens: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -69,7 +77,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .map_or("model".into(), |n| n.to_string_lossy().into_owned())
     });
     let m = engine::ServeModel::load(&path, &name)?;
+    let speculative = match &a.speculative {
+        Some(s) => Some(engine::SpecConfig::parse(s, a.num_speculative_tokens)?),
+        None => None,
+    };
     let cfg = engine::EngineConfig {
+        speculative,
         max_num_seqs: a.max_num_seqs,
         max_batched_tokens: a.max_batched_tokens,
         prefix_cache: a.prefix_cache == OnOff::On,
