@@ -198,13 +198,28 @@ fn verification_lanes_commit_any_prefix() {
             .collect()
     };
     let stepped = steps(&mut base.resized(128).unwrap(), &drafts);
+    // The rounding-only difference between T one-row steps and one T-row forward (bf16 GEMMs
+    // of different shapes, flash attention against the decode kernel): the scale that the
+    // verification's and the commit's errors are held to.
+    let chunk = gpu
+        .gpu
+        .download(&gpu.forward(&drafts, &mut base.resized(128).unwrap()).unwrap())
+        .unwrap();
+    let rounding = stepped
+        .iter()
+        .enumerate()
+        .map(|(j, w)| rel(w, &chunk[j * v..(j + 1) * v]))
+        .fold(0f32, f32::max);
+    let bound = (4.0 * rounding).max(1e-3);
+    let mut worst = (0f32, 0f32);
     for keep in 0..=drafts.len() {
         let mut st = base.resized(128).unwrap();
         let (logits, lanes) = gpu.forward_lanes(&drafts, &mut st).unwrap();
         let logits = gpu.gpu.download(&logits).unwrap();
         for (j, want) in stepped.iter().enumerate() {
             let e = rel(want, &logits[j * v..(j + 1) * v]);
-            assert!(e < TOL, "verified token {j}: rel err {e}");
+            assert!(e < bound, "verified token {j}: rel err {e} (rounding {rounding})");
+            worst.0 = worst.0.max(e);
         }
         gpu.commit(&mut st, lanes, keep).unwrap();
         assert_eq!(st.len, 37 + keep);
@@ -217,11 +232,16 @@ fn verification_lanes_commit_any_prefix() {
         {
             let e = rel(&b, a);
             assert!(
-                e < TOL,
-                "keep {keep}, step {j} after the commit: rel err {e}"
+                e < bound,
+                "keep {keep}, step {j} after the commit: rel err {e} (rounding {rounding})"
             );
+            worst.1 = worst.1.max(e);
         }
     }
+    println!(
+        "lanes: verified logits within {:.2e}, steps after a commit within {:.2e}; one T-row forward against T steps: {rounding:.2e}",
+        worst.0, worst.1
+    );
     let gla = GpuHybrid::new(&model("fa,gla", false, (2, 2)), 0).unwrap();
     let mut st = gla.new_state(1, 16).unwrap();
     let e = gla.forward_lanes(&[1, 2], &mut st).err().unwrap();
