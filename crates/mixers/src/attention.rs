@@ -23,6 +23,11 @@ pub struct AttentionConfig {
     /// `Some(W)`: sliding window of W keys including the current one.
     pub window: Option<usize>,
     pub output_gate: bool,
+    /// `q_proj.bias`, `k_proj.bias`, `v_proj.bias` (Qwen2).
+    pub qkv_bias: bool,
+    /// `Some(eps)`: `q_norm.weight` and `k_norm.weight`, an RMSNorm over each head's q and k
+    /// before RoPE (Qwen3). Inference only: training such layers is refused.
+    pub qk_norm: Option<f32>,
 }
 
 #[derive(Clone)]
@@ -116,6 +121,20 @@ impl Attention {
             &[c.hidden, c.n_heads * c.head_dim],
             rng.normals(c.hidden * c.n_heads * c.head_dim, 0.02),
         );
+        if c.qkv_bias {
+            for (name, n) in [
+                ("q_proj.bias", qd),
+                ("k_proj.bias", kvd),
+                ("v_proj.bias", kvd),
+            ] {
+                p.insert(name, &[n], vec![0.0; n]);
+            }
+        }
+        if c.qk_norm.is_some() {
+            for name in ["q_norm.weight", "k_norm.weight"] {
+                p.insert(name, &[c.head_dim], vec![1.0; c.head_dim]);
+            }
+        }
         Self::new(cfg, p)
     }
 
@@ -185,10 +204,11 @@ impl Attention {
         let c = &self.cfg;
         let (dh, h, hk) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let n = b * t;
+        let bias = |name: &str| c.qkv_bias.then(|| self.params.get(name));
         let qg = linear(
             x,
             self.params.get("q_proj.weight"),
-            None,
+            bias("q_proj.bias"),
             n,
             h * dh * (1 + c.output_gate as usize),
             c.hidden,
@@ -197,7 +217,7 @@ impl Attention {
         let mut k = linear(
             x,
             self.params.get("k_proj.weight"),
-            None,
+            bias("k_proj.bias"),
             n,
             hk * dh,
             c.hidden,
@@ -205,11 +225,18 @@ impl Attention {
         let v = linear(
             x,
             self.params.get("v_proj.weight"),
-            None,
+            bias("v_proj.bias"),
             n,
             hk * dh,
             c.hidden,
         );
+        if let Some(eps) = c.qk_norm {
+            for (t, name) in [(&mut q, "q_norm.weight"), (&mut k, "k_norm.weight")] {
+                let mut out = vec![0f32; t.len()];
+                tensor::cpu::rms_norm(t, self.params.get(name), eps, &mut out);
+                *t = out;
+            }
+        }
         let pos0 = state.as_ref().map_or(0, |s| s.pos);
         for bi in 0..b {
             self.rope
@@ -294,6 +321,10 @@ impl Attention {
     /// Backward of a whole-sequence [`forward`] (no cache): accumulates parameter gradients
     /// into `grads` and returns dx.
     pub fn backward(&self, s: &AttnSaved, dy: &[f32], grads: &mut Params) -> Vec<f32> {
+        assert!(
+            !self.cfg.qkv_bias && self.cfg.qk_norm.is_none(),
+            "training attention with q/k/v biases or q/k norms is not supported"
+        );
         let c = &self.cfg;
         let (dh, h, hk, b, t) = (c.head_dim, c.n_heads, c.n_kv_heads, s.b, s.t);
         let n = b * t;

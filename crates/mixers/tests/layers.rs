@@ -77,6 +77,8 @@ fn layers() -> Vec<(&'static str, Layer)> {
             rot_dims: rot,
             window,
             output_gate: gate,
+            qkv_bias: false,
+            qk_norm: None,
         }
         .pipe(|c| Attention::init(c, rng))
     };

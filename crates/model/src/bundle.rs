@@ -30,26 +30,52 @@ pub enum AnyModel {
 pub struct TokenizerConfig {
     #[serde(default)]
     pub chat_template: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "token_text")]
     pub bos_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "token_text")]
     pub eos_token: Option<String>,
     #[serde(default)]
     pub add_bos_token: Option<bool>,
 }
 
+/// A special token as tokenizer_config.json gives it: a string, or (older files) an object
+/// with its `content`.
+fn token_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<serde_json::Value> = serde::Deserialize::deserialize(d)?;
+    Ok(match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
 impl HybridBundle {
-    /// Loads a folder written by `hybrid convert` (or any folder with these files).
+    /// Loads a folder written by `hybrid convert`, or a Hugging Face checkpoint folder of a
+    /// mapped architecture ([`crate::hf`]): config.json, safetensors (sharded or not),
+    /// tokenizer.json, and the chat template from tokenizer_config.json or
+    /// chat_template.jinja.
     pub fn load(dir: &Path) -> Result<Self> {
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        for f in ["config.json", "tokenizer.json"] {
             if !dir.join(f).exists() {
-                bail!(
-                    "{} is not a hybrid model folder: {f} is missing",
-                    dir.display()
-                );
+                bail!("{} is not a model folder: {f} is missing", dir.display());
             }
         }
-        let model = HybridModel::load(dir)?;
+        let cfg_path = dir.join("config.json");
+        let raw: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+        )
+        .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+        let model = if crate::hf::is_hf_config(&raw) {
+            let config = crate::hf::hybrid_config(&raw)
+                .with_context(|| format!("cannot load {}", dir.display()))?;
+            HybridModel::load_weights(dir, config)?
+        } else {
+            HybridModel::load(dir)?
+        };
         let tc_path = dir.join("tokenizer_config.json");
         let tc: TokenizerConfig = match std::fs::read_to_string(&tc_path) {
             Ok(s) => serde_json::from_str(&s)
@@ -70,7 +96,8 @@ impl HybridBundle {
                 model.config.vocab_size
             );
         }
-        let template = match &tc.chat_template {
+        let jinja = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        let template = match tc.chat_template.as_ref().or(jinja.as_ref()) {
             Some(src) => Some(ChatTemplate::new(
                 src,
                 tc.bos_token.as_deref().unwrap_or(""),

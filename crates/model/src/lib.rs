@@ -6,6 +6,7 @@ pub mod chat;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
 pub mod hybrid;
 pub mod llama;
 pub mod llama_gpu;

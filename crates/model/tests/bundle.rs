@@ -39,6 +39,8 @@ fn hybrid_folder(tag: &str) -> (PathBuf, HybridModel, LoadedModel) {
         partial_rotary_factor: 1.0,
         sliding_window: Some(4),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,
@@ -123,7 +125,7 @@ fn a_folder_missing_a_file_is_named() {
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let e = AnyModel::load(&dir).err().expect("must fail").to_string();
     assert!(
-        e.contains("not a hybrid model folder") && e.contains("tokenizer.json"),
+        e.contains("not a model folder") && e.contains("tokenizer.json"),
         "{e}"
     );
     std::fs::write(dir.join("tokenizer.json"), "{ not json").unwrap();

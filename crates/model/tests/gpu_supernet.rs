@@ -22,6 +22,8 @@ fn config(layout: &str) -> HybridConfig {
         partial_rotary_factor: 1.0,
         sliding_window: Some(9),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,

@@ -108,6 +108,8 @@ fn attention_mixer_training_step_matches_cpu() {
             rot_dims: 64,
             window,
             output_gate: false,
+            qkv_bias: false,
+            qk_norm: None,
         };
         let mut a = Attention::init(cfg.clone(), &mut InitRng::new(9));
         for p in a.params.map.values_mut() {

@@ -24,6 +24,8 @@ fn config(layout: &str, gate: bool, (lh, lhv): (usize, usize)) -> HybridConfig {
         partial_rotary_factor: 0.5,
         sliding_window: Some(9),
         attn_output_gate: gate,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: 256,
         tie_word_embeddings: !gate,
         layer_types,
@@ -203,7 +205,10 @@ fn verification_lanes_commit_any_prefix() {
     // verification's and the commit's errors are held to.
     let chunk = gpu
         .gpu
-        .download(&gpu.forward(&drafts, &mut base.resized(128).unwrap()).unwrap())
+        .download(
+            &gpu.forward(&drafts, &mut base.resized(128).unwrap())
+                .unwrap(),
+        )
         .unwrap();
     let rounding = stepped
         .iter()
@@ -218,7 +223,10 @@ fn verification_lanes_commit_any_prefix() {
         let logits = gpu.gpu.download(&logits).unwrap();
         for (j, want) in stepped.iter().enumerate() {
             let e = rel(want, &logits[j * v..(j + 1) * v]);
-            assert!(e < bound, "verified token {j}: rel err {e} (rounding {rounding})");
+            assert!(
+                e < bound,
+                "verified token {j}: rel err {e} (rounding {rounding})"
+            );
             worst.0 = worst.0.max(e);
         }
         gpu.commit(&mut st, lanes, keep).unwrap();

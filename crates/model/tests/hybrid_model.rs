@@ -20,6 +20,8 @@ fn config(layout: &str, mlp: usize, tied: bool) -> HybridConfig {
         partial_rotary_factor: 1.0,
         sliding_window: Some(3),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
         layer_types,

@@ -21,6 +21,8 @@ fn model() -> HybridModel {
         partial_rotary_factor: 1.0,
         sliding_window: Some(3),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: 256,
         tie_word_embeddings: false,
         layer_types,

@@ -66,6 +66,8 @@ pub fn model_config(r: &RunConfig) -> Result<HybridConfig> {
         partial_rotary_factor: 1.0,
         sliding_window: Some(r.window),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: r.task.seq_len,
         tie_word_embeddings: true,
         layer_types,

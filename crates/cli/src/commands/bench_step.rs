@@ -54,6 +54,8 @@ pub fn run(a: StepArgs) -> Result<()> {
                         rot_dims: a.head_dim,
                         window,
                         output_gate: false,
+                        qkv_bias: false,
+                        qk_norm: None,
                     };
                     let layer = Attention::init(cfg, &mut rng);
                     let mut st = layer.filled_state(1, ctx);

@@ -65,6 +65,8 @@ fn config(a: &TrainMarkovArgs, t: &MarkovTask) -> Result<HybridConfig> {
         partial_rotary_factor: 1.0,
         sliding_window: Some(16),
         attn_output_gate: false,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: t.seq_len() + 16,
         tie_word_embeddings: true,
         layer_types,

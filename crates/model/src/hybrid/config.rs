@@ -57,6 +57,12 @@ pub struct HybridConfig {
     pub sliding_window: Option<usize>,
     #[serde(default)]
     pub attn_output_gate: bool,
+    /// Biases on the q/k/v projections (Qwen2, and Llama's `attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`/`k_norm`).
+    #[serde(default)]
+    pub qk_norm: bool,
     pub max_position_embeddings: usize,
     #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
@@ -111,6 +117,8 @@ impl HybridConfig {
             partial_rotary_factor: 1.0,
             sliding_window: Some(6),
             attn_output_gate: false,
+            attention_bias: false,
+            qk_norm: false,
             max_position_embeddings: 2048,
             tie_word_embeddings: true,
             layer_types,
@@ -170,6 +178,8 @@ impl HybridConfig {
             rot_dims: rot,
             window,
             output_gate: self.attn_output_gate,
+            qkv_bias: self.attention_bias,
+            qk_norm: self.qk_norm.then_some(self.rms_norm_eps),
         };
         self.layer_types
             .iter()

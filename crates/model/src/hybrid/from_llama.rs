@@ -32,6 +32,8 @@ impl HybridModel {
             partial_rotary_factor: c.rope_dims as f64 / c.head_dim as f64,
             sliding_window: None,
             attn_output_gate: false,
+            attention_bias: false,
+            qk_norm: false,
             max_position_embeddings: c.context_length,
             tie_word_embeddings: c.tied_embeddings,
             layer_types: vec!["full_attention".into(); c.n_layers],

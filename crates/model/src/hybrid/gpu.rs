@@ -209,6 +209,9 @@ impl GpuHybrid {
             let mixer = match &bl.mixer {
                 Mixer::Attention(a) => {
                     let ac = a.cfg.clone();
+                    if ac.qkv_bias || ac.qk_norm.is_some() {
+                        bail!("attention with q/k/v biases or q/k norms (Qwen2, Qwen3) runs on the CPU only for now; use --device cpu");
+                    }
                     if ac.head_dim % 32 != 0 {
                         bail!(
                             "attention layers run on the GPU with head dims that are multiples of 32; this model has {}",

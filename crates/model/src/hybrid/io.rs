@@ -43,17 +43,35 @@ impl HybridModel {
     /// Loads a folder written by [`HybridModel::save`] (or any checkpoint with these names).
     pub fn load(dir: &Path) -> Result<Self> {
         let config = HybridConfig::from_file(&dir.join("config.json"))?;
-        let path = dir.join("model.safetensors");
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+        Self::load_weights(dir, config)
+    }
+
+    /// The weights of `dir` for a model of `config`: `model.safetensors`, or the shards
+    /// `model.safetensors.index.json` names; f32, bf16 or f16. Every tensor the model needs
+    /// must be there with its shape, and every tensor there must be one the model uses (a
+    /// leftover means a part of the checkpoint this model would silently drop).
+    pub fn load_weights(dir: &Path, config: HybridConfig) -> Result<Self> {
+        let files = safetensors_files(dir)?;
+        let bytes: Vec<Vec<u8>> = files
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+            .collect::<Result<_>>()?;
+        let mut tensors = std::collections::HashMap::new();
+        for (p, b) in files.iter().zip(&bytes) {
+            let st = safetensors::SafeTensors::deserialize(b)
+                .with_context(|| format!("{} is not a valid safetensors file", p.display()))?;
+            for (name, view) in st.tensors() {
+                tensors.insert(name, (p.clone(), view));
+            }
+        }
+        let mut used = std::collections::HashSet::new();
         // Start from an initialised model for the names and shapes, then fill every tensor.
         let mut m = HybridModel::init(config, 0)?;
-        let fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
-            let t = st
-                .tensor(name)
-                .with_context(|| format!("{}: tensor '{name}' is missing", path.display()))?;
+        let mut fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
+            let (path, t) = tensors
+                .get(name)
+                .with_context(|| format!("{}: tensor '{name}' is missing", dir.display()))?;
+            used.insert(name.to_string());
             let shape = t.shape().to_vec();
             // Conv weights may be stored [C, 1, W].
             let squeezed: Vec<usize> = shape
@@ -63,7 +81,8 @@ impl HybridModel {
                 .collect();
             if shape != p.shape && squeezed != p.shape {
                 bail!(
-                    "tensor '{name}' has shape {shape:?}, expected {:?}",
+                    "{}: tensor '{name}' has shape {shape:?}, expected {:?}",
+                    path.display(),
                     p.shape
                 );
             }
@@ -101,8 +120,67 @@ impl HybridModel {
                 fill(&format!("model.layers.{i}.{pre}{k}"), p)?;
             }
         }
+        let mut unused: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !used.contains(*k) && !k.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        unused.sort();
+        if let Some(first) = unused.first() {
+            bail!(
+                "{}: tensor '{first}' ({} unused in all) is not part of this model: the checkpoint has parts it does not map",
+                dir.display(),
+                unused.len()
+            );
+        }
         Ok(m)
     }
+}
+
+/// The safetensors files of a checkpoint folder: `model.safetensors`, or the distinct shards
+/// of `model.safetensors.index.json`'s `weight_map`.
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    if !index.exists() {
+        bail!(
+            "{}: neither model.safetensors nor model.safetensors.index.json is there",
+            dir.display()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?,
+    )
+    .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: 'weight_map' is missing", index.display()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .map(|f| {
+            f.as_str().map(str::to_string).with_context(|| {
+                format!("{}: weight_map values must be file names", index.display())
+            })
+        })
+        .collect::<Result<_>>()?;
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            if f.contains('/') || f.contains("..") {
+                bail!(
+                    "{}: shard name '{f}' must be a file in the folder",
+                    index.display()
+                );
+            }
+            Ok(dir.join(f))
+        })
+        .collect()
 }
 
 /// Builds blocks from given parameters (used by conversion from a teacher).
