@@ -70,9 +70,7 @@ impl HybridBundle {
         )
         .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
         let model = if crate::hf::is_hf_config(&raw) {
-            let config = crate::hf::hybrid_config(&raw)
-                .with_context(|| format!("cannot load {}", dir.display()))?;
-            HybridModel::load_weights(dir, config)?
+            crate::hf::load(dir, &raw).with_context(|| format!("cannot load {}", dir.display()))?
         } else {
             HybridModel::load(dir)?
         };

@@ -4,14 +4,20 @@
 //! not, in f32/bf16/f16).
 //!
 //! Mapped: `LlamaForCausalLM` (`llama`), `Qwen2ForCausalLM` (`qwen2`: q/k/v biases),
-//! `Qwen3ForCausalLM` (`qwen3`: per-head q/k RMSNorm). Every field that would change the
-//! model and is not mapped (RoPE scaling, an activation other than SiLU, MLP biases, the
-//! hybrid families' MoE and MLA blocks) is refused with its name.
-use crate::hybrid::HybridConfig;
+//! `Qwen3ForCausalLM` (`qwen3`: per-head q/k RMSNorm), `Qwen3NextForCausalLM` (`qwen3_next`:
+//! GDN layers from the packed, per-key-head grouped `in_proj_qkvz` / `in_proj_ba` and one conv
+//! over q, k, v; gated attention with partial RoPE; zero-centred `(1 + w)` norms re-based to
+//! plain weights at load; dense and mixture-of-experts MLPs). Every field that would change the
+//! model and is not mapped (RoPE scaling, an activation other than SiLU, MLP biases) is refused
+//! with its name.
+use crate::hybrid::config::{LinearAttnType, MoeConfig, Router};
+use crate::hybrid::io::Tensors;
+use crate::hybrid::{HybridConfig, HybridModel};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::path::Path;
 
-pub const SUPPORTED: &str = "llama, qwen2, qwen3";
+pub const SUPPORTED: &str = "llama, qwen2, qwen3, qwen3_next";
 
 /// Whether a `config.json` is a transformers one (not a folder `hybrid convert` wrote).
 pub fn is_hf_config(v: &Value) -> bool {
@@ -72,9 +78,10 @@ fn token_id(v: &Value, name: &str) -> Result<Option<u32>> {
     }
 }
 
-/// RoPE base frequency: transformers 5's `rope_parameters` or the older top-level fields;
-/// any scaling is refused (not implemented).
-fn rope_theta(v: &Value) -> Result<f64> {
+/// RoPE base frequency and rotated share of each head: transformers 5's `rope_parameters`
+/// or the older top-level fields; any scaling is refused (not implemented).
+fn rope(v: &Value) -> Result<(f64, f64)> {
+    let partial = opt_f64(v, "partial_rotary_factor")?;
     if let Some(p) = v.get("rope_parameters").filter(|p| !p.is_null()) {
         let kind = p
             .get("rope_type")
@@ -85,12 +92,19 @@ fn rope_theta(v: &Value) -> Result<f64> {
                 "config.json: rope_parameters.rope_type '{kind}' is not supported (only 'default')"
             );
         }
-        return Ok(opt_f64(p, "rope_theta")?.unwrap_or(10000.0));
+        let part = opt_f64(p, "partial_rotary_factor")?.or(partial);
+        return Ok((
+            opt_f64(p, "rope_theta")?.unwrap_or(10000.0),
+            part.unwrap_or(1.0),
+        ));
     }
     if let Some(s) = v.get("rope_scaling").filter(|s| !s.is_null()) {
         bail!("config.json: rope_scaling {s} is not supported (no RoPE scaling)");
     }
-    Ok(opt_f64(v, "rope_theta")?.unwrap_or(10000.0))
+    Ok((
+        opt_f64(v, "rope_theta")?.unwrap_or(10000.0),
+        partial.unwrap_or(1.0),
+    ))
 }
 
 /// Our config of a transformers `config.json`.
@@ -104,14 +118,28 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         .and_then(|a| a.get(0))
         .and_then(Value::as_str)
         .unwrap_or("?");
-    let (bias_default, qk_norm) = match t {
-        "llama" => (false, false),
-        "qwen2" => (true, false),
-        "qwen3" => (false, true),
+    let mut c = match t {
+        "llama" | "qwen2" | "qwen3" => base(v, &["full_attention", "sliding_attention"])?,
+        "qwen3_next" => base(v, &["full_attention", "linear_attention"])?,
         other => bail!(
             "config.json: model_type '{other}' ({arch}) is not supported yet (supported: {SUPPORTED})"
         ),
     };
+    match t {
+        "llama" => c.attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false),
+        "qwen2" => c.attention_bias = true,
+        "qwen3" => {
+            c.attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
+            c.qk_norm = true;
+        }
+        _ => qwen3_next(v, &mut c)?,
+    }
+    c.layers()?;
+    Ok(c)
+}
+
+/// The fields every mapped family shares; `kinds`: the layer types it may list.
+fn base(v: &Value, kinds: &[&str]) -> Result<HybridConfig> {
     if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
         if act != "silu" {
             bail!("config.json: hidden_act '{act}' is not supported (SwiGLU MLPs with silu)");
@@ -131,7 +159,6 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         bail!("config.json: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}");
     }
     let layers = usize_field(v, "num_hidden_layers")?;
-    let window = opt_usize(v, "sliding_window")?;
     let layer_types: Vec<String> = match v.get("layer_types").filter(|l| !l.is_null()) {
         Some(l) => {
             let l = l
@@ -139,8 +166,8 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
                 .context("config.json: 'layer_types' must be a list")?;
             l.iter()
                 .map(|x| match x.as_str() {
-                    Some(s @ ("full_attention" | "sliding_attention")) => Ok(s.to_string()),
-                    _ => bail!("config.json: layer_types entry {x} is not supported for {t}"),
+                    Some(s) if kinds.contains(&s) => Ok(s.to_string()),
+                    _ => bail!("config.json: layer_types entry {x} is not supported here ({})", kinds.join(", ")),
                 })
                 .collect::<Result<_>>()?
         }
@@ -149,7 +176,8 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         ),
         None => vec!["full_attention".to_string(); layers],
     };
-    let config = HybridConfig {
+    let (rope_theta, partial_rotary_factor) = rope(v)?;
+    Ok(HybridConfig {
         model_type: "hybrid".into(),
         vocab_size: usize_field(v, "vocab_size")?,
         hidden_size: hidden,
@@ -159,12 +187,12 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         num_key_value_heads: kv_heads,
         head_dim,
         rms_norm_eps: opt_f64(v, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
-        rope_theta: rope_theta(v)?,
-        partial_rotary_factor: opt_f64(v, "partial_rotary_factor")?.unwrap_or(1.0),
-        sliding_window: window,
+        rope_theta,
+        partial_rotary_factor,
+        sliding_window: opt_usize(v, "sliding_window")?,
         attn_output_gate: false,
-        attention_bias: opt_bool(v, "attention_bias")?.unwrap_or(bias_default),
-        qk_norm,
+        attention_bias: false,
+        qk_norm: false,
         max_position_embeddings: usize_field(v, "max_position_embeddings")?,
         tie_word_embeddings: opt_bool(v, "tie_word_embeddings")?.unwrap_or(false),
         layer_types,
@@ -176,9 +204,186 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         linear_conv_kernel_dim: 4,
         linear_gate_rank: 64,
         linear_chunk_size: 64,
+        moe: None,
         bos_token_id: token_id(v, "bos_token_id")?,
         eos_token_id: token_id(v, "eos_token_id")?,
+    })
+}
+
+/// Qwen3-Next: GDN and gated attention layers (from `layer_types`, or every
+/// `full_attention_interval`-th layer full), MoE MLPs except `mlp_only_layers`.
+fn qwen3_next(v: &Value, c: &mut HybridConfig) -> Result<()> {
+    if v.get("layer_types").is_none_or(Value::is_null) {
+        let every = opt_usize(v, "full_attention_interval")?.unwrap_or(4).max(1);
+        c.layer_types = (0..c.num_hidden_layers)
+            .map(|i| {
+                if (i + 1) % every == 0 {
+                    "full_attention"
+                } else {
+                    "linear_attention"
+                }
+                .to_string()
+            })
+            .collect();
+    }
+    c.attn_output_gate = true;
+    c.qk_norm = true;
+    c.attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
+    c.linear_attn_type = Some(LinearAttnType::Global("gdn".into()));
+    c.linear_num_key_heads = Some(usize_field(v, "linear_num_key_heads")?);
+    c.linear_num_value_heads = Some(usize_field(v, "linear_num_value_heads")?);
+    c.linear_key_head_dim = Some(usize_field(v, "linear_key_head_dim")?);
+    c.linear_value_head_dim = Some(usize_field(v, "linear_value_head_dim")?);
+    c.linear_conv_kernel_dim = opt_usize(v, "linear_conv_kernel_dim")?.unwrap_or(4);
+    let experts = opt_usize(v, "num_experts")?.unwrap_or(0);
+    if experts > 0 {
+        let step = opt_usize(v, "decoder_sparse_step")?.unwrap_or(1).max(1);
+        let dense: Vec<usize> = match v.get("mlp_only_layers") {
+            None | Some(Value::Null) => vec![],
+            Some(l) => l
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect())
+                .context("config.json: 'mlp_only_layers' must be a list of layer indices")?,
+        };
+        c.moe = Some(MoeConfig {
+            sparse_layers: (0..c.num_hidden_layers)
+                .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+                .collect(),
+            num_experts: experts,
+            top_k: usize_field(v, "num_experts_per_tok")?,
+            intermediate: usize_field(v, "moe_intermediate_size")?,
+            shared_intermediate: opt_usize(v, "shared_expert_intermediate_size")?.unwrap_or(0),
+            shared_gate: true,
+            router: Router::Softmax,
+            norm_topk_prob: opt_bool(v, "norm_topk_prob")?.unwrap_or(true),
+            routed_scaling_factor: 1.0,
+        });
+    }
+    Ok(())
+}
+
+/// The model of a transformers checkpoint folder whose `config.json` is `v`.
+pub fn load(dir: &Path, v: &Value) -> Result<HybridModel> {
+    let config = hybrid_config(v)?;
+    let kind = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+    let next = kind == "qwen3_next";
+    let c = config.clone();
+    HybridModel::load_weights_with(dir, config, |t| {
+        if next {
+            remap_qwen3_next(&c, t)
+        } else {
+            Ok(())
+        }
+    })
+}
+
+fn take(t: &mut Tensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    t.remove(name)
+        .with_context(|| format!("tensor '{name}' is missing"))
+}
+
+/// Rows `[from, from + n)` of a row-major [rows, cols] matrix.
+fn rows(m: &[f32], cols: usize, from: usize, n: usize) -> &[f32] {
+    &m[from * cols..(from + n) * cols]
+}
+
+/// Qwen3-Next's tensors as ours: `(1 + w)` norms re-based, the GDN layers' packed projections
+/// and conv split into q, k, v, z (our `g_proj`), b and a.
+fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
+    let mut rebase = |name: String| -> Result<()> {
+        let (_, w) = t
+            .get_mut(&name)
+            .with_context(|| format!("tensor '{name}' is missing"))?;
+        w.iter_mut().for_each(|x| *x += 1.0);
+        Ok(())
     };
-    config.layers()?;
-    Ok(config)
+    rebase("model.norm.weight".into())?;
+    for (i, kind) in c.layer_types.iter().enumerate() {
+        rebase(format!("model.layers.{i}.input_layernorm.weight"))?;
+        rebase(format!("model.layers.{i}.post_attention_layernorm.weight"))?;
+        if kind == "full_attention" {
+            rebase(format!("model.layers.{i}.self_attn.q_norm.weight"))?;
+            rebase(format!("model.layers.{i}.self_attn.k_norm.weight"))?;
+        }
+    }
+    let (hk, hv) = (
+        c.linear_num_key_heads.unwrap_or(1),
+        c.linear_num_value_heads.unwrap_or(1),
+    );
+    let (dk, dv) = (
+        c.linear_key_head_dim.unwrap_or(1),
+        c.linear_value_head_dim.unwrap_or(1),
+    );
+    let (d, r, w) = (c.hidden_size, hv / hk.max(1), c.linear_conv_kernel_dim);
+    for (i, kind) in c.layer_types.iter().enumerate() {
+        if kind != "linear_attention" {
+            continue;
+        }
+        let pre = format!("model.layers.{i}.linear_attn.");
+        let (shape, qkvz) = take(t, &format!("{pre}in_proj_qkvz.weight"))?;
+        let per = 2 * dk + 2 * r * dv;
+        if shape != [hk * per, d] {
+            bail!(
+                "tensor '{pre}in_proj_qkvz.weight' has shape {shape:?}, expected [{}, {d}]",
+                hk * per
+            );
+        }
+        let (mut q, mut k, mut v, mut z) = (vec![], vec![], vec![], vec![]);
+        for h in 0..hk {
+            let b = h * per;
+            q.extend_from_slice(rows(&qkvz, d, b, dk));
+            k.extend_from_slice(rows(&qkvz, d, b + dk, dk));
+            v.extend_from_slice(rows(&qkvz, d, b + 2 * dk, r * dv));
+            z.extend_from_slice(rows(&qkvz, d, b + 2 * dk + r * dv, r * dv));
+        }
+        let (shape, ba) = take(t, &format!("{pre}in_proj_ba.weight"))?;
+        if shape != [2 * hv, d] {
+            bail!(
+                "tensor '{pre}in_proj_ba.weight' has shape {shape:?}, expected [{}, {d}]",
+                2 * hv
+            );
+        }
+        let (mut bw, mut aw) = (vec![], vec![]);
+        for h in 0..hk {
+            bw.extend_from_slice(rows(&ba, d, h * 2 * r, r));
+            aw.extend_from_slice(rows(&ba, d, h * 2 * r + r, r));
+        }
+        let (shape, conv) = take(t, &format!("{pre}conv1d.weight"))?;
+        let ch = 2 * hk * dk + hv * dv;
+        if shape.iter().product::<usize>() != ch * w {
+            bail!("tensor '{pre}conv1d.weight' has shape {shape:?}, expected [{ch}, 1, {w}]");
+        }
+        let mut put = |name: &str, shape: Vec<usize>, data: Vec<f32>| {
+            t.insert(format!("{pre}{name}"), (shape, data));
+        };
+        put(
+            "q_conv1d.weight",
+            vec![hk * dk, w],
+            rows(&conv, w, 0, hk * dk).to_vec(),
+        );
+        put(
+            "k_conv1d.weight",
+            vec![hk * dk, w],
+            rows(&conv, w, hk * dk, hk * dk).to_vec(),
+        );
+        put(
+            "v_conv1d.weight",
+            vec![hv * dv, w],
+            rows(&conv, w, 2 * hk * dk, hv * dv).to_vec(),
+        );
+        put("q_proj.weight", vec![hk * dk, d], q);
+        put("k_proj.weight", vec![hk * dk, d], k);
+        put("v_proj.weight", vec![hv * dv, d], v);
+        put("g_proj.weight", vec![hv * dv, d], z);
+        put("b_proj.weight", vec![hv, d], bw);
+        put("a_proj.weight", vec![hv, d], aw);
+        for (from, to) in [
+            ("norm.weight", "o_norm.weight"),
+            ("out_proj.weight", "o_proj.weight"),
+        ] {
+            let x = take(t, &format!("{pre}{from}"))?;
+            t.insert(format!("{pre}{to}"), x);
+        }
+    }
+    Ok(())
 }

@@ -41,6 +41,7 @@ fn hybrid_folder(tag: &str) -> (PathBuf, HybridModel, LoadedModel) {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,

@@ -24,6 +24,7 @@ fn config(layout: &str) -> HybridConfig {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,

@@ -26,6 +26,7 @@ fn config(layout: &str, gate: bool, (lh, lhv): (usize, usize)) -> HybridConfig {
         attn_output_gate: gate,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: 256,
         tie_word_embeddings: !gate,
         layer_types,

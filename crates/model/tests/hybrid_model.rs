@@ -22,6 +22,7 @@ fn config(layout: &str, mlp: usize, tied: bool) -> HybridConfig {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
         layer_types,

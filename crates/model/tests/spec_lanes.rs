@@ -23,6 +23,7 @@ fn model() -> HybridModel {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: 256,
         tie_word_embeddings: false,
         layer_types,

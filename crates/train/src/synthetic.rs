@@ -68,6 +68,7 @@ pub fn model_config(r: &RunConfig) -> Result<HybridConfig> {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: r.task.seq_len,
         tie_word_embeddings: true,
         layer_types,

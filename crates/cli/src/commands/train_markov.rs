@@ -67,6 +67,7 @@ fn config(a: &TrainMarkovArgs, t: &MarkovTask) -> Result<HybridConfig> {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
+        moe: None,
         max_position_embeddings: t.seq_len() + 16,
         tie_word_embeddings: true,
         layer_types,

@@ -83,10 +83,42 @@ pub struct HybridConfig {
     pub linear_gate_rank: usize,
     #[serde(default = "sixty_four")]
     pub linear_chunk_size: usize,
+    /// Mixture-of-experts MLPs (Qwen3-Next, Kimi-Linear); None: every MLP is dense.
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+}
+
+/// How a sparse MLP routes a token to its experts.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Router {
+    /// Softmax over all experts, top-k, optionally renormalised (Qwen3-Next).
+    Softmax,
+    /// Sigmoid scores; top-k chosen on score + `mlp.gate.e_score_correction_bias`, weighted by
+    /// the scores (renormalised if asked) times `routed_scaling_factor` (Kimi, DeepSeek-V3).
+    Sigmoid,
+}
+
+/// Sparse MLPs: `mlp.gate.weight` [E, D] routes each token to `top_k` of `num_experts` SwiGLU
+/// experts (`mlp.experts.{e}.{gate,up,down}_proj.weight`, width `intermediate`), plus a shared
+/// expert (`mlp.shared_expert.*`, width `shared_intermediate`, 0 = none) whose output is scaled
+/// by `sigmoid(mlp.shared_expert_gate.weight · x)` when `shared_gate`. Inference only.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MoeConfig {
+    /// Per layer: true = sparse MLP, false = the dense one of `intermediate_size`.
+    pub sparse_layers: Vec<bool>,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub intermediate: usize,
+    pub shared_intermediate: usize,
+    pub shared_gate: bool,
+    pub router: Router,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f32,
 }
 
 /// What one layer is.
@@ -119,6 +151,7 @@ impl HybridConfig {
             attn_output_gate: false,
             attention_bias: false,
             qk_norm: false,
+            moe: None,
             max_position_embeddings: 2048,
             tie_word_embeddings: true,
             layer_types,

@@ -201,6 +201,11 @@ fn bf(gpu: &Gpu, x: &[f32]) -> Result<CudaSlice<bf16>> {
 
 impl GpuHybrid {
     pub fn new(cpu: &HybridModel, ordinal: usize) -> Result<Self> {
+        if cpu.config.moe.is_some() {
+            bail!(
+                "models with mixture-of-experts MLPs run on the CPU only for now; use --device cpu"
+            );
+        }
         let gpu = Gpu::open(ordinal)?;
         let c = cpu.config.clone();
         let mut blocks = vec![];

@@ -51,42 +51,82 @@ impl HybridModel {
     /// must be there with its shape, and every tensor there must be one the model uses (a
     /// leftover means a part of the checkpoint this model would silently drop).
     pub fn load_weights(dir: &Path, config: HybridConfig) -> Result<Self> {
-        let files = safetensors_files(dir)?;
-        let bytes: Vec<Vec<u8>> = files
-            .iter()
-            .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
-            .collect::<Result<_>>()?;
-        let mut tensors = std::collections::HashMap::new();
-        for (p, b) in files.iter().zip(&bytes) {
-            let st = safetensors::SafeTensors::deserialize(b)
-                .with_context(|| format!("{} is not a valid safetensors file", p.display()))?;
-            for (name, view) in st.tensors() {
-                tensors.insert(name, (p.clone(), view));
-            }
-        }
+        Self::load_weights_with(dir, config, |_| Ok(()))
+    }
+
+    /// [`HybridModel::load_weights`] after `remap` has turned the checkpoint's tensors into
+    /// ours (a Hugging Face family's packed projections split, norms re-based, names changed).
+    pub fn load_weights_with(
+        dir: &Path,
+        config: HybridConfig,
+        remap: impl FnOnce(&mut Tensors) -> Result<()>,
+    ) -> Result<Self> {
+        let mut tensors = read_tensors(dir)?;
+        remap(&mut tensors)?;
         let mut used = std::collections::HashSet::new();
         // Start from an initialised model for the names and shapes, then fill every tensor.
         let mut m = HybridModel::init(config, 0)?;
         let mut fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
-            let (path, t) = tensors
+            let (shape, data) = tensors
                 .get(name)
                 .with_context(|| format!("{}: tensor '{name}' is missing", dir.display()))?;
             used.insert(name.to_string());
-            let shape = t.shape().to_vec();
-            // Conv weights may be stored [C, 1, W].
+            // Conv weights may be stored [C, 1, W], per-head vectors [1, 1, H, 1].
             let squeezed: Vec<usize> = shape
                 .iter()
                 .copied()
                 .filter(|&d| d != 1 || p.shape.contains(&1))
                 .collect();
-            if shape != p.shape && squeezed != p.shape {
+            if *shape != p.shape && squeezed != p.shape {
                 bail!(
                     "{}: tensor '{name}' has shape {shape:?}, expected {:?}",
-                    path.display(),
+                    dir.display(),
                     p.shape
                 );
             }
-            p.data = match t.dtype() {
+            p.data = data.clone();
+            Ok(())
+        };
+        for (k, p) in m.top.map.iter_mut() {
+            fill(k, p)?;
+        }
+        for (i, b) in m.blocks.iter_mut().enumerate() {
+            for (k, p) in b.params.map.iter_mut() {
+                fill(&format!("model.layers.{i}.{k}"), p)?;
+            }
+            let pre = b.mixer.prefix();
+            for (k, p) in b.mixer.params_mut().map.iter_mut() {
+                fill(&format!("model.layers.{i}.{pre}{k}"), p)?;
+            }
+        }
+        let unused: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !used.contains(*k) && !k.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if let Some(first) = unused.first() {
+            bail!(
+                "{}: tensor '{first}' ({} unused in all) is not part of this model: the checkpoint has parts it does not map",
+                dir.display(),
+                unused.len()
+            );
+        }
+        Ok(m)
+    }
+}
+
+/// A checkpoint's tensors by name: shape and values in f32.
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every tensor of a checkpoint folder (one file or shards), in f32.
+pub fn read_tensors(dir: &Path) -> Result<Tensors> {
+    let mut out = Tensors::new();
+    for path in safetensors_files(dir)? {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+        for (name, t) in st.tensors() {
+            let data: Vec<f32> = match t.dtype() {
                 Dtype::F32 => t
                     .data()
                     .chunks_exact(4)
@@ -102,38 +142,15 @@ impl HybridModel {
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
-                other => {
-                    bail!("tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)")
-                }
+                other => bail!(
+                    "{}: tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)",
+                    path.display()
+                ),
             };
-            Ok(())
-        };
-        for (k, p) in m.top.map.iter_mut() {
-            fill(k, p)?;
+            out.insert(name, (t.shape().to_vec(), data));
         }
-        for (i, b) in m.blocks.iter_mut().enumerate() {
-            for (k, p) in b.params.map.iter_mut() {
-                fill(&format!("model.layers.{i}.{k}"), p)?;
-            }
-            let pre = b.mixer.prefix();
-            for (k, p) in b.mixer.params_mut().map.iter_mut() {
-                fill(&format!("model.layers.{i}.{pre}{k}"), p)?;
-            }
-        }
-        let mut unused: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !used.contains(*k) && !k.ends_with("rotary_emb.inv_freq"))
-            .collect();
-        unused.sort();
-        if let Some(first) = unused.first() {
-            bail!(
-                "{}: tensor '{first}' ({} unused in all) is not part of this model: the checkpoint has parts it does not map",
-                dir.display(),
-                unused.len()
-            );
-        }
-        Ok(m)
     }
+    Ok(out)
 }
 
 /// The safetensors files of a checkpoint folder: `model.safetensors`, or the distinct shards

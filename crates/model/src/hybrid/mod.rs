@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod gpu_supernet;
 pub mod gpu_train;
 pub mod io;
+pub mod moe;
 pub mod speed;
 
 pub use config::{parse_layout, HybridConfig, LayerKind};
@@ -146,16 +147,34 @@ impl HybridModel {
         if !config.tie_word_embeddings {
             top.insert("lm_head.weight", &[v, d], rng.normals(v * d, 0.02));
         }
+        if let Some(m) = &config.moe {
+            if m.sparse_layers.len() != config.num_hidden_layers
+                || m.top_k == 0
+                || m.top_k > m.num_experts
+            {
+                bail!(
+                    "moe: {} layer flags for {} layers, top {} of {} experts",
+                    m.sparse_layers.len(),
+                    config.num_hidden_layers,
+                    m.top_k,
+                    m.num_experts
+                );
+            }
+        }
         let blocks = kinds
             .into_iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
                 let mixer = match k {
                     LayerKind::Attention(c) => Mixer::Attention(Attention::init(c, &mut rng)),
                     LayerKind::Linear(c) => Mixer::Linear(LinearMixer::init(c, &mut rng)),
                 };
                 let mut p = Params::default();
                 p.insert("input_layernorm.weight", &[d], vec![1.0; d]);
-                if f > 0 {
+                if let Some(moe) = config.moe.as_ref().filter(|m| m.sparse_layers[i]) {
+                    p.insert("post_attention_layernorm.weight", &[d], vec![1.0; d]);
+                    moe::init(moe, d, &mut rng, &mut p);
+                } else if f > 0 {
                     p.insert("post_attention_layernorm.weight", &[d], vec![1.0; d]);
                     p.insert("mlp.gate_proj.weight", &[f, d], rng.normals(f * d, 0.02));
                     p.insert("mlp.up_proj.weight", &[f, d], rng.normals(f * d, 0.02));
@@ -346,7 +365,20 @@ impl HybridModel {
         cpu::add_inplace(&mut x_mid, y);
         let mut out = x_mid.clone();
         let (mut h2, mut gate, mut up, mut act) = (vec![], vec![], vec![], vec![]);
-        if f > 0 {
+        if let Some(moe) = c
+            .moe
+            .as_ref()
+            .filter(|_| bl.params.map.contains_key("mlp.gate.weight"))
+        {
+            h2 = vec![0f32; x.len()];
+            cpu::rms_norm(
+                &x_mid,
+                bl.params.get("post_attention_layernorm.weight"),
+                c.rms_norm_eps,
+                &mut h2,
+            );
+            cpu::add_inplace(&mut out, &moe::forward(moe, &bl.params, &h2, d));
+        } else if f > 0 {
             h2 = vec![0f32; x.len()];
             cpu::rms_norm(
                 &x_mid,
@@ -397,6 +429,9 @@ impl HybridModel {
 
     /// Training forward over whole sequences: tokens [B, T] -> logits [B·T, V].
     pub fn forward_train(&self, tokens: &[u32], b: usize, t: usize) -> Result<(Vec<f32>, Saved)> {
+        if self.config.moe.is_some() {
+            bail!("training models with mixture-of-experts MLPs is not supported");
+        }
         if tokens.len() != b * t {
             bail!("{} tokens do not fill a batch of {b} x {t}", tokens.len());
         }
