@@ -28,6 +28,22 @@ pub struct AttentionConfig {
     /// `Some(eps)`: `q_norm.weight` and `k_norm.weight`, an RMSNorm over each head's q and k
     /// before RoPE (Qwen3). Inference only: training such layers is refused.
     pub qk_norm: Option<f32>,
+    /// Multi-head latent attention instead (Kimi-Linear): `head_dim` is then
+    /// `qk_nope + qk_rope`, there is no RoPE, and the cache holds one compressed row a token.
+    pub mla: Option<crate::mla::MlaDims>,
+}
+
+impl AttentionConfig {
+    /// (key, value) floats one token caches.
+    pub fn kv_rows(&self) -> (usize, usize) {
+        match self.mla {
+            Some(m) => (m.row(), 0),
+            None => (
+                self.n_kv_heads * self.head_dim,
+                self.n_kv_heads * self.head_dim,
+            ),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -97,6 +113,10 @@ impl Attention {
     /// Random init: normal(0, 0.02) projections (output projection scaled down by depth
     /// by the caller if wanted).
     pub fn init(cfg: AttentionConfig, rng: &mut InitRng) -> Self {
+        if let Some(m) = cfg.mla {
+            let p = crate::mla::init(m, cfg.n_heads, cfg.hidden, rng);
+            return Self::new(cfg, p);
+        }
         let c = &cfg;
         let qd = c.n_heads * c.head_dim * if c.output_gate { 2 } else { 1 };
         let kvd = c.n_kv_heads * c.head_dim;
@@ -139,9 +159,9 @@ impl Attention {
     }
 
     pub fn new_state(&self, b: usize) -> AttnState {
-        let row = self.cfg.n_kv_heads * self.cfg.head_dim;
+        let (row, vrow) = self.cfg.kv_rows();
         AttnState {
-            kv: vec![PagedKv::new(row, 0); b],
+            kv: vec![PagedKv::with_rows(row, vrow, 0); b],
             kept: 0,
             pos: 0,
         }
@@ -152,16 +172,16 @@ impl Attention {
     /// without the prefill (the time of a step does not depend on the cached values).
     pub fn filled_state(&self, b: usize, n: usize) -> AttnState {
         let kept = self.cfg.window.map_or(n, |w| n.min(w.saturating_sub(1)));
-        let row = self.cfg.n_kv_heads * self.cfg.head_dim;
-        let fill = |s: usize| -> Vec<f32> {
+        let (row, vrow) = self.cfg.kv_rows();
+        let fill = |s: usize, row: usize| -> Vec<f32> {
             (0..kept * row)
                 .map(|i| (((i * 7919 + s * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.1)
                 .collect()
         };
         let kv = (0..b)
             .map(|s| {
-                let mut c = PagedKv::new(row, n - kept);
-                c.push(&fill(s), &fill(s + b));
+                let mut c = PagedKv::with_rows(row, vrow, n - kept);
+                c.push(&fill(s, row), &fill(s + b, vrow));
                 c
             })
             .collect();
@@ -171,7 +191,8 @@ impl Attention {
     /// Cache bytes for one sequence at context `n` with `bytes` per element.
     pub fn cache_bytes(&self, n: usize, bytes: usize) -> usize {
         let toks = self.cfg.window.map_or(n, |w| n.min(w));
-        2 * toks * self.cfg.n_kv_heads * self.cfg.head_dim * bytes
+        let (k, v) = self.cfg.kv_rows();
+        toks * (k + v) * bytes
     }
 
     /// x [B, T, D] -> y [B, T, D]. With `state`, continues after the cached tokens and
@@ -202,6 +223,9 @@ impl Attention {
         hold: usize,
     ) -> (Vec<f32>, AttnSaved) {
         let c = &self.cfg;
+        if let Some(m) = c.mla {
+            return self.mla_forward(m, x, b, t, state);
+        }
         let (dh, h, hk) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let n = b * t;
         let bias = |name: &str| c.qkv_bias.then(|| self.params.get(name));
@@ -318,12 +342,69 @@ impl Attention {
         (y, saved)
     }
 
+    /// MLA over the compressed cache (a whole sequence runs over a fresh one).
+    fn mla_forward(
+        &self,
+        m: crate::mla::MlaDims,
+        x: &[f32],
+        b: usize,
+        t: usize,
+        state: Option<&mut AttnState>,
+    ) -> (Vec<f32>, AttnSaved) {
+        let c = &self.cfg;
+        let mut fresh = None;
+        let st = match state {
+            Some(s) => s,
+            None => fresh.insert(self.new_state(b)),
+        };
+        let n = b * t;
+        let qd = c.n_heads * (m.qk_nope + m.qk_rope);
+        let q = linear(x, self.params.get("q_proj.weight"), None, n, qd, c.hidden);
+        let rows = crate::mla::cache_rows(m, &self.params, x, n, c.hidden);
+        let base = st.pos - st.kept;
+        let mut o = Vec::with_capacity(n * c.n_heads * m.v_head);
+        for (bi, cache) in st.kv.iter_mut().enumerate() {
+            cache.push(&rows[bi * t * m.row()..(bi + 1) * t * m.row()], &[]);
+            o.extend(crate::mla::attend(
+                m,
+                &self.params,
+                &q[bi * t * qd..(bi + 1) * t * qd],
+                c.n_heads,
+                cache,
+                (base, st.pos),
+            ));
+        }
+        st.kept += t;
+        st.pos += t;
+        let y = linear(
+            &o,
+            self.params.get("o_proj.weight"),
+            None,
+            n,
+            c.hidden,
+            c.n_heads * m.v_head,
+        );
+        let saved = AttnSaved {
+            x: vec![],
+            q: vec![],
+            k: vec![],
+            v: vec![],
+            o: vec![],
+            lse: vec![],
+            gate: vec![],
+            b,
+            t,
+            pos0: base,
+        };
+        (y, saved)
+    }
+
     /// Backward of a whole-sequence [`forward`] (no cache): accumulates parameter gradients
     /// into `grads` and returns dx.
     pub fn backward(&self, s: &AttnSaved, dy: &[f32], grads: &mut Params) -> Vec<f32> {
         assert!(
-            !self.cfg.qkv_bias && self.cfg.qk_norm.is_none(),
-            "training attention with q/k/v biases or q/k norms is not supported"
+            !self.cfg.qkv_bias && self.cfg.qk_norm.is_none() && self.cfg.mla.is_none(),
+            "training attention with q/k/v biases, q/k norms or MLA is not supported"
         );
         let c = &self.cfg;
         let (dh, h, hk, b, t) = (c.head_dim, c.n_heads, c.n_kv_heads, s.b, s.t);

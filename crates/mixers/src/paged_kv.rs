@@ -32,6 +32,9 @@ impl KvBlock {
 #[derive(Clone, Debug, Default)]
 pub struct PagedKv {
     row: usize,
+    /// Floats per token of the values (`row` unless a layer caches something else there:
+    /// MLA keeps its compressed latent as the key row and no value row).
+    vrow: usize,
     origin: usize,
     end: usize,
     blocks: Vec<Arc<KvBlock>>,
@@ -40,8 +43,14 @@ pub struct PagedKv {
 impl PagedKv {
     /// An empty cache whose next token is absolute index `at`; `row` floats per token.
     pub fn new(row: usize, at: usize) -> Self {
+        Self::with_rows(row, row, at)
+    }
+
+    /// An empty cache with `row` floats per token of keys and `vrow` of values.
+    pub fn with_rows(row: usize, vrow: usize, at: usize) -> Self {
         PagedKv {
             row,
+            vrow,
             origin: at,
             end: at,
             blocks: vec![],
@@ -64,23 +73,24 @@ impl PagedKv {
 
     /// Appends the keys and values of `k.len() / row` tokens.
     pub fn push(&mut self, k: &[f32], v: &[f32]) {
-        debug_assert_eq!(k.len(), v.len());
-        let row = self.row;
+        let (row, vrow) = (self.row, self.vrow);
+        debug_assert_eq!(k.len() / row * vrow, v.len());
         let mut at = 0;
         while at < k.len() {
             let off = (self.end - self.origin) % BLOCK_TOKENS;
             if off == 0 {
                 self.blocks.push(Arc::new(KvBlock {
                     k: Vec::with_capacity(BLOCK_TOKENS * row),
-                    v: Vec::with_capacity(BLOCK_TOKENS * row),
+                    v: Vec::with_capacity(BLOCK_TOKENS * vrow),
                 }));
             }
             let take = (BLOCK_TOKENS - off).min((k.len() - at) / row);
             let last = self.blocks.last_mut().expect("a block was just ensured");
             // Copy-on-write: a block shared with a checkpoint is copied before it grows.
             let b = Arc::make_mut(last);
+            let vat = at / row * vrow;
             b.k.extend_from_slice(&k[at..at + take * row]);
-            b.v.extend_from_slice(&v[at..at + take * row]);
+            b.v.extend_from_slice(&v[vat..vat + take * vrow]);
             at += take * row;
             self.end += take;
         }
@@ -109,7 +119,7 @@ impl PagedKv {
             if last.k.len() > rows * self.row {
                 let b = Arc::make_mut(last);
                 b.k.truncate(rows * self.row);
-                b.v.truncate(rows * self.row);
+                b.v.truncate(rows * self.vrow);
             }
         }
         self.end = end.max(self.origin);
@@ -120,8 +130,11 @@ impl PagedKv {
     pub fn row(&self, abs: usize) -> (&[f32], &[f32]) {
         let i = abs - self.origin;
         let b = &self.blocks[i / BLOCK_TOKENS];
-        let o = (i % BLOCK_TOKENS) * self.row;
-        (&b.k[o..o + self.row], &b.v[o..o + self.row])
+        let (o, vo) = (
+            (i % BLOCK_TOKENS) * self.row,
+            (i % BLOCK_TOKENS) * self.vrow,
+        );
+        (&b.k[o..o + self.row], &b.v[vo..vo + self.vrow])
     }
 
     /// Bytes of the blocks this cache holds (shared ones included).

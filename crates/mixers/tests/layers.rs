@@ -79,6 +79,7 @@ fn layers() -> Vec<(&'static str, Layer)> {
             output_gate: gate,
             qkv_bias: false,
             qk_norm: None,
+            mla: None,
         }
         .pipe(|c| Attention::init(c, rng))
     };

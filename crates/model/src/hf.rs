@@ -7,17 +7,21 @@
 //! `Qwen3ForCausalLM` (`qwen3`: per-head q/k RMSNorm), `Qwen3NextForCausalLM` (`qwen3_next`:
 //! GDN layers from the packed, per-key-head grouped `in_proj_qkvz` / `in_proj_ba` and one conv
 //! over q, k, v; gated attention with partial RoPE; zero-centred `(1 + w)` norms re-based to
-//! plain weights at load; dense and mixture-of-experts MLPs). Every field that would change the
+//! plain weights at load; dense and mixture-of-experts MLPs), `KimiLinearForCausalLM`
+//! (`kimi_linear`, as transformers 5.17 saves it: KDA layers, MLA without RoPE with its
+//! compressed cache, a sigmoid router with a score-correction bias and shared experts; the
+//! 1-based `kda_layers` / `full_attn_layers` lists when `layer_types` is absent). Every field
+//! that would change the
 //! model and is not mapped (RoPE scaling, an activation other than SiLU, MLP biases) is refused
 //! with its name.
-use crate::hybrid::config::{LinearAttnType, MoeConfig, Router};
+use crate::hybrid::config::{LinearAttnType, MlaConfig, MoeConfig, Router};
 use crate::hybrid::io::Tensors;
 use crate::hybrid::{HybridConfig, HybridModel};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
-pub const SUPPORTED: &str = "llama, qwen2, qwen3, qwen3_next";
+pub const SUPPORTED: &str = "llama, qwen2, qwen3, qwen3_next, kimi_linear";
 
 /// Whether a `config.json` is a transformers one (not a folder `hybrid convert` wrote).
 pub fn is_hf_config(v: &Value) -> bool {
@@ -120,7 +124,7 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
         .unwrap_or("?");
     let mut c = match t {
         "llama" | "qwen2" | "qwen3" => base(v, &["full_attention", "sliding_attention"])?,
-        "qwen3_next" => base(v, &["full_attention", "linear_attention"])?,
+        "qwen3_next" | "kimi_linear" => base(v, &["full_attention", "linear_attention"])?,
         other => bail!(
             "config.json: model_type '{other}' ({arch}) is not supported yet (supported: {SUPPORTED})"
         ),
@@ -132,7 +136,8 @@ pub fn hybrid_config(v: &Value) -> Result<HybridConfig> {
             c.attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
             c.qk_norm = true;
         }
-        _ => qwen3_next(v, &mut c)?,
+        "qwen3_next" => qwen3_next(v, &mut c)?,
+        _ => kimi_linear(v, &mut c)?,
     }
     c.layers()?;
     Ok(c)
@@ -193,7 +198,12 @@ fn base(v: &Value, kinds: &[&str]) -> Result<HybridConfig> {
         attn_output_gate: false,
         attention_bias: false,
         qk_norm: false,
-        max_position_embeddings: usize_field(v, "max_position_embeddings")?,
+        max_position_embeddings: match opt_usize(v, "max_position_embeddings")? {
+            Some(n) => n,
+            // Kimi-Linear's config names it so.
+            None => opt_usize(v, "model_max_length")?
+                .context("config.json: 'max_position_embeddings' is missing")?,
+        },
         tie_word_embeddings: opt_bool(v, "tie_word_embeddings")?.unwrap_or(false),
         layer_types,
         linear_attn_type: None,
@@ -205,6 +215,7 @@ fn base(v: &Value, kinds: &[&str]) -> Result<HybridConfig> {
         linear_gate_rank: 64,
         linear_chunk_size: 64,
         moe: None,
+        mla: None,
         bos_token_id: token_id(v, "bos_token_id")?,
         eos_token_id: token_id(v, "eos_token_id")?,
     })
@@ -262,18 +273,109 @@ fn qwen3_next(v: &Value, c: &mut HybridConfig) -> Result<()> {
     Ok(())
 }
 
+/// Kimi-Linear: KDA layers and MLA (NoPE) layers, a dense first MLP and sparse ones after.
+fn kimi_linear(v: &Value, c: &mut HybridConfig) -> Result<()> {
+    let lin = v
+        .get("linear_attn_config")
+        .filter(|l| l.is_object())
+        .context("config.json: 'linear_attn_config' is missing")?;
+    if v.get("layer_types").is_none_or(Value::is_null) {
+        // 1-based layer numbers (vLLM: `(i + 1) in kda_layers`).
+        let list = |name: &str| -> Result<Vec<usize>> {
+            lin.get(name)
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect())
+                .with_context(|| {
+                    format!(
+                        "config.json: 'linear_attn_config.{name}' must be a list of layer numbers"
+                    )
+                })
+        };
+        let kda = list("kda_layers")?;
+        let full = list("full_attn_layers")?;
+        c.layer_types = (1..=c.num_hidden_layers)
+            .map(|n| match (kda.contains(&n), full.contains(&n)) {
+                (true, false) => Ok("linear_attention".to_string()),
+                (false, true) => Ok("full_attention".to_string()),
+                _ => bail!("config.json: layer {n} must be in exactly one of linear_attn_config's kda_layers and full_attn_layers"),
+            })
+            .collect::<Result<_>>()?;
+    }
+    if opt_usize(v, "q_lora_rank")?.is_some() {
+        bail!("config.json: q_lora_rank is not supported (MLA with a low-rank query)");
+    }
+    if !opt_bool(v, "mla_use_nope")?.unwrap_or(true) {
+        bail!("config.json: mla_use_nope false is not supported (MLA with RoPE)");
+    }
+    c.mla = Some(MlaConfig {
+        kv_lora_rank: usize_field(v, "kv_lora_rank")?,
+        qk_nope_head_dim: usize_field(v, "qk_nope_head_dim")?,
+        qk_rope_head_dim: usize_field(v, "qk_rope_head_dim")?,
+        v_head_dim: usize_field(v, "v_head_dim")?,
+    });
+    let heads = usize_field(lin, "num_heads")?;
+    let dim = usize_field(lin, "head_dim")?;
+    c.linear_attn_type = Some(LinearAttnType::Global("kda".into()));
+    c.linear_num_key_heads = Some(heads);
+    c.linear_num_value_heads = Some(heads);
+    c.linear_key_head_dim = Some(dim);
+    c.linear_value_head_dim = Some(dim);
+    c.linear_conv_kernel_dim = opt_usize(lin, "short_conv_kernel_size")?.unwrap_or(4);
+    c.linear_gate_rank = dim;
+    let experts = opt_usize(v, "num_experts")?.unwrap_or(0);
+    if experts > 0 {
+        if opt_usize(v, "num_expert_group")?.unwrap_or(1) > 1 {
+            bail!("config.json: num_expert_group > 1 (group-limited routing) is not supported");
+        }
+        let sparse: Vec<bool> = match v.get("mlp_layer_types").and_then(Value::as_array) {
+            Some(a) => a
+                .iter()
+                .map(|x| match x.as_str() {
+                    Some("sparse") => Ok(true),
+                    Some("dense") => Ok(false),
+                    _ => bail!("config.json: mlp_layer_types entry {x} is not 'dense' or 'sparse'"),
+                })
+                .collect::<Result<_>>()?,
+            None => {
+                let first = opt_usize(v, "first_k_dense_replace")?.unwrap_or(0);
+                (0..c.num_hidden_layers).map(|i| i >= first).collect()
+            }
+        };
+        let router = match v.get("moe_router_activation_func").and_then(Value::as_str) {
+            None | Some("sigmoid") => Router::Sigmoid,
+            Some("softmax") => Router::Softmax,
+            Some(other) => {
+                bail!("config.json: moe_router_activation_func '{other}' is not supported")
+            }
+        };
+        let inter = usize_field(v, "moe_intermediate_size")?;
+        c.moe = Some(MoeConfig {
+            sparse_layers: sparse,
+            num_experts: experts,
+            top_k: match opt_usize(v, "num_experts_per_token")? {
+                Some(k) => k,
+                None => usize_field(v, "num_experts_per_tok")?,
+            },
+            intermediate: inter,
+            shared_intermediate: inter * opt_usize(v, "num_shared_experts")?.unwrap_or(0),
+            shared_gate: false,
+            router,
+            norm_topk_prob: opt_bool(v, "moe_renormalize")?.unwrap_or(true),
+            routed_scaling_factor: opt_f64(v, "routed_scaling_factor")?.unwrap_or(1.0) as f32,
+        });
+    }
+    Ok(())
+}
+
 /// The model of a transformers checkpoint folder whose `config.json` is `v`.
 pub fn load(dir: &Path, v: &Value) -> Result<HybridModel> {
     let config = hybrid_config(v)?;
     let kind = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-    let next = kind == "qwen3_next";
     let c = config.clone();
-    HybridModel::load_weights_with(dir, config, |t| {
-        if next {
-            remap_qwen3_next(&c, t)
-        } else {
-            Ok(())
-        }
+    HybridModel::load_weights_with(dir, config, |t| match kind {
+        "qwen3_next" => remap_qwen3_next(&c, t),
+        "kimi_linear" => remap_kimi_linear(&c, t),
+        _ => Ok(()),
     })
 }
 
@@ -383,6 +485,57 @@ fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
         ] {
             let x = take(t, &format!("{pre}{from}"))?;
             t.insert(format!("{pre}{to}"), x);
+        }
+    }
+    Ok(())
+}
+
+/// Kimi-Linear's tensors (transformers 5.17 names) as ours: KDA layers under `linear_attn.`
+/// with a zero bias for `g_b_proj` (Kimi's has none), the MLPs' `block_sparse_moe.*` under
+/// `mlp.*` (experts' w1/w2/w3 = gate/down/up, `shared_experts` = our shared expert).
+fn remap_kimi_linear(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
+    let names: Vec<String> = t.keys().cloned().collect();
+    for name in names {
+        let Some(rest) = name.strip_prefix("model.layers.") else {
+            continue;
+        };
+        let (i, tail) = rest.split_once('.').context("a layer tensor's name")?;
+        let i: usize = i
+            .parse()
+            .with_context(|| format!("layer number in '{name}'"))?;
+        let linear = c
+            .layer_types
+            .get(i)
+            .is_some_and(|k| k == "linear_attention");
+        let new = if let Some(x) = tail.strip_prefix("self_attn.").filter(|_| linear) {
+            format!("linear_attn.{x}")
+        } else if let Some(x) = tail.strip_prefix("block_sparse_moe.") {
+            let x = if let Some(e) = x.strip_prefix("experts.") {
+                let (e, w) = e.split_once('.').context("an expert's tensor name")?;
+                let w = match w {
+                    "w1.weight" => "gate_proj.weight",
+                    "w2.weight" => "down_proj.weight",
+                    "w3.weight" => "up_proj.weight",
+                    other => bail!("tensor '{name}': unknown expert weight '{other}'"),
+                };
+                format!("experts.{e}.{w}")
+            } else if let Some(s) = x.strip_prefix("shared_experts.") {
+                format!("shared_expert.{s}")
+            } else {
+                x.to_string()
+            };
+            format!("mlp.{x}")
+        } else {
+            continue;
+        };
+        let v = t.remove(&name).expect("listed");
+        t.insert(format!("model.layers.{i}.{new}"), v);
+    }
+    let width = c.linear_num_key_heads.unwrap_or(0) * c.linear_key_head_dim.unwrap_or(0);
+    for (i, kind) in c.layer_types.iter().enumerate() {
+        let bias = format!("model.layers.{i}.linear_attn.g_b_proj.bias");
+        if kind == "linear_attention" && !t.contains_key(&bias) {
+            t.insert(bias, (vec![width], vec![0.0; width]));
         }
     }
     Ok(())

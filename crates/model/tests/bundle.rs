@@ -42,6 +42,7 @@ fn hybrid_folder(tag: &str) -> (PathBuf, HybridModel, LoadedModel) {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,

@@ -25,6 +25,7 @@ fn config(layout: &str) -> HybridConfig {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         layer_types,

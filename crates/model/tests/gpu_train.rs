@@ -110,6 +110,7 @@ fn attention_mixer_training_step_matches_cpu() {
             output_gate: false,
             qkv_bias: false,
             qk_norm: None,
+            mla: None,
         };
         let mut a = Attention::init(cfg.clone(), &mut InitRng::new(9));
         for p in a.params.map.values_mut() {

@@ -109,18 +109,9 @@ fn qwen3_next_gdn_gated_attention_moe_matches_transformers() {
     matches_transformers("qwen3_next");
 }
 
-/// Families not mapped yet are refused with the model type.
 #[test]
-fn unmapped_families_are_refused_by_name() {
-    for (family, arch) in [("kimi_linear", "KimiLinearForCausalLM")] {
-        let e = format!("{:#}", AnyModel::load(&dir(family)).err().unwrap());
-        assert!(
-            e.contains(&format!(
-                "model_type '{family}' ({arch}) is not supported yet"
-            )),
-            "{e}"
-        );
-    }
+fn kimi_linear_kda_mla_sigmoid_moe_matches_transformers() {
+    matches_transformers("kimi_linear");
 }
 
 /// Wrong or unsupported config fields are named.

@@ -27,6 +27,7 @@ fn config(layout: &str, gate: bool, (lh, lhv): (usize, usize)) -> HybridConfig {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: 256,
         tie_word_embeddings: !gate,
         layer_types,

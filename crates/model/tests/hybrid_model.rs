@@ -23,6 +23,7 @@ fn config(layout: &str, mlp: usize, tied: bool) -> HybridConfig {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
         layer_types,

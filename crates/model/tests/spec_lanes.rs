@@ -24,6 +24,7 @@ fn model() -> HybridModel {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: 256,
         tie_word_embeddings: false,
         layer_types,

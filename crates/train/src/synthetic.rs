@@ -69,6 +69,7 @@ pub fn model_config(r: &RunConfig) -> Result<HybridConfig> {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: r.task.seq_len,
         tie_word_embeddings: true,
         layer_types,

@@ -56,6 +56,7 @@ pub fn run(a: StepArgs) -> Result<()> {
                         output_gate: false,
                         qkv_bias: false,
                         qk_norm: None,
+                        mla: None,
                     };
                     let layer = Attention::init(cfg, &mut rng);
                     let mut st = layer.filled_state(1, ctx);

@@ -68,6 +68,7 @@ fn config(a: &TrainMarkovArgs, t: &MarkovTask) -> Result<HybridConfig> {
         attention_bias: false,
         qk_norm: false,
         moe: None,
+        mla: None,
         max_position_embeddings: t.seq_len() + 16,
         tie_word_embeddings: true,
         layer_types,

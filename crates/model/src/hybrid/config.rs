@@ -86,6 +86,9 @@ pub struct HybridConfig {
     /// Mixture-of-experts MLPs (Qwen3-Next, Kimi-Linear); None: every MLP is dense.
     #[serde(default)]
     pub moe: Option<MoeConfig>,
+    /// Full-attention layers as multi-head latent attention without RoPE (Kimi-Linear).
+    #[serde(default)]
+    pub mla: Option<MlaConfig>,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
@@ -121,6 +124,15 @@ pub struct MoeConfig {
     pub routed_scaling_factor: f32,
 }
 
+/// MLA dimensions (DeepSeek-V2 / Kimi names).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MlaConfig {
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
 /// What one layer is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LayerKind {
@@ -152,6 +164,7 @@ impl HybridConfig {
             attention_bias: false,
             qk_norm: false,
             moe: None,
+            mla: None,
             max_position_embeddings: 2048,
             tie_word_embeddings: true,
             layer_types,
@@ -202,13 +215,20 @@ impl HybridConfig {
             );
         }
         let rot = (self.head_dim as f64 * self.partial_rotary_factor).round() as usize / 2 * 2;
+        let mla = self.mla.map(|m| mixers::mla::MlaDims {
+            kv_lora_rank: m.kv_lora_rank,
+            qk_nope: m.qk_nope_head_dim,
+            qk_rope: m.qk_rope_head_dim,
+            v_head: m.v_head_dim,
+        });
         let attn = |window| AttentionConfig {
             hidden: self.hidden_size,
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
+            head_dim: mla.map_or(self.head_dim, |m| m.qk_nope + m.qk_rope),
             rope_theta: self.rope_theta,
-            rot_dims: rot,
+            rot_dims: if mla.is_some() { 0 } else { rot },
+            mla,
             window,
             output_gate: self.attn_output_gate,
             qkv_bias: self.attention_bias,

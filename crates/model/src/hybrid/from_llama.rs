@@ -35,6 +35,7 @@ impl HybridModel {
             attention_bias: false,
             qk_norm: false,
             moe: None,
+            mla: None,
             max_position_embeddings: c.context_length,
             tie_word_embeddings: c.tied_embeddings,
             layer_types: vec!["full_attention".into(); c.n_layers],

@@ -214,8 +214,8 @@ impl GpuHybrid {
             let mixer = match &bl.mixer {
                 Mixer::Attention(a) => {
                     let ac = a.cfg.clone();
-                    if ac.qkv_bias || ac.qk_norm.is_some() {
-                        bail!("attention with q/k/v biases or q/k norms (Qwen2, Qwen3) runs on the CPU only for now; use --device cpu");
+                    if ac.qkv_bias || ac.qk_norm.is_some() || ac.mla.is_some() {
+                        bail!("attention with q/k/v biases, q/k norms or MLA (Qwen2, Qwen3, Qwen3-Next, Kimi-Linear) runs on the CPU only for now; use --device cpu");
                     }
                     if ac.head_dim % 32 != 0 {
                         bail!(

@@ -493,8 +493,8 @@ const ATTN_PROJ: [&str; 4] = [
 impl GpuAttentionTrain {
     pub fn new(g: &Gpu, a: &mixers::attention::Attention) -> Result<Self> {
         let c = &a.cfg;
-        if c.output_gate || c.qkv_bias || c.qk_norm.is_some() {
-            bail!("GPU training of attention with an output gate, q/k/v biases or q/k norms is not built yet");
+        if c.output_gate || c.qkv_bias || c.qk_norm.is_some() || c.mla.is_some() {
+            bail!("GPU training of attention with an output gate, q/k/v biases, q/k norms or MLA is not built yet");
         }
         if c.head_dim != 64 && c.head_dim != 128 {
             bail!(
