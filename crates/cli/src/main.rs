@@ -31,6 +31,9 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Convert a full-attention model into a hybrid with learned layer placement (resumable).
     Convert(commands::convert::ConvertArgs),
+    /// Write a model as a transformers checkpoint (Llama, Qwen2 or Qwen3 layout) where one
+    /// reads it exactly.
+    Export(commands::export::ExportArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (prefix caching that works for hybrids).
     Serve(commands::serve::ServeArgs),
     /// Reason in chunks of bounded context (Delethink): query + head + carryover per chunk.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Think(a) => commands::think::run(a),
         Command::TrainMarkov(a) => commands::train_markov::run(a),

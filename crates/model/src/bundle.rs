@@ -52,6 +52,28 @@ fn token_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, 
     })
 }
 
+/// Writes a model folder's `tokenizer.json` and `tokenizer_config.json` (chat template, BOS
+/// and EOS tokens, whether BOS is added), each through a temporary name and a rename.
+pub fn write_tokenizer(dir: &Path, t: &Tokenizer, template: Option<&ChatTemplate>) -> Result<()> {
+    let tmp = dir.join(".tokenizer.json.tmp");
+    t.inner
+        .save(&tmp, false)
+        .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
+    std::fs::rename(&tmp, dir.join("tokenizer.json"))?;
+    let text = |id: Option<u32>| id.and_then(|i| t.token_text(i));
+    let tc = TokenizerConfig {
+        chat_template: template.map(|t| t.source.clone()),
+        bos_token: text(t.bos),
+        eos_token: text(t.eos),
+        add_bos_token: Some(t.add_bos),
+    };
+    let tmp = dir.join(".tokenizer_config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&tc)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("tokenizer_config.json"))?;
+    Ok(())
+}
+
 impl HybridBundle {
     /// Loads a folder written by `hybrid convert`, or a Hugging Face checkpoint folder of a
     /// mapped architecture ([`crate::hf`]): config.json, safetensors (sharded or not),

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod hf_export;
 pub mod hybrid;
 pub mod llama;
 pub mod llama_gpu;

@@ -201,3 +201,57 @@ fn leftover_tensors_are_named() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Export: an all-FA model is written as Llama, one with sliding windows as Qwen2 (zero
+/// biases), a model loaded from Qwen3 as Qwen3; each folder loads back through the
+/// transformers path with the same logits, bit for bit; a model with GDN layers is refused
+/// with the reason.
+#[test]
+fn exported_checkpoints_load_back_with_the_same_logits() {
+    use model::hybrid::{HybridConfig, HybridModel};
+    let qwen3 = match AnyModel::load(&dir("qwen3")).unwrap() {
+        AnyModel::Hybrid(h) => h,
+        _ => unreachable!(),
+    };
+    let small = |layout: &str| {
+        let c = HybridConfig {
+            max_position_embeddings: 128,
+            ..HybridConfig::small(layout, 256).unwrap()
+        };
+        HybridModel::init(c, 4).unwrap()
+    };
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 % 250 + 3) as u32).collect();
+    let cases = [
+        (small("fa,fa"), "llama"),
+        (small("fa,swa,fa"), "qwen2"),
+        (qwen3.model.clone_model(), "qwen3"),
+    ];
+    for (i, (m, want)) in cases.into_iter().enumerate() {
+        let out = std::env::temp_dir().join(format!("hf-export-{}-{i}", std::process::id()));
+        let kind =
+            model::hf_export::export(&m, &qwen3.tokenizer, qwen3.template.as_ref(), &out).unwrap();
+        assert_eq!(kind, want);
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(raw["model_type"], want);
+        let AnyModel::Hybrid(back) = AnyModel::load(&out).unwrap() else {
+            unreachable!()
+        };
+        let logits = |m: &HybridModel| m.forward(&ids, 1, &mut m.new_state(1), true).unwrap();
+        let (a, b) = (logits(&m), logits(&back.model));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{want}: logits changed by the round trip"
+        );
+        assert!(back.template.is_some());
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let e = model::hf_export::target(&small("fa,gdn"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1 is GDN") && e.contains("Qwen3-Next"),
+        "{e}"
+    );
+}

@@ -363,21 +363,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         hybrid.config.eos_token_id = m.tokenizer.eos;
         stage_dir(&a.out, "model", |tmp| {
             hybrid.save(tmp)?;
-            m.tokenizer
-                .inner
-                .save(tmp.join("tokenizer.json"), false)
-                .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
-            let text = |id: Option<u32>| id.and_then(|i| m.tokenizer.token_text(i));
-            let tc = model::bundle::TokenizerConfig {
-                chat_template: m.template.as_ref().map(|t| t.source.clone()),
-                bos_token: text(m.tokenizer.bos),
-                eos_token: text(m.tokenizer.eos),
-                add_bos_token: Some(m.tokenizer.add_bos),
-            };
-            write_atomic(
-                &tmp.join("tokenizer_config.json"),
-                serde_json::to_string_pretty(&tc)?.as_bytes(),
-            )?;
+            model::bundle::write_tokenizer(tmp, &m.tokenizer, m.template.as_ref())?;
             write_atomic(
                 &tmp.join("distil.json"),
                 serde_json::to_string_pretty(&serde_json::json!({"spec": spec, "log": log}))?

@@ -14,6 +14,7 @@ mod convert_plots;
 mod convert_report;
 pub mod cost;
 pub mod device;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod serve;
