@@ -245,7 +245,15 @@ fn exported_checkpoints_load_back_with_the_same_logits() {
             "{want}: logits changed by the round trip"
         );
         assert!(back.template.is_some());
-        let _ = std::fs::remove_dir_all(&out);
+        match std::env::var_os("HYBRID_EXPORT_KEEP") {
+            // For scripts/check-hf-export.py: the folder and our logits, for transformers.
+            Some(keep) => {
+                keep_for_transformers(&out, &std::path::PathBuf::from(keep), want, &ids, &a)
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&out);
+            }
+        }
     }
     let e = model::hf_export::target(&small("fa,gdn"))
         .unwrap_err()
@@ -254,4 +262,45 @@ fn exported_checkpoints_load_back_with_the_same_logits() {
         e.contains("layer 1 is GDN") && e.contains("Qwen3-Next"),
         "{e}"
     );
+}
+
+fn keep_for_transformers(
+    out: &std::path::Path,
+    keep: &std::path::Path,
+    name: &str,
+    ids: &[u32],
+    logits: &[f32],
+) {
+    let to = keep.join(name);
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir_all(keep).unwrap();
+    std::fs::rename(out, &to).unwrap();
+    let ids: Vec<u8> = ids.iter().flat_map(|&i| (i as i64).to_le_bytes()).collect();
+    let lg: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let v = logits.len() / (ids.len() / 8);
+    let views = vec![
+        (
+            "input_ids".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::I64,
+                vec![ids.len() / 8],
+                &ids,
+            )
+            .unwrap(),
+        ),
+        (
+            "logits".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![ids.len() / 8, v],
+                &lg,
+            )
+            .unwrap(),
+        ),
+    ];
+    std::fs::write(
+        to.join("ours.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }
