@@ -2,42 +2,13 @@
 //! tokens gives the logits that T decode steps give, and committing any prefix of them leaves
 //! the state that decoding just that prefix leaves (later steps agree), including a sliding
 //! window whose blocks are dropped while the drafts are checked.
-use model::hybrid::config::LinearAttnType;
-use model::hybrid::{parse_layout, HybridConfig, HybridModel, LayerState};
+use model::hybrid::{HybridConfig, HybridModel, LayerState};
 
+/// All five layer kinds (window 6), weights perturbed beyond the init.
 fn model() -> HybridModel {
-    let (layer_types, lin) = parse_layout("fa,swa,gdn,kda,gla").unwrap();
     let config = HybridConfig {
-        model_type: "hybrid".into(),
-        vocab_size: 37,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_hidden_layers: layer_types.len(),
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        partial_rotary_factor: 1.0,
-        sliding_window: Some(3),
-        attn_output_gate: false,
-        attention_bias: false,
-        qk_norm: false,
-        moe: None,
-        mla: None,
         max_position_embeddings: 256,
-        tie_word_embeddings: false,
-        layer_types,
-        linear_attn_type: Some(LinearAttnType::PerLayer(lin)),
-        linear_num_key_heads: Some(2),
-        linear_num_value_heads: Some(2),
-        linear_key_head_dim: Some(4),
-        linear_value_head_dim: Some(4),
-        linear_conv_kernel_dim: 4,
-        linear_gate_rank: 4,
-        linear_chunk_size: 4,
-        bos_token_id: None,
-        eos_token_id: None,
+        ..HybridConfig::small("fa,swa,gdn,kda,gla", 37).unwrap()
     };
     let mut m = HybridModel::init(config, 3).unwrap();
     let g = m.zero_grads();
@@ -72,10 +43,11 @@ fn steps(m: &HybridModel, toks: &[u32], st: &mut [LayerState]) -> Vec<Vec<f32>> 
 fn verification_equals_decode_steps_and_any_prefix_commits() {
     let m = model();
     let v = 37;
-    // 61 prompt tokens: the drafts cross the second 32-token block, which a window of 3
-    // would have dropped without the verification's slack.
+    // 65 prompt tokens: after the 5 drafts the window of 6 no longer reaches the second
+    // 32-token block, which would be dropped without the verification's slack although a
+    // rollback to 66 tokens still needs its last keys.
     let mut prompt_state = m.new_state(1);
-    m.forward(&tokens(61, 1), 1, &mut prompt_state, false)
+    m.forward(&tokens(65, 1), 1, &mut prompt_state, false)
         .unwrap();
     let drafts = tokens(5, 2);
     let after = tokens(3, 3);

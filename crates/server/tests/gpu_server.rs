@@ -27,12 +27,7 @@ fn same(a: &[(String, u64, u64)], b: &[(String, u64, u64)]) -> usize {
 }
 
 fn gpu_engine_serves(m: Arc<ServeModel>) {
-    let cold_cfg = EngineConfig {
-        max_num_seqs: 1,
-        max_batched_tokens: 4096,
-        prefix_cache: false,
-        ..Default::default()
-    };
+    let cold_cfg = cold_config();
     // The CPU engine's replies, for the record (bf16 on the GPU against f32 on the CPU).
     let cpu = TestServer::start(m.clone(), cold_cfg.clone());
     let on_cpu = run_conversations(&cpu, false, 12);

@@ -10,15 +10,7 @@ use std::sync::Arc;
 
 fn greedy_is_invariant(m: Arc<ServeModel>) {
     // Reference: no prefix cache, one sequence at a time, whole-prompt prefill.
-    let cold = TestServer::start(
-        m.clone(),
-        EngineConfig {
-            max_num_seqs: 1,
-            max_batched_tokens: 4096,
-            prefix_cache: false,
-            ..Default::default()
-        },
-    );
+    let cold = TestServer::start(m.clone(), cold_config());
     let want = run_conversations(&cold, false, 10);
     drop(cold);
     assert!(want.iter().all(|r| r.1 == 0));

@@ -21,15 +21,7 @@ fn draft(m: &ServeModel) -> Method {
 }
 
 fn speculation_is_exact(m: Arc<ServeModel>, other: Arc<ServeModel>) {
-    let reference = TestServer::start(
-        m.clone(),
-        EngineConfig {
-            max_num_seqs: 1,
-            max_batched_tokens: 4096,
-            prefix_cache: false,
-            ..Default::default()
-        },
-    );
+    let reference = TestServer::start(m.clone(), cold_config());
     let want = replies(&reference, false);
     drop(reference);
     assert!(!want.last().unwrap().is_empty(), "{want:?}");

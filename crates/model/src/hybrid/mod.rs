@@ -280,14 +280,7 @@ impl HybridModel {
         t: usize,
         state: Option<&mut LayerState>,
     ) -> (Vec<f32>, BlockSaved) {
-        let c = &self.config;
-        let mut h = vec![0f32; x.len()];
-        cpu::rms_norm(
-            &x,
-            bl.params.get("input_layernorm.weight"),
-            c.rms_norm_eps,
-            &mut h,
-        );
+        let h = self.norm(&x, bl, "input_layernorm.weight");
         let (y, mixer) = match (&bl.mixer, state) {
             (Mixer::Attention(a), s) => {
                 let st = s.map(|s| match s {
@@ -331,14 +324,7 @@ impl HybridModel {
         t: usize,
         state: &mut LayerState,
     ) -> (Vec<f32>, Option<Vec<LinearState>>) {
-        let c = &self.config;
-        let mut h = vec![0f32; x.len()];
-        cpu::rms_norm(
-            &x,
-            bl.params.get("input_layernorm.weight"),
-            c.rms_norm_eps,
-            &mut h,
-        );
+        let h = self.norm(&x, bl, "input_layernorm.weight");
         let (y, lanes) = match (&bl.mixer, state) {
             (Mixer::Attention(a), LayerState::Attention(st)) => (a.forward_lanes(&h, t, st), None),
             (Mixer::Linear(l), LayerState::Linear(st)) => {
@@ -348,6 +334,13 @@ impl HybridModel {
             _ => unreachable!("state kinds follow layer kinds"),
         };
         (self.residual_mlp(bl, &x, &y).0, lanes)
+    }
+
+    /// RMSNorm of x with the block's weight `name`.
+    fn norm(&self, x: &[f32], bl: &Block, name: &str) -> Vec<f32> {
+        let mut h = vec![0f32; x.len()];
+        cpu::rms_norm(x, bl.params.get(name), self.config.rms_norm_eps, &mut h);
+        h
     }
 
     /// x + y, then the MLP's residual branch: (out, x_mid, h2, gate, up, act).
@@ -365,27 +358,12 @@ impl HybridModel {
         cpu::add_inplace(&mut x_mid, y);
         let mut out = x_mid.clone();
         let (mut h2, mut gate, mut up, mut act) = (vec![], vec![], vec![], vec![]);
-        if let Some(moe) = c
-            .moe
-            .as_ref()
-            .filter(|_| bl.params.map.contains_key("mlp.gate.weight"))
-        {
-            h2 = vec![0f32; x.len()];
-            cpu::rms_norm(
-                &x_mid,
-                bl.params.get("post_attention_layernorm.weight"),
-                c.rms_norm_eps,
-                &mut h2,
-            );
+        let sparse = bl.params.map.contains_key("mlp.gate.weight");
+        if let Some(moe) = c.moe.as_ref().filter(|_| sparse) {
+            h2 = self.norm(&x_mid, bl, "post_attention_layernorm.weight");
             cpu::add_inplace(&mut out, &moe::forward(moe, &bl.params, &h2, d));
         } else if f > 0 {
-            h2 = vec![0f32; x.len()];
-            cpu::rms_norm(
-                &x_mid,
-                bl.params.get("post_attention_layernorm.weight"),
-                c.rms_norm_eps,
-                &mut h2,
-            );
+            h2 = self.norm(&x_mid, bl, "post_attention_layernorm.weight");
             gate = linear(&h2, bl.params.get("mlp.gate_proj.weight"), None, n, f, d);
             up = linear(&h2, bl.params.get("mlp.up_proj.weight"), None, n, f, d);
             act = vec![0f32; n * f];

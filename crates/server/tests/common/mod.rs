@@ -285,3 +285,13 @@ pub fn replies(s: &TestServer, concurrent: bool) -> Vec<String> {
     texts.push(c);
     texts
 }
+
+/// The reference engine: no prefix cache, one sequence at a time, whole-prompt prefill.
+pub fn cold_config() -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 1,
+        max_batched_tokens: 4096,
+        prefix_cache: false,
+        ..Default::default()
+    }
+}
