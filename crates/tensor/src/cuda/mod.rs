@@ -329,12 +329,11 @@ impl Gpu {
                 "gdn_step supports key head dims up to 256, value head dims that are multiples of 4, and value heads a multiple of key heads; got {d:?}"
             )));
         }
-        let sp = state.device_ptr(&self.stream).0;
         self.gdn_step_launch(
             d,
             (&q.as_view(), &k.as_view(), &v.as_view()),
             (&g.as_view(), g_per_head, &beta.as_view()),
-            (sp, &mut state.as_view_mut()),
+            (None, &mut state.as_view_mut()),
             &mut o.as_view_mut(),
             scale,
         )
@@ -382,25 +381,30 @@ impl Gpu {
                 g_per_head,
                 &beta.slice(j * d.hv..(j + 1) * d.hv),
             ),
-            (sp, &mut lanes.slice_mut(j * st..(j + 1) * st)),
+            (Some(sp), &mut lanes.slice_mut(j * st..(j + 1) * st)),
             &mut o.slice_mut(j * cv..(j + 1) * cv),
             scale,
         )
     }
 
-    /// The launch behind [`Gpu::gdn_step`] and [`Gpu::gdn_step_lane`]: the state before the
-    /// token is a raw device address, since it may be the buffer the state after it goes to.
+    /// The launch behind [`Gpu::gdn_step`] and [`Gpu::gdn_step_lane`]: in place (`None`) or
+    /// from the state at a raw device address (a lane of the buffer the output lane is in).
     #[allow(clippy::type_complexity)]
     fn gdn_step_launch(
         &self,
         d: StepDims,
         (q, k, v): (&CudaView<bf16>, &CudaView<bf16>, &CudaView<bf16>),
         (g, g_per_head, beta): (&CudaView<f32>, bool, &CudaView<f32>),
-        (state_in, state_out): (u64, &mut CudaViewMut<f32>),
+        (state_in, state_out): (Option<u64>, &mut CudaViewMut<f32>),
         o: &mut CudaViewMut<bf16>,
         scale: f32,
     ) -> Result<()> {
-        let f = self.function(GDN_STEP, "gdn_step")?;
+        let name = if state_in.is_some() {
+            "gdn_step_lane"
+        } else {
+            "gdn_step"
+        };
+        let f = self.function(GDN_STEP, name)?;
         // 16 warps, 128 columns per block: STEP_WARPS in kernels/gdn_step.cu.
         let cfg = LaunchConfig {
             grid_dim: ((d.b * d.hv) as u32, d.v.div_ceil(128) as u32, 1),
@@ -415,13 +419,11 @@ impl Gpu {
             g_per_head as i32,
         );
         let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(g)
-            .arg(beta)
-            .arg(&state_in)
-            .arg(state_out)
+        b.arg(q).arg(k).arg(v).arg(g).arg(beta);
+        if let Some(p) = &state_in {
+            b.arg(p);
+        }
+        b.arg(state_out)
             .arg(o)
             .arg(&h)
             .arg(&hv)
