@@ -724,7 +724,7 @@ fn decode<B: Backend>(
     let row = |j: usize| &logits[j * v..(j + 1) * v];
     // Token j+1 is checked against the logits after toks[..=j]; the first rejection's
     // correction, or the bonus token after k accepted drafts, is emitted and left pending.
-    let (mut keep, mut accepted, mut finished) = (1, 0, None);
+    let (mut keep, mut finished) = (1, None);
     for j in 0..=drafts.len() {
         let (t, ok) = match drafts.get(j) {
             Some(&d) => s.sampler.verify_draft(row(j), d),
@@ -736,13 +736,13 @@ fn decode<B: Backend>(
         }
         if ok {
             keep += 1;
-            accepted += 1;
         } else {
             s.pending = Some(t);
             break;
         }
     }
-    metrics.record_verification(drafts.len(), accepted);
+    // Every kept token after x0 is an accepted draft.
+    metrics.record_verification(drafts.len(), keep - 1);
     let states = s.states.as_mut().expect("running sequences hold a state");
     b.commit(states, lanes, keep)?;
     s.fed.extend_from_slice(&toks[..keep]);

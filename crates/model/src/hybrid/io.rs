@@ -63,28 +63,27 @@ impl HybridModel {
     ) -> Result<Self> {
         let mut tensors = read_tensors(dir)?;
         remap(&mut tensors)?;
-        let mut used = std::collections::HashSet::new();
         // Start from an initialised model for the names and shapes, then fill every tensor.
         let mut m = HybridModel::init(config, 0)?;
         let mut fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
+            // Taken out of the map: what is left at the end is what the model does not use.
             let (shape, data) = tensors
-                .get(name)
+                .remove(name)
                 .with_context(|| format!("{}: tensor '{name}' is missing", dir.display()))?;
-            used.insert(name.to_string());
             // Conv weights may be stored [C, 1, W], per-head vectors [1, 1, H, 1].
             let squeezed: Vec<usize> = shape
                 .iter()
                 .copied()
                 .filter(|&d| d != 1 || p.shape.contains(&1))
                 .collect();
-            if *shape != p.shape && squeezed != p.shape {
+            if shape != p.shape && squeezed != p.shape {
                 bail!(
                     "{}: tensor '{name}' has shape {shape:?}, expected {:?}",
                     dir.display(),
                     p.shape
                 );
             }
-            p.data = data.clone();
+            p.data = data;
             Ok(())
         };
         for (k, p) in m.top.map.iter_mut() {
@@ -101,7 +100,7 @@ impl HybridModel {
         }
         let unused: Vec<&String> = tensors
             .keys()
-            .filter(|k| !used.contains(*k) && !k.ends_with("rotary_emb.inv_freq"))
+            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
             .collect();
         if let Some(first) = unused.first() {
             bail!(
