@@ -5,7 +5,8 @@
 use crate::chat::ChatTemplate;
 use crate::generate::{generate_with, GenerateOptions, Generation, LoadedModel};
 use crate::hybrid::gpu::GpuHybrid;
-use crate::hybrid::HybridModel;
+use crate::hybrid::io::{add_safetensors, Tensors};
+use crate::hybrid::{HybridConfig, HybridModel};
 use crate::llama_gpu::GpuLlama;
 use crate::llama_gpu_gguf::GpuLlamaGguf;
 use crate::tokenizer::Tokenizer;
@@ -130,6 +131,24 @@ impl HybridBundle {
             tokenizer,
             template,
         })
+    }
+}
+
+/// The model of a folder held in memory: `config.json`'s text and one safetensors file's
+/// bytes, through the steps [`HybridBundle::load`] takes after reading the files (fuzzing and
+/// tests of hostile checkpoints use it).
+pub fn model_from_bytes(config_json: &str, safetensors: &[u8]) -> Result<HybridModel> {
+    let dir = Path::new("<memory>");
+    let raw: serde_json::Value =
+        serde_json::from_str(config_json).context("config.json is not valid JSON")?;
+    let mut tensors = Tensors::new();
+    if crate::hf::is_hf_config(&raw) {
+        add_safetensors(&mut tensors, safetensors, &dir.join("model.safetensors"))?;
+        crate::hf::from_tensors(dir, &raw, tensors)
+    } else {
+        let config = HybridConfig::from_json(config_json, &dir.join("config.json"))?;
+        add_safetensors(&mut tensors, safetensors, &dir.join("model.safetensors"))?;
+        HybridModel::from_tensors(dir, tensors, config, |_| Ok(()))
     }
 }
 

@@ -68,6 +68,14 @@ pub fn apply_think_history(messages: &[Message], policy: ThinkHistory) -> Vec<Me
         .collect()
 }
 
+/// The instructions one render may run: a base plus this much per message. A template is a
+/// program that comes with the model's files, and one that loops for hours (`range` allows
+/// 100 000 items, and loops nest) would hold the server's handler; real templates run tens to
+/// a few hundred instructions a message. A render that runs out fails with an error. (Fuel
+/// bounds time, not memory: a template that doubles a string in a loop can still exhaust it.)
+pub const RENDER_FUEL_BASE: u64 = 1_000_000;
+pub const RENDER_FUEL_PER_MESSAGE: u64 = 10_000;
+
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -133,7 +141,11 @@ impl ChatTemplate {
 
     /// Renders `messages`, ending with the assistant's turn opener when `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat")?;
+        // The fuel is the environment's: a copy per render (its templates are shared).
+        let mut env = self.env.clone();
+        let per_message = RENDER_FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64);
+        env.set_fuel(Some(RENDER_FUEL_BASE.saturating_add(per_message)));
+        let tmpl = env.get_template("chat")?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -193,6 +205,15 @@ mod tests {
         let r = plain.render(&[Message::new("user", "q")], true).unwrap();
         assert!(ChatTemplate::opens_think(&r));
         assert!(!ChatTemplate::opens_think("<|im_start|>assistant\n"));
+    }
+
+    #[test]
+    fn a_render_that_runs_too_long_is_an_error() {
+        let src =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let e = t.render(&[], true).unwrap_err().to_string();
+        assert!(e.contains("fuel"), "{e}");
     }
 
     #[test]

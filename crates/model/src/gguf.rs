@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use tensor::quant::GgmlType;
 
@@ -85,8 +86,25 @@ pub struct TensorInfo {
     pub bytes: usize,
 }
 
-/// An opened GGUF file, memory-mapped.
+/// The bytes of a GGUF: a memory-mapped file, or bytes already in memory (tests, fuzzing).
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// An opened GGUF file, memory-mapped (or read from bytes with [`Gguf::from_bytes`]).
 pub struct Gguf {
+    /// The file it was opened from; empty for [`Gguf::from_bytes`].
     pub path: PathBuf,
     pub version: u32,
     pub metadata: HashMap<String, Value>,
@@ -95,7 +113,7 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     data_start: usize,
-    map: Mmap,
+    map: Bytes,
 }
 
 /// A bounds-checked little-endian reader over the file bytes.
@@ -172,7 +190,7 @@ impl<'a> Cursor<'a> {
                     bail!("corrupt metadata '{key}': arrays nested too deep");
                 }
                 let ety = self.u32(key)?;
-                let n = self.count(1, key)?;
+                let n = self.count(min_value_bytes(ety), key)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(ety, key, depth + 1)?);
@@ -187,6 +205,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The fewest bytes a value of type `ty` takes in the file: what a claimed array length is
+/// checked against before anything is allocated for it (unknown types fail when read).
+fn min_value_bytes(ty: u32) -> usize {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        10..=12 => 8,
+        8 => 8,  // the string's length
+        9 => 12, // element type and length
+        _ => 1,
+    }
+}
+
+/// The fewest bytes of a metadata pair: key length, an empty key, value type, a 1-byte value.
+const MIN_KV_BYTES: usize = 8 + 4 + 1;
+/// The fewest bytes of a tensor info: name length, n_dims, one dim, type, offset.
+const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
+
 impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path)
@@ -194,11 +231,16 @@ impl Gguf {
         // SAFETY: the map is read-only; we never hand out references past its lifetime.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        Self::parse(path, map)
+        Self::parse(path, Bytes::Map(map))
             .with_context(|| format!("{} is not a usable GGUF file", path.display()))
     }
 
-    fn parse(path: &Path, map: Mmap) -> Result<Self> {
+    /// A GGUF held in memory; the same checks as [`Gguf::open`] (its `path` is empty).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(Path::new(""), Bytes::Owned(bytes)).context("not a usable GGUF file")
+    }
+
+    fn parse(path: &Path, map: Bytes) -> Result<Self> {
         let mut c = Cursor { b: &map, pos: 0 };
         if map.len() < 4 || &map[0..4] != b"GGUF" {
             bail!("missing the GGUF magic bytes");
@@ -208,8 +250,9 @@ impl Gguf {
         if !(2..=3).contains(&version) {
             bail!("GGUF version {version} is not supported (2 and 3 are)");
         }
-        let n_tensors = c.count(8, "tensor count")?;
-        let n_kv = c.count(8, "metadata count")?;
+        // Each count is checked against all the bytes that follow it, at its items' least size.
+        let n_tensors = c.count(MIN_TENSOR_INFO_BYTES, "tensor count")?;
+        let n_kv = c.count(MIN_KV_BYTES, "metadata count")?;
         let mut metadata = HashMap::new();
         let mut keys = Vec::with_capacity(n_kv);
         for _ in 0..n_kv {

@@ -15,13 +15,20 @@
 //! model and is not mapped (RoPE scaling, an activation other than SiLU, MLP biases) is refused
 //! with its name.
 use crate::hybrid::config::{LinearAttnType, MlaConfig, MoeConfig, Router};
-use crate::hybrid::io::Tensors;
+use crate::hybrid::io::{read_tensors, Tensors};
 use crate::hybrid::{HybridConfig, HybridModel};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
 pub const SUPPORTED: &str = "llama, qwen2, qwen3, qwen3_next, kimi_linear";
+
+/// The most layers a config may claim: far above any published model's (a few hundred), and
+/// low enough that the per-layer lists built from the count before any tensor is read stay
+/// small whatever a corrupt `config.json` says.
+const MAX_LAYERS: usize = 1 << 16;
+
+const OVERFLOW: &str = "config.json: the model's sizes overflow";
 
 /// Whether a `config.json` is a transformers one (not a folder `hybrid convert` wrote).
 pub fn is_hf_config(v: &Value) -> bool {
@@ -154,6 +161,9 @@ fn base(v: &Value, kinds: &[&str]) -> Result<HybridConfig> {
         bail!("config.json: mlp_bias true is not supported");
     }
     let hidden = usize_field(v, "hidden_size")?;
+    if hidden == 0 {
+        bail!("config.json: hidden_size must be at least 1");
+    }
     let heads = usize_field(v, "num_attention_heads")?;
     if heads == 0 || hidden % heads != 0 && opt_usize(v, "head_dim")?.is_none() {
         bail!("config.json: num_attention_heads {heads} does not divide hidden_size {hidden}");
@@ -164,6 +174,9 @@ fn base(v: &Value, kinds: &[&str]) -> Result<HybridConfig> {
         bail!("config.json: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}");
     }
     let layers = usize_field(v, "num_hidden_layers")?;
+    if layers > MAX_LAYERS {
+        bail!("config.json: num_hidden_layers {layers} is more than the {MAX_LAYERS} supported");
+    }
     let layer_types: Vec<String> = match v.get("layer_types").filter(|l| !l.is_null()) {
         Some(l) => {
             let l = l
@@ -241,10 +254,18 @@ fn qwen3_next(v: &Value, c: &mut HybridConfig) -> Result<()> {
     c.qk_norm = true;
     c.attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
     c.linear_attn_type = Some(LinearAttnType::Global("gdn".into()));
-    c.linear_num_key_heads = Some(usize_field(v, "linear_num_key_heads")?);
-    c.linear_num_value_heads = Some(usize_field(v, "linear_num_value_heads")?);
-    c.linear_key_head_dim = Some(usize_field(v, "linear_key_head_dim")?);
-    c.linear_value_head_dim = Some(usize_field(v, "linear_value_head_dim")?);
+    // Zero sizes would make the packed projections empty whatever the head count, so the
+    // split at load could not bound its loop over heads by the tensors' rows.
+    let positive = |name: &str| -> Result<usize> {
+        match usize_field(v, name)? {
+            0 => bail!("config.json: '{name}' must be at least 1"),
+            n => Ok(n),
+        }
+    };
+    c.linear_num_key_heads = Some(positive("linear_num_key_heads")?);
+    c.linear_num_value_heads = Some(positive("linear_num_value_heads")?);
+    c.linear_key_head_dim = Some(positive("linear_key_head_dim")?);
+    c.linear_value_head_dim = Some(positive("linear_value_head_dim")?);
     c.linear_conv_kernel_dim = opt_usize(v, "linear_conv_kernel_dim")?.unwrap_or(4);
     let experts = opt_usize(v, "num_experts")?.unwrap_or(0);
     if experts > 0 {
@@ -357,7 +378,9 @@ fn kimi_linear(v: &Value, c: &mut HybridConfig) -> Result<()> {
                 None => usize_field(v, "num_experts_per_tok")?,
             },
             intermediate: inter,
-            shared_intermediate: inter * opt_usize(v, "num_shared_experts")?.unwrap_or(0),
+            shared_intermediate: inter
+                .checked_mul(opt_usize(v, "num_shared_experts")?.unwrap_or(0))
+                .context(OVERFLOW)?,
             shared_gate: false,
             router,
             norm_topk_prob: opt_bool(v, "moe_renormalize")?.unwrap_or(true),
@@ -370,9 +393,20 @@ fn kimi_linear(v: &Value, c: &mut HybridConfig) -> Result<()> {
 /// The model of a transformers checkpoint folder whose `config.json` is `v`.
 pub fn load(dir: &Path, v: &Value) -> Result<HybridModel> {
     let config = hybrid_config(v)?;
+    let tensors = read_tensors(dir)?;
+    model_of(dir, v, config, tensors)
+}
+
+/// [`load`] on tensors already read (`dir` names the checkpoint in errors).
+pub fn from_tensors(dir: &Path, v: &Value, tensors: Tensors) -> Result<HybridModel> {
+    let config = hybrid_config(v)?;
+    model_of(dir, v, config, tensors)
+}
+
+fn model_of(dir: &Path, v: &Value, config: HybridConfig, tensors: Tensors) -> Result<HybridModel> {
     let kind = v.get("model_type").and_then(Value::as_str).unwrap_or("");
     let c = config.clone();
-    HybridModel::load_weights_with(dir, config, |t| match kind {
+    HybridModel::from_tensors(dir, tensors, config, |t| match kind {
         "qwen3_next" => remap_qwen3_next(&c, t),
         "kimi_linear" => remap_kimi_linear(&c, t),
         _ => Ok(()),
@@ -417,18 +451,21 @@ fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
         c.linear_value_head_dim.unwrap_or(1),
     );
     let (d, r, w) = (c.hidden_size, hv / hk.max(1), c.linear_conv_kernel_dim);
+    // Sizes from config.json, not yet checked against the tensors: checked arithmetic.
+    let mul = |a: usize, b: usize| a.checked_mul(b).context(OVERFLOW);
+    let add = |a: usize, b: usize| a.checked_add(b).context(OVERFLOW);
+    let (hk_dk, hv_dv, r_dv) = (mul(hk, dk)?, mul(hv, dv)?, mul(r, dv)?);
+    let per = add(mul(2, dk)?, mul(2, r_dv)?)?;
+    let ch = add(mul(2, hk_dk)?, hv_dv)?;
     for (i, kind) in c.layer_types.iter().enumerate() {
         if kind != "linear_attention" {
             continue;
         }
         let pre = format!("model.layers.{i}.linear_attn.");
         let (shape, qkvz) = take(t, &format!("{pre}in_proj_qkvz.weight"))?;
-        let per = 2 * dk + 2 * r * dv;
-        if shape != [hk * per, d] {
-            bail!(
-                "tensor '{pre}in_proj_qkvz.weight' has shape {shape:?}, expected [{}, {d}]",
-                hk * per
-            );
+        let rows_qkvz = mul(hk, per)?;
+        if shape != [rows_qkvz, d] {
+            bail!("tensor '{pre}in_proj_qkvz.weight' has shape {shape:?}, expected [{rows_qkvz}, {d}]");
         }
         let (mut q, mut k, mut v, mut z) = (vec![], vec![], vec![], vec![]);
         for h in 0..hk {
@@ -439,11 +476,9 @@ fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
             z.extend_from_slice(rows(&qkvz, d, b + 2 * dk + r * dv, r * dv));
         }
         let (shape, ba) = take(t, &format!("{pre}in_proj_ba.weight"))?;
-        if shape != [2 * hv, d] {
-            bail!(
-                "tensor '{pre}in_proj_ba.weight' has shape {shape:?}, expected [{}, {d}]",
-                2 * hv
-            );
+        let rows_ba = mul(2, hv)?;
+        if shape != [rows_ba, d] {
+            bail!("tensor '{pre}in_proj_ba.weight' has shape {shape:?}, expected [{rows_ba}, {d}]");
         }
         let (mut bw, mut aw) = (vec![], vec![]);
         for h in 0..hk {
@@ -451,8 +486,7 @@ fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
             aw.extend_from_slice(rows(&ba, d, h * 2 * r + r, r));
         }
         let (shape, conv) = take(t, &format!("{pre}conv1d.weight"))?;
-        let ch = 2 * hk * dk + hv * dv;
-        if shape.iter().product::<usize>() != ch * w {
+        if shape.iter().product::<usize>() != mul(ch, w)? {
             bail!("tensor '{pre}conv1d.weight' has shape {shape:?}, expected [{ch}, 1, {w}]");
         }
         let mut put = |name: &str, shape: Vec<usize>, data: Vec<f32>| {
@@ -460,23 +494,23 @@ fn remap_qwen3_next(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
         };
         put(
             "q_conv1d.weight",
-            vec![hk * dk, w],
-            rows(&conv, w, 0, hk * dk).to_vec(),
+            vec![hk_dk, w],
+            rows(&conv, w, 0, hk_dk).to_vec(),
         );
         put(
             "k_conv1d.weight",
-            vec![hk * dk, w],
-            rows(&conv, w, hk * dk, hk * dk).to_vec(),
+            vec![hk_dk, w],
+            rows(&conv, w, hk_dk, hk_dk).to_vec(),
         );
         put(
             "v_conv1d.weight",
-            vec![hv * dv, w],
-            rows(&conv, w, 2 * hk * dk, hv * dv).to_vec(),
+            vec![hv_dv, w],
+            rows(&conv, w, 2 * hk_dk, hv_dv).to_vec(),
         );
-        put("q_proj.weight", vec![hk * dk, d], q);
-        put("k_proj.weight", vec![hk * dk, d], k);
-        put("v_proj.weight", vec![hv * dv, d], v);
-        put("g_proj.weight", vec![hv * dv, d], z);
+        put("q_proj.weight", vec![hk_dk, d], q);
+        put("k_proj.weight", vec![hk_dk, d], k);
+        put("v_proj.weight", vec![hv_dv, d], v);
+        put("g_proj.weight", vec![hv_dv, d], z);
         put("b_proj.weight", vec![hv, d], bw);
         put("a_proj.weight", vec![hv, d], aw);
         for (from, to) in [
@@ -531,10 +565,25 @@ fn remap_kimi_linear(c: &HybridConfig, t: &mut Tensors) -> Result<()> {
         let v = t.remove(&name).expect("listed");
         t.insert(format!("model.layers.{i}.{new}"), v);
     }
-    let width = c.linear_num_key_heads.unwrap_or(0) * c.linear_key_head_dim.unwrap_or(0);
+    let width = c
+        .linear_num_key_heads
+        .unwrap_or(0)
+        .checked_mul(c.linear_key_head_dim.unwrap_or(0))
+        .context(OVERFLOW)?;
     for (i, kind) in c.layer_types.iter().enumerate() {
         let bias = format!("model.layers.{i}.linear_attn.g_b_proj.bias");
         if kind == "linear_attention" && !t.contains_key(&bias) {
+            // The bias is as wide as the weight is tall: allocate it only once the weight
+            // shows that many rows (config.json alone could claim any width).
+            let weight = format!("model.layers.{i}.linear_attn.g_b_proj.weight");
+            let want = [width, c.linear_gate_rank];
+            match t.get(&weight) {
+                Some((shape, _)) if shape[..] == want => {}
+                Some((shape, _)) => {
+                    bail!("tensor '{weight}' has shape {shape:?}, expected {want:?}")
+                }
+                None => bail!("tensor '{weight}' is missing"),
+            }
             t.insert(bias, (vec![width], vec![0.0; width]));
         }
     }

@@ -134,6 +134,10 @@ impl Llama {
             context_length: g.get_u64(&k("context_length")).unwrap_or(2048) as usize,
             tied_embeddings: g.tensor_info("output.weight").is_none(),
         };
+        // Q/K rows are un-permuted in pairs (`unpermute_qk`), so heads have an even width.
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            bail!("head dim {head_dim} is not a positive even number");
+        }
         if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {
             bail!(
                 "rope dimension count {} does not fit head dim {head_dim}",
@@ -141,7 +145,9 @@ impl Llama {
             );
         }
         let c = &config;
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        // Every layer has tensors, so the file's tensor count bounds what to reserve (the
+        // block count is only metadata).
+        let mut blocks = Vec::with_capacity(c.n_layers.min(g.tensors.len()));
         for l in 0..c.n_layers {
             let name = |s: &str| format!("blk.{l}.{s}.weight");
             blocks.push(Block {

@@ -95,8 +95,23 @@ impl Tokenizer {
         eos: Option<u32>,
         add_bos: bool,
     ) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let json = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Self::from_json_bytes(&json, bos, eos, add_bos)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    /// [`Tokenizer::from_file`] on the bytes of a `tokenizer.json`.
+    pub fn from_json_bytes(
+        json: &[u8],
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+    ) -> Result<Self> {
+        // tokenizers 0.22 panics (an `expect` in its decoder's deserializer) on a syntax error
+        // inside the "decoder" value, e.g. a file cut short there: check the syntax first.
+        serde_json::from_slice::<serde_json::Value>(json)
+            .map_err(|e| anyhow!("not valid JSON: {e}"))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| anyhow!("{e}"))?;
         let vocab_size = inner.get_vocab_size(true);
         let extra_stops = end_of_turn_stops(&inner, eos, vec![]);
         Ok(Tokenizer {
@@ -262,10 +277,24 @@ fn sentencepiece_bpe(g: &Gguf, tokens: &[String]) -> Result<tokenizers::Tokenize
     }
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
     let merges = merges.into_iter().map(|m| (m.3, m.4)).collect();
-    let unk = g
+    let unk = match g
         .get("tokenizer.ggml.unknown_token_id")
         .and_then(Value::as_u64)
-        .map(|u| tokens[u as usize].clone());
+    {
+        None => None,
+        Some(u) => Some(
+            usize::try_from(u)
+                .ok()
+                .and_then(|u| tokens.get(u))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "tokenizer.ggml.unknown_token_id {u} is outside the vocabulary of {}",
+                        tokens.len()
+                    )
+                })?
+                .clone(),
+        ),
+    };
     let mut b = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true)

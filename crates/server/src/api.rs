@@ -1,7 +1,9 @@
 //! The OpenAI request bodies we accept, their validation, and the response shapes. Every
 //! rejection is a 400 with OpenAI's error object naming the problem.
 use anyhow::{bail, Result};
+use engine::delethink::DelethinkSpec;
 use model::SamplingParams;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -64,7 +66,7 @@ pub struct Common {
     /// Extension: reason with Delethink (`{"chunk": C, "carryover": m, "max_chunks": I}`,
     /// optional `"head"`, default 100); the reply carries `reasoning_content`.
     #[serde(default)]
-    pub delethink: Option<engine::delethink::DelethinkSpec>,
+    pub delethink: Option<DelethinkSpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,7 +100,64 @@ pub struct CompletionBody {
     pub common: Common,
 }
 
+/// A request body as `T`, or the message of the 400 that refuses it.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+impl ChatBody {
+    /// The conversation as the chat template takes it.
+    pub fn messages(&self) -> Result<Vec<model::Message>> {
+        if self.messages.is_empty() {
+            bail!("messages is empty");
+        }
+        Ok(self
+            .messages
+            .iter()
+            .map(|x| model::Message {
+                reasoning_content: x.reasoning_content.clone(),
+                ..model::Message::new(&x.role, &x.content)
+            })
+            .collect())
+    }
+}
+
+/// What a request asks of the engine once every field has been checked.
+pub struct Checked {
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    /// A Delethink trace instead of one generation.
+    pub delethink: Option<DelethinkSpec>,
+}
+
 impl Common {
+    /// Every check of the shared fields against the model and a `prompt_len`-token prompt:
+    /// [`Common::settings`], then the Delethink spec's own and its fit in the context.
+    pub fn check(&self, served: &str, context: usize, prompt_len: usize) -> Result<Checked> {
+        let (sampling, max_tokens) = self.settings(served, context, prompt_len)?;
+        if let Some(spec) = self.delethink {
+            spec.validate()?;
+            // `check_fits` adds prompt + head + chunk: a client's huge numbers would overflow
+            // the sum (and wrap to a small one that fits in a release build).
+            if prompt_len
+                .checked_add(spec.head)
+                .and_then(|n| n.checked_add(spec.chunk))
+                .is_none()
+            {
+                bail!(
+                    "a delethink chunk of {} tokens cannot fit the model's context of {context} tokens",
+                    spec.chunk
+                );
+            }
+            spec.check_fits(prompt_len, context)?;
+        }
+        Ok(Checked {
+            sampling,
+            max_tokens,
+            delethink: self.delethink,
+        })
+    }
+
     /// Sampling settings and max_tokens, checked against the model's context and the prompt.
     pub fn settings(
         &self,

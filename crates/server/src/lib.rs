@@ -5,7 +5,7 @@
 pub mod api;
 mod delethink;
 
-use api::{error_body, usage_json, ChatBody, CompletionBody};
+use api::{error_body, parse_body, usage_json, ChatBody, CompletionBody};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -99,10 +99,6 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
-}
-
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -120,7 +116,7 @@ pub(crate) fn request_id(prefix: &str) -> String {
 }
 
 async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    let b: CompletionBody = match parse(&body) {
+    let b: CompletionBody = match parse_body(&body) {
         Ok(b) => b,
         Err(e) => return bad_request(e),
     };
@@ -136,7 +132,7 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    let b: ChatBody = match parse(&body) {
+    let b: ChatBody = match parse_body(&body) {
         Ok(b) => b,
         Err(e) => return bad_request(e),
     };
@@ -144,17 +140,10 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Respon
     let Some(t) = &m.template else {
         return bad_request("this model has no chat template; use /v1/completions");
     };
-    if b.messages.is_empty() {
-        return bad_request("messages is empty");
-    }
-    let msgs: Vec<model::Message> = b
-        .messages
-        .iter()
-        .map(|x| model::Message {
-            reasoning_content: x.reasoning_content.clone(),
-            ..model::Message::new(&x.role, &x.content)
-        })
-        .collect();
+    let msgs = match b.messages() {
+        Ok(msgs) => msgs,
+        Err(e) => return bad_request(e),
+    };
     let render = |add_gen: bool| t.render_thinking(&msgs, add_gen, s.think_history);
     let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
         let with_bos = !text.starts_with(&t.bos_token) || t.bos_token.is_empty();
@@ -188,18 +177,16 @@ async fn submit(
     kind: Kind,
 ) -> Response {
     let m = &s.engine.model;
-    let (sampling, max_tokens) = match c.settings(&m.name, m.context, prompt.len()) {
+    let api::Checked {
+        sampling,
+        max_tokens,
+        delethink,
+    } = match c.check(&m.name, m.context, prompt.len()) {
         Ok(x) => x,
         Err(e) => return bad_request(e),
     };
     let usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    if let Some(spec) = c.delethink {
-        if let Err(e) = spec.validate() {
-            return bad_request(e);
-        }
-        if let Err(e) = spec.check_fits(prompt.len(), m.context) {
-            return bad_request(e);
-        }
+    if let Some(spec) = delethink {
         let d = delethink::DelethinkRun {
             spec,
             prompt,

@@ -184,7 +184,12 @@ impl HybridConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let s = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let c: HybridConfig = serde_json::from_str(&s)
+        Self::from_json(&s, path)
+    }
+
+    /// [`HybridConfig::from_file`] on the file's text (`path` names it in errors).
+    pub fn from_json(json: &str, path: &std::path::Path) -> Result<Self> {
+        let c: HybridConfig = serde_json::from_str(json)
             .with_context(|| format!("{} is not a valid hybrid config", path.display()))?;
         c.layers()?;
         Ok(c)
@@ -273,6 +278,52 @@ impl HybridConfig {
             .collect()
     }
 
+    /// How many values and tensors [`super::HybridModel::init`] makes for this config, counted
+    /// without allocating them and in checked arithmetic, so that loading can refuse a config
+    /// that claims more than its checkpoint holds before allocating anything (a hostile
+    /// `config.json` would otherwise ask for terabytes). Mirrors the init functions of the
+    /// model, the mixers and the MoE MLPs; a test compares the two for every layer kind.
+    pub fn param_count(&self) -> Result<ParamCount> {
+        let kinds = self.layers()?;
+        let (v, d, f) = (self.vocab_size, self.hidden_size, self.intermediate_size);
+        let mut n = ParamCount::default();
+        n.add(1, &[v, d])?; // embed_tokens
+        n.add(1, &[d])?; // final norm
+        if !self.tie_word_embeddings {
+            n.add(1, &[v, d])?;
+        }
+        for (i, kind) in kinds.iter().enumerate() {
+            match kind {
+                LayerKind::Attention(c) => attention_params(c, &mut n)?,
+                LayerKind::Linear(c) => linear_params(c, &mut n)?,
+            }
+            n.add(1, &[d])?; // input_layernorm
+            let sparse = self
+                .moe
+                .as_ref()
+                .filter(|m| m.sparse_layers.get(i) == Some(&true));
+            if let Some(m) = sparse {
+                n.add(1, &[d])?; // post_attention_layernorm
+                n.add(1, &[m.num_experts, d])?; // router
+                if m.router == Router::Sigmoid {
+                    n.add(1, &[m.num_experts])?;
+                }
+                let three = m.num_experts.checked_mul(3).context(OVERFLOW)?;
+                n.add(three, &[m.intermediate, d])?;
+                if m.shared_intermediate > 0 {
+                    n.add(3, &[m.shared_intermediate, d])?;
+                    if m.shared_gate {
+                        n.add(1, &[d])?;
+                    }
+                }
+            } else if f > 0 {
+                n.add(1, &[d])?; // post_attention_layernorm
+                n.add(3, &[f, d])?; // gate, up, down
+            }
+        }
+        Ok(n)
+    }
+
     /// Short names per layer: FA, SWA, GDN, KDA, GLA.
     pub fn layer_names(&self) -> Result<Vec<String>> {
         Ok(self
@@ -285,6 +336,102 @@ impl HybridConfig {
             })
             .collect())
     }
+}
+
+/// Values and tensors of a model ([`HybridConfig::param_count`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamCount {
+    pub values: usize,
+    pub tensors: usize,
+}
+
+const OVERFLOW: &str = "config.json: the model's sizes overflow";
+
+impl ParamCount {
+    /// `count` tensors of `shape`.
+    fn add(&mut self, count: usize, shape: &[usize]) -> Result<()> {
+        let values = shape
+            .iter()
+            .try_fold(count, |a, &b| a.checked_mul(b))
+            .and_then(|v| self.values.checked_add(v));
+        self.values = values.context(OVERFLOW)?;
+        self.tensors = self.tensors.checked_add(count).context(OVERFLOW)?;
+        Ok(())
+    }
+}
+
+/// What `Attention::init` (and `mla::init`) allocate.
+fn attention_params(c: &AttentionConfig, n: &mut ParamCount) -> Result<()> {
+    let mul = |a: usize, b: usize| a.checked_mul(b).context(OVERFLOW);
+    let add = |a: usize, b: usize| a.checked_add(b).context(OVERFLOW);
+    if let Some(m) = c.mla {
+        let qd = mul(c.n_heads, add(m.qk_nope, m.qk_rope)?)?;
+        let kvb = mul(c.n_heads, add(m.qk_nope, m.v_head)?)?;
+        n.add(1, &[qd, c.hidden])?;
+        n.add(1, &[add(m.kv_lora_rank, m.qk_rope)?, c.hidden])?;
+        n.add(1, &[m.kv_lora_rank])?;
+        n.add(1, &[kvb, m.kv_lora_rank])?;
+        n.add(1, &[c.hidden, mul(c.n_heads, m.v_head)?])?;
+        return Ok(());
+    }
+    let heads = mul(c.n_heads, c.head_dim)?;
+    let qd = mul(heads, if c.output_gate { 2 } else { 1 })?;
+    let kvd = mul(c.n_kv_heads, c.head_dim)?;
+    n.add(1, &[qd, c.hidden])?;
+    n.add(2, &[kvd, c.hidden])?;
+    n.add(1, &[c.hidden, heads])?;
+    if c.qkv_bias {
+        n.add(1, &[qd])?;
+        n.add(2, &[kvd])?;
+    }
+    if c.qk_norm.is_some() {
+        n.add(2, &[c.head_dim])?;
+    }
+    Ok(())
+}
+
+/// What `LinearMixer::init` allocates.
+fn linear_params(c: &LinearConfig, n: &mut ParamCount) -> Result<()> {
+    let mul = |a: usize, b: usize| a.checked_mul(b).context(OVERFLOW);
+    let (d, r, hv) = (c.hidden, c.gate_rank, c.n_v_heads);
+    let hk = mul(c.n_heads, c.head_k_dim)?;
+    let hvv = mul(hv, c.head_v_dim)?;
+    let hvk = mul(hv, c.head_k_dim)?;
+    n.add(2, &[hk, d])?; // q, k
+    n.add(1, &[hvv, d])?; // v
+    n.add(1, &[d, hvv])?; // o
+    match c.kind {
+        LinearKind::Gdn => {
+            n.add(2, &[hv, d])?; // a, b
+            n.add(1, &[hvv, d])?; // g
+        }
+        LinearKind::Kda => {
+            n.add(2, &[r, d])?; // f_a, g_a
+            n.add(1, &[hvk, r])?; // f_b
+            n.add(1, &[hv, d])?; // b
+            n.add(1, &[hvv, r])?; // g_b
+            n.add(1, &[hvv])?; // g_b bias
+        }
+        LinearKind::Gla => {
+            n.add(1, &[r, d])?;
+            n.add(1, &[hvk, r])?;
+            n.add(1, &[hvk])?;
+            n.add(1, &[hvv, d])?;
+        }
+    }
+    if c.conv_size > 0 {
+        n.add(2, &[hk, c.conv_size])?;
+        n.add(1, &[hvv, c.conv_size])?;
+    }
+    match c.kind {
+        LinearKind::Gdn => n.add(2, &[hv])?, // A_log, dt_bias
+        LinearKind::Kda => {
+            n.add(1, &[hv])?;
+            n.add(1, &[hvk])?;
+        }
+        LinearKind::Gla => {}
+    }
+    n.add(1, &[c.head_v_dim]) // o_norm
 }
 
 /// Parses a layout such as `fa,gdn,swa,kda` into (layer_types, linear_attn_type per layer).
@@ -311,4 +458,76 @@ pub fn parse_layout(spec: &str) -> Result<(Vec<String>, Vec<Option<String>>)> {
         }
     }
     Ok((types, lin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hybrid::HybridModel;
+
+    /// `param_count` must stay the mirror of what `HybridModel::init` allocates.
+    fn assert_counts_match(c: HybridConfig) {
+        let m = HybridModel::init(c.clone(), 0).unwrap();
+        let tensors = m.named_params().map.len();
+        let want = ParamCount {
+            values: m.n_params(),
+            tensors,
+        };
+        assert_eq!(c.param_count().unwrap(), want, "{c:?}");
+    }
+
+    #[test]
+    fn param_count_matches_init_for_every_layer_kind() {
+        let base = HybridConfig::small("fa,swa,gdn,kda,gla", 50).unwrap();
+        assert_counts_match(base.clone());
+        assert_counts_match(HybridConfig {
+            tie_word_embeddings: false,
+            attention_bias: true,
+            qk_norm: true,
+            attn_output_gate: true,
+            linear_conv_kernel_dim: 0,
+            intermediate_size: 0,
+            ..base.clone()
+        });
+        let moe = |router, shared_intermediate, shared_gate| MoeConfig {
+            sparse_layers: vec![false, true, true, false, true],
+            num_experts: 3,
+            top_k: 2,
+            intermediate: 6,
+            shared_intermediate,
+            shared_gate,
+            router,
+            norm_topk_prob: true,
+            routed_scaling_factor: 1.0,
+        };
+        assert_counts_match(HybridConfig {
+            moe: Some(moe(Router::Softmax, 5, true)),
+            ..base.clone()
+        });
+        assert_counts_match(HybridConfig {
+            moe: Some(moe(Router::Sigmoid, 0, false)),
+            ..base
+        });
+        assert_counts_match(HybridConfig {
+            mla: Some(MlaConfig {
+                kv_lora_rank: 6,
+                qk_nope_head_dim: 4,
+                qk_rope_head_dim: 2,
+                v_head_dim: 5,
+            }),
+            // Grouped value heads (GDN and KDA allow them, GLA does not).
+            linear_num_value_heads: Some(4),
+            ..HybridConfig::small("fa,gdn,kda,swa", 50).unwrap()
+        });
+    }
+
+    #[test]
+    fn param_count_refuses_sizes_that_overflow() {
+        let c = HybridConfig {
+            vocab_size: usize::MAX / 2,
+            ..HybridConfig::small("fa", 50).unwrap()
+        };
+        let e = c.param_count().unwrap_err().to_string();
+        assert!(e.contains("overflow"), "{e}");
+    }
 }

@@ -61,8 +61,19 @@ impl HybridModel {
         config: HybridConfig,
         remap: impl FnOnce(&mut Tensors) -> Result<()>,
     ) -> Result<Self> {
-        let mut tensors = read_tensors(dir)?;
+        let tensors = read_tensors(dir)?;
+        Self::from_tensors(dir, tensors, config, remap)
+    }
+
+    /// [`HybridModel::load_weights_with`] on tensors already read (`dir` names them in errors).
+    pub fn from_tensors(
+        dir: &Path,
+        mut tensors: Tensors,
+        config: HybridConfig,
+        remap: impl FnOnce(&mut Tensors) -> Result<()>,
+    ) -> Result<Self> {
         remap(&mut tensors)?;
+        check_fits_checkpoint(dir, &config, &tensors)?;
         // Start from an initialised model for the names and shapes, then fill every tensor.
         let mut m = HybridModel::init(config, 0)?;
         let mut fill = |name: &str, p: &mut mixers::params::Param| -> Result<()> {
@@ -116,40 +127,65 @@ impl HybridModel {
 /// A checkpoint's tensors by name: shape and values in f32.
 pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// A model is filled from distinct checkpoint tensors of its own sizes, so one that needs
+/// more values or tensors than the checkpoint holds cannot load: refused here, before
+/// [`HybridModel::init`] would allocate what `config.json` claims.
+fn check_fits_checkpoint(dir: &Path, config: &HybridConfig, tensors: &Tensors) -> Result<()> {
+    let need = config.param_count()?;
+    let values: usize = tensors.values().map(|(_, d)| d.len()).sum();
+    if need.values > values || need.tensors > tensors.len() {
+        bail!(
+            "{}: config.json describes {} values in {} tensors, but the checkpoint holds {values} in {}",
+            dir.display(),
+            need.values,
+            need.tensors,
+            tensors.len()
+        );
+    }
+    Ok(())
+}
+
 /// Every tensor of a checkpoint folder (one file or shards), in f32.
 pub fn read_tensors(dir: &Path) -> Result<Tensors> {
     let mut out = Tensors::new();
     for path in safetensors_files(dir)? {
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
-        for (name, t) in st.tensors() {
-            let data: Vec<f32> = match t.dtype() {
-                Dtype::F32 => t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                Dtype::BF16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::F16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                other => bail!(
-                    "{}: tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)",
-                    path.display()
-                ),
-            };
-            out.insert(name, (t.shape().to_vec(), data));
-        }
+        add_safetensors(&mut out, &bytes, &path)?;
     }
     Ok(out)
+}
+
+/// Adds the tensors of one safetensors file's bytes to `out`, in f32 (`path` names the file
+/// in errors).
+pub fn add_safetensors(out: &mut Tensors, bytes: &[u8], path: &Path) -> Result<()> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    for (name, t) in st.tensors() {
+        let data: Vec<f32> = match t.dtype() {
+            Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::BF16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => bail!(
+                "{}: tensor '{name}' has dtype {other:?} (f32, bf16, f16 are supported)",
+                path.display()
+            ),
+        };
+        out.insert(name, (t.shape().to_vec(), data));
+    }
+    Ok(())
 }
 
 /// The safetensors files of a checkpoint folder: `model.safetensors`, or the distinct shards
