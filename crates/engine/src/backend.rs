@@ -7,7 +7,7 @@
 //! sequence's tokens never depend on which others share its steps.
 use crate::pools::{self, PoolBytes};
 use anyhow::Result;
-use model::hybrid::gpu::{GpuHybrid, GpuHybridState};
+use model::hybrid::gpu_tp::{GpuTp, GpuTpState};
 use model::hybrid::{HybridModel, LayerState};
 
 /// A sequence's state as the prefix cache keeps it.
@@ -88,7 +88,7 @@ impl Backend for CpuBackend<'_> {
     }
 }
 
-impl CacheState for GpuHybridState {
+impl CacheState for GpuTpState {
     fn own_bytes(&self) -> usize {
         self.layer_bytes().iter().sum()
     }
@@ -97,7 +97,7 @@ impl CacheState for GpuHybridState {
     }
     /// A device copy trimmed to the tokens it holds (it grows again when it runs on).
     fn duplicate(&self) -> Result<Self> {
-        self.resized(self.len)
+        self.resized(self.len())
     }
 }
 
@@ -113,38 +113,39 @@ fn gpu_room(n: usize) -> usize {
 
 pub struct GpuBackend<'a> {
     pub cpu: &'a HybridModel,
-    pub gpu: GpuHybrid,
+    /// One device, or several with tensor parallelism.
+    pub gpu: GpuTp,
 }
 
 impl Backend for GpuBackend<'_> {
-    type State = GpuHybridState;
+    type State = GpuTpState;
     fn new_state(&self) -> Result<Self::State> {
         self.gpu.new_state(1, GPU_CACHE_STEP)
     }
     fn forward(&self, tokens: &[u32], state: &mut Self::State) -> Result<Vec<f32>> {
-        let need = state.len + tokens.len();
-        if need > state.capacity {
+        let need = state.len() + tokens.len();
+        if need > state.capacity() {
             *state = state.resized(gpu_room(need))?;
         }
         let logits = self.gpu.forward(tokens, state)?;
         let v = self.gpu.config.vocab_size;
         let last = tokens.len() * v;
-        Ok(self.gpu.gpu.download_range(&logits, last - v..last)?)
+        Ok(self.gpu.gpu().download_range(&logits, last - v..last)?)
     }
-    type Lanes = model::hybrid::gpu::GpuLanes;
+    type Lanes = model::hybrid::gpu_tp::GpuTpLanes;
     fn verify(&self, tokens: &[u32], state: &mut Self::State) -> Result<(Vec<f32>, Self::Lanes)> {
-        let need = state.len + tokens.len();
-        if need > state.capacity {
+        let need = state.len() + tokens.len();
+        if need > state.capacity() {
             *state = state.resized(gpu_room(need))?;
         }
         let (logits, lanes) = self.gpu.forward_lanes(tokens, state)?;
-        Ok((self.gpu.gpu.download(&logits)?, lanes))
+        Ok((self.gpu.gpu().download(&logits)?, lanes))
     }
     fn commit(&self, state: &mut Self::State, lanes: Self::Lanes, keep: usize) -> Result<()> {
         self.gpu.commit(state, lanes, keep)
     }
     fn fork(&self, state: &Self::State, more: usize) -> Result<Self::State> {
-        state.resized(gpu_room(state.len + more))
+        state.resized(gpu_room(state.len() + more))
     }
     /// Allocated device bytes (a cache's room beyond its tokens counts too).
     fn held(&self, state: &Self::State) -> PoolBytes {

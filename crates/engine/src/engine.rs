@@ -14,6 +14,7 @@ use crate::pools::PoolBytes;
 use crate::prefix::PrefixCache;
 use crate::speculative::{DraftModel, Drafter, Method, NgramDrafter, SpecConfig};
 use anyhow::{bail, Result};
+use model::hybrid::gpu_tp::GpuTp;
 use model::hybrid::HybridModel;
 use model::{ChatTemplate, Sampler, SamplingParams, TextStream, Tokenizer};
 use std::collections::{BTreeSet, VecDeque};
@@ -75,8 +76,27 @@ pub struct EngineConfig {
     /// Where the sequences run: the CPU model, or the GPU model on one device (weights in
     /// bf16, caches and prefix-cache checkpoints in device memory).
     pub device: tensor::Device,
+    /// GPUs the model is split over (tensor parallelism): `device` and the next ones.
+    pub tensor_parallel: usize,
     /// Speculative decoding (prompt lookup or a draft model), off when None.
     pub speculative: Option<SpecConfig>,
+}
+
+impl EngineConfig {
+    /// Whether `tensor_parallel` fits the device and the model (checked before anything
+    /// starts; the error names the problem).
+    pub fn check_tensor_parallel(&self, model: &HybridModel) -> Result<()> {
+        if self.tensor_parallel == 0 {
+            bail!("tensor parallelism needs at least 1 GPU");
+        }
+        if self.tensor_parallel > 1 {
+            if self.device == tensor::Device::Cpu {
+                bail!("tensor parallelism splits a model over GPUs; --device cpu runs it whole (drop --tensor-parallel or use --device cuda)");
+            }
+            model::hybrid::tensor_parallel::check(model, self.tensor_parallel)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for EngineConfig {
@@ -93,6 +113,7 @@ impl Default for EngineConfig {
                 recurrent: 1 << 30,
             },
             device: tensor::Device::Cpu,
+            tensor_parallel: 1,
             speculative: None,
         }
     }
@@ -149,6 +170,7 @@ impl Engine {
         if cfg.max_num_seqs == 0 || cfg.max_batched_tokens == 0 {
             bail!("max_num_seqs and max_batched_tokens must be at least 1");
         }
+        cfg.check_tensor_parallel(&model.model)?;
         if let Some(sp) = &cfg.speculative {
             sp.check_vocab(&model.model)?;
         }
@@ -190,6 +212,7 @@ impl Engine {
                             &m.model,
                             draft.as_deref(),
                             ordinal,
+                            cfg.tensor_parallel,
                             cfg.speculative.is_some(),
                         ) {
                             Ok((gpu, dgpu)) => {
@@ -287,23 +310,23 @@ struct Worker<'a, B: Backend> {
     next_id: u64,
 }
 
-/// The GPU model and, for speculative decoding with a draft model, the draft on the same
-/// device; checks that every layer can be verified with lanes.
+/// The GPU model on `tp` devices from `ordinal` on and, for speculative decoding with a draft
+/// model, the draft whole on the first of them; checks that every layer can be verified with
+/// lanes.
 fn gpu_worker_parts(
     m: &HybridModel,
     draft: Option<&HybridModel>,
     ordinal: usize,
+    tp: usize,
     speculative: bool,
-) -> Result<(
-    model::hybrid::gpu::GpuHybrid,
-    Option<model::hybrid::gpu::GpuHybrid>,
-)> {
-    let gpu = model::hybrid::gpu::GpuHybrid::new(m, ordinal)?;
+) -> Result<(GpuTp, Option<GpuTp>)> {
+    let devices: Vec<usize> = (ordinal..ordinal + tp.max(1)).collect();
+    let gpu = GpuTp::new(m, &devices)?;
     if speculative {
         gpu.check_lanes()?;
     }
     let dgpu = match draft {
-        Some(d) => Some(model::hybrid::gpu::GpuHybrid::new(d, ordinal)?),
+        Some(d) => Some(GpuTp::new(d, &[ordinal])?),
         None => None,
     };
     Ok((gpu, dgpu))

@@ -247,3 +247,92 @@ fn supernet_training_pass_matches_the_cpu_model() {
         t - from
     );
 }
+
+/// Data parallelism (two GPUs, NCCL): two replicas that each take half of a batch and sum
+/// their gradients weighted by their share of the rows hold the gradients one replica gets
+/// from the whole batch; one step later their weights are still identical.
+#[test]
+#[ignore]
+fn two_replicas_sum_to_the_whole_batch_gradients() {
+    tensor::cuda::libs::ensure_loaded().unwrap();
+    let n = cudarc::driver::CudaContext::device_count().unwrap_or(0);
+    assert!(n >= 2, "this test needs two GPUs; the machine has {n}");
+    let teacher = model("fa,fa,fa,fa", 1);
+    let cands = [("gdn".to_string(), model("gdn,gdn,gdn,gdn", 3))];
+    let named: Vec<(&str, &HybridModel)> = cands.iter().map(|(k, m)| (k.as_str(), m)).collect();
+    let layout: Vec<String> = ["gdn", "fa", "gdn", "gdn"].map(String::from).to_vec();
+    let v = teacher.config.vocab_size;
+    let (b, t) = (2, 64);
+    let mut r = tensor::rng::SplitMix64::new(4);
+    let tokens: Vec<u32> = (0..b * t).map(|_| r.below(v as u64) as u32).collect();
+
+    let mut whole = GpuSupernet::new(&teacher, &named, 0).unwrap();
+    let tl = whole.teacher_logits(&tokens, (b, t)).unwrap();
+    whole
+        .loss_and_grads(&layout, &tokens, (b, t), &tl, 1.0)
+        .unwrap();
+
+    let mut reps = [
+        GpuSupernet::new(&teacher, &named, 0).unwrap(),
+        GpuSupernet::new(&teacher, &named, 1).unwrap(),
+    ];
+    let comms = tensor::cuda::Collective::group(&[&reps[0].g, &reps[1].g]).unwrap();
+    for (rep, c) in reps.iter_mut().zip(comms) {
+        rep.join(c);
+    }
+    std::thread::scope(|s| {
+        for (i, rep) in reps.iter_mut().enumerate() {
+            let (tokens, layout) = (&tokens, &layout);
+            s.spawn(move || {
+                rep.g.ctx.bind_to_thread().unwrap();
+                let part = &tokens[i * t..(i + 1) * t];
+                let tl = rep.teacher_logits(part, (1, t)).unwrap();
+                rep.loss_and_grads(layout, part, (1, t), &tl, 1.0).unwrap();
+                rep.all_reduce_grads(layout, 0.5).unwrap();
+                rep.step(layout, 1e-3, 1.0).unwrap();
+            });
+        }
+    });
+    for (i, k) in layout.iter().enumerate() {
+        if k == "fa" {
+            continue;
+        }
+        let want = whole.mixers[i]
+            .get_mut(k)
+            .unwrap()
+            .weights()
+            .to_host(&whole.g, true)
+            .unwrap();
+        let got: Vec<_> = reps
+            .iter_mut()
+            .map(|rep| {
+                let g = rep.g.ctx.clone();
+                g.bind_to_thread().unwrap();
+                rep.mixers[i]
+                    .get_mut(k)
+                    .unwrap()
+                    .weights()
+                    .to_host(&rep.g, true)
+                    .unwrap()
+            })
+            .collect();
+        for (name, w) in &want.map {
+            let e = rel_err(&w.data, got[0].get(name));
+            assert!(
+                e < 2e-2,
+                "layer {i} {name}: summed gradient vs whole batch {e}"
+            );
+        }
+        let (p0, p1) = (
+            reps[0].mixer_params(k, i).unwrap(),
+            reps[1].mixer_params(k, i).unwrap(),
+        );
+        assert_eq!(
+            p0, p1,
+            "layer {i}: the replicas' weights differ after a step"
+        );
+    }
+    eprintln!(
+        "two replicas: summed gradients match the whole batch's; weights identical after a step"
+    );
+}

@@ -26,7 +26,10 @@ pub struct Supernet {
     opt: HashMap<(String, usize, String), AdamState>,
     /// When set, training and scoring run on the GPU; the CPU models are synced after each
     /// training run.
+    /// On GPUs: replica 0, and with data parallelism the others (same weights, each fed its
+    /// share of every batch; gradients summed over NCCL before each step).
     gpu: Option<GpuSupernet>,
+    replicas: Vec<GpuSupernet>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -75,6 +78,7 @@ impl Supernet {
             cands,
             opt: HashMap::new(),
             gpu: None,
+            replicas: vec![],
         })
     }
 
@@ -84,7 +88,41 @@ impl Supernet {
         let named: Vec<(&str, &HybridModel)> =
             self.cands.iter().map(|(k, m)| (k.as_str(), m)).collect();
         self.gpu = Some(GpuSupernet::new(&self.teacher, &named, ordinal)?);
+        self.replicas.clear();
         Ok(())
+    }
+
+    /// Data-parallel training on `ordinals` (one replica each, joined by NCCL); scoring and
+    /// evaluation run on the first. One ordinal is [`Supernet::use_gpu`].
+    pub fn use_gpus(&mut self, ordinals: &[usize]) -> Result<()> {
+        let Some((&first, rest)) = ordinals.split_first() else {
+            bail!("no GPU given");
+        };
+        self.use_gpu(first)?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<(&str, &HybridModel)> =
+            self.cands.iter().map(|(k, m)| (k.as_str(), m)).collect();
+        for &o in rest {
+            self.replicas
+                .push(GpuSupernet::new(&self.teacher, &named, o)?);
+        }
+        let g0 = self.gpu.as_mut().expect("set above");
+        let gpus: Vec<&tensor::cuda::Gpu> = std::iter::once(&g0.g)
+            .chain(self.replicas.iter().map(|r| &r.g))
+            .collect();
+        let mut comms = tensor::cuda::Collective::group(&gpus)?.into_iter();
+        g0.join(comms.next().expect("one per GPU"));
+        for (r, c) in self.replicas.iter_mut().zip(comms) {
+            r.join(c);
+        }
+        Ok(())
+    }
+
+    /// GPUs training runs on (0 on the CPU).
+    pub fn gpus(&self) -> usize {
+        self.gpu.as_ref().map_or(0, |_| 1 + self.replicas.len())
     }
 
     pub fn on_gpu(&self) -> bool {
@@ -265,7 +303,13 @@ impl Supernet {
         let mut rng = SplitMix64::new(spec.seed);
         let kinds = self.kinds();
         let n = self.teacher.blocks.len();
+        let world = 1 + self.replicas.len();
+        if b < world {
+            bail!("a batch of {b} sequences cannot be split over {world} GPUs");
+        }
         let g = self.gpu.as_mut().expect("train_gpu runs with a GPU");
+        let mut ranks: Vec<&mut GpuSupernet> =
+            std::iter::once(g).chain(self.replicas.iter_mut()).collect();
         let mut log = vec![];
         for step in 0..spec.steps {
             let toks: Vec<u32> = (0..b)
@@ -278,9 +322,7 @@ impl Supernet {
                 Some(l) => l.clone(),
                 None => sample_layout(&kinds, n, spec, &mut rng),
             };
-            let teacher = g.teacher_logits(&toks, (b, t))?;
-            let kl = g.loss_and_grads(&layout, &toks, (b, t), &teacher, spec.temperature)?;
-            g.step(&layout, spec.lr, 1.0)?;
+            let kl = data_parallel_step(&mut ranks, &layout, &toks, (b, t), spec)?;
             let entry = StepLog {
                 step,
                 layout: layout.join(","),
@@ -292,6 +334,57 @@ impl Supernet {
         self.sync_from_gpu()?;
         Ok(log)
     }
+}
+
+/// One training step of `ranks` (one replica per GPU) on tokens [B, T]: replica r takes
+/// sequences `split(B, r, world)`, its teacher's logits, its KL and gradients, weighted by its
+/// share of the rows; the gradients are summed over the group and every replica takes the same
+/// clipped AdamW step. Returns the batch's KL (the weighted sum of the replicas').
+fn data_parallel_step(
+    ranks: &mut [&mut GpuSupernet],
+    layout: &[String],
+    toks: &[u32],
+    (b, t): (usize, usize),
+    spec: &SupernetSpec,
+) -> Result<f32> {
+    let world = ranks.len();
+    let one = |g: &mut GpuSupernet, rows: std::ops::Range<usize>| -> Result<f32> {
+        let part = &toks[rows.start * t..rows.end * t];
+        let bt = (rows.len(), t);
+        let teacher = g.teacher_logits(part, bt)?;
+        let kl = g.loss_and_grads(layout, part, bt, &teacher, spec.temperature)?;
+        let weight = rows.len() as f32 / b as f32;
+        g.all_reduce_grads(layout, weight)?;
+        g.step(layout, spec.lr, 1.0)?;
+        Ok(kl * weight)
+    };
+    if world == 1 {
+        return one(&mut *ranks[0], 0..b);
+    }
+    let split = model::hybrid::tensor_parallel::split;
+    let kls: Vec<Result<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .iter_mut()
+            .enumerate()
+            .map(|(r, g)| {
+                let one = &one;
+                s.spawn(move || {
+                    g.g.ctx
+                        .bind_to_thread()
+                        .map_err(|e| anyhow::anyhow!("binding GPU {r}: {e:?}"))?;
+                    one(g, split(b, r, world))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a data-parallel replica panicked"))
+            })
+            .collect()
+    });
+    kls.into_iter().sum()
 }
 
 /// The config of a layout: the teacher's with per-layer types (and the candidates' SWA window

@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// Speculative decoding at batch 1: off, prompt lookup and a draft model on copying and
     /// chat workloads; decode speedup, acceptance, identical outputs. Markdown + JSON.
     Spec(super::bench_spec::SpecBenchArgs),
+    /// Tensor parallelism: greedy replies at 1 GPU vs N, decode and prefill speed of a
+    /// random-weight 2B/8B hybrid at 1 GPU vs N. Markdown + JSON.
+    Tp(super::bench_tp::TpBenchArgs),
     /// Memory and time of reasoning traces against their length: plain vs Delethink, FA vs
     /// hybrid. Markdown + JSON + plots.
     Think(super::bench_think::ThinkBenchArgs),
@@ -78,6 +81,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Step(s) => return super::bench_step::run(s),
         BenchCommand::Gemm(g) => return super::device::bench_gemm(g),
         BenchCommand::GdnStep(g) => return super::device::bench_gdn_step(g),
+        BenchCommand::Tp(t) => return super::bench_tp::run(t),
         BenchCommand::Attention(g) => return super::bench_attention::run(g),
         BenchCommand::ChunkLinear(g) => return super::bench_linear::run(g),
         BenchCommand::ChunkLinearBwd(g) => return super::bench_linear_bwd::run(g),

@@ -41,14 +41,14 @@ pub struct SpecBenchArgs {
     pub out: PathBuf,
 }
 
-const PARAGRAPHS: [&str; 4] = [
+pub(crate) const PARAGRAPHS: [&str; 4] = [
     "The old lighthouse stood at the edge of the cliff for more than two hundred years. Every night its keeper climbed the narrow stairs, trimmed the wick and watched the lamp turn slowly over the dark water, so that the fishing boats could find their way home through the fog.",
     "To make a simple bread, mix five hundred grams of flour with a teaspoon of salt and a packet of dry yeast. Add three hundred millilitres of warm water, knead the dough for ten minutes, let it rise for an hour, then bake it at two hundred degrees for thirty minutes.",
     "The committee met on Tuesday to discuss the new budget. After a long debate, the members agreed to spend more on the public library and the swimming pool, and to delay the repairs to the town hall until the next financial year.",
     "Honey bees live in colonies of up to sixty thousand workers, a single queen and a few hundred drones. The workers collect nectar and pollen, build the wax comb, feed the young and defend the hive, while the queen lays up to two thousand eggs a day.",
 ];
 
-const QUESTIONS: [&str; 4] = [
+pub(crate) const QUESTIONS: [&str; 4] = [
     "Explain how a bicycle works.",
     "Write a short story about a cat who learns to swim.",
     "What are the benefits of regular exercise?",
@@ -56,7 +56,7 @@ const QUESTIONS: [&str; 4] = [
 ];
 
 /// The workload's prompts, rendered with the model's chat template.
-fn prompts(m: &ServeModel, workload: &str) -> Result<Vec<Vec<u32>>> {
+pub(crate) fn prompts(m: &ServeModel, workload: &str) -> Result<Vec<Vec<u32>>> {
     let texts: Vec<String> = match workload {
         "copy" => PARAGRAPHS
             .iter()
@@ -81,13 +81,13 @@ fn prompts(m: &ServeModel, workload: &str) -> Result<Vec<Vec<u32>>> {
 }
 
 /// One request's tokens and timings (time to the first token, then to the last).
-struct Run {
-    tokens: Vec<u32>,
+pub(crate) struct Run {
+    pub(crate) tokens: Vec<u32>,
     ttft_s: f64,
     decode_s: f64,
 }
 
-fn run_one(e: &Engine, prompt: &[u32], max_tokens: usize) -> Result<Run> {
+pub(crate) fn run_one(e: &Engine, prompt: &[u32], max_tokens: usize) -> Result<Run> {
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Event)>();
     let t0 = Instant::now();
     e.submit(

@@ -44,6 +44,11 @@ pub struct ConvertArgs {
     /// cpu, cuda or cuda:N (default: cuda when a GPU is usable, else cpu).
     #[arg(long)]
     pub device: Option<tensor::Device>,
+    /// Data-parallel training over these GPUs (`0,1`): every supernet and distillation batch
+    /// is split over them and the gradients are summed over NCCL before each step; the other
+    /// stages run on the first GPU.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after this stage (teacher, corpus, transfer, supernet, search, distil, fidelity,
@@ -94,9 +99,18 @@ fn corpus_spec(p: Preset, seed: u64) -> CorpusSpec {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
+    let device = match (a.devices.first(), a.device) {
+        (None, d) => d,
+        (Some(&first), None) => Some(tensor::Device::Cuda(first)),
+        (Some(&first), Some(d)) if d == tensor::Device::Cuda(first) => Some(d),
+        (Some(_), Some(d)) => bail!(
+            "--device {d} and --devices {:?} disagree: the first of --devices is the device of the other stages",
+            a.devices
+        ),
+    };
     let margs = ModelArgs {
         model: a.teacher.clone(),
-        device: a.device,
+        device,
         gpu_weights: super::GpuWeightsArg::Bf16,
     };
     let teacher_path = margs.model_path()?;
@@ -275,6 +289,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: supernet.
     if !stages.done.iter().any(|s| s == "supernet") {
         let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset, device)?;
+        data_parallel(&mut sn, &a.devices)?;
         let spec = supernet_spec(a.preset, a.seed);
         let log = train_with_progress(&mut sn, &train_seqs(&a.out)?, &spec, "supernet")?;
         stage_dir(&a.out, "supernet", |tmp| {
@@ -354,6 +369,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // teacher, saved with the teacher's tokenizer and chat template).
     if !stages.done.iter().any(|s| s == "distil") {
         let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset, device)?;
+        data_parallel(&mut sn, &a.devices)?;
         let mut spec = supernet_spec(a.preset, a.seed ^ 0xd1);
         distil_settings(&mut spec, a.preset);
         spec.fixed = Some(best.clone());
@@ -592,6 +608,15 @@ pub(crate) fn load_supernet(
         sn.use_gpu(n)?;
     }
     Ok(sn)
+}
+
+/// With several `--devices`, the supernet's training runs on all of them (one replica each).
+fn data_parallel(sn: &mut train::supernet::Supernet, devices: &[usize]) -> Result<()> {
+    if devices.len() > 1 {
+        sn.use_gpus(devices)?;
+        eprintln!("data-parallel training on GPUs {devices:?}");
+    }
+    Ok(())
 }
 
 /// The token sequences of the training corpus (DIR/corpus/train.jsonl).

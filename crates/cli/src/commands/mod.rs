@@ -6,6 +6,7 @@ pub mod bench_linear;
 pub mod bench_linear_bwd;
 pub mod bench_serve;
 pub mod bench_spec;
+pub mod bench_tp;
 pub mod bench_step;
 pub mod bench_think;
 pub mod chat;

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// Draft tokens checked per verification.
     #[arg(long, default_value_t = 4)]
     pub num_speculative_tokens: usize,
+    /// Split the model over this many GPUs (Megatron-style tensor parallelism over NCCL):
+    /// `--device cuda:N` and the next ones, each holding a slice of every layer's heads and of
+    /// the MLP.
+    #[arg(long, default_value_t = 1)]
+    pub tensor_parallel: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -93,6 +98,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             recurrent: a.max_recurrent_mib << 20,
         },
         device,
+        tensor_parallel: a.tensor_parallel,
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;
@@ -110,7 +116,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "serving '{name}' on {device} at http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            "serving '{name}' on {device}{} at http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            if a.tensor_parallel > 1 {
+                format!(" with tensor parallelism over {} GPUs", a.tensor_parallel)
+            } else {
+                String::new()
+            },
             listener.local_addr()?
         );
         server::serve(listener, state, async {

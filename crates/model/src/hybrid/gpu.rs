@@ -19,7 +19,7 @@ use mixers::attention::AttentionConfig;
 use mixers::linear_mixer::{LinearConfig, LinearKind};
 use mixers::params::Params;
 use std::sync::Arc;
-use tensor::cuda::{ChunkDims, DecayGate, FlashDims, Gpu, StepDims};
+use tensor::cuda::{ChunkDims, Collective, DecayGate, FlashDims, Gpu, StepDims};
 
 struct GpuAttention {
     cfg: AttentionConfig,
@@ -77,6 +77,10 @@ pub struct GpuHybrid {
     head: Option<CudaSlice<bf16>>,
     norm: CudaSlice<f32>,
     blocks: Vec<GpuBlock>,
+    /// This rank's communicator when the model is one slice of a tensor-parallel group
+    /// ([`super::tensor_parallel`]): the mixers' and MLPs' output projections are summed
+    /// over the group.
+    tp: Option<Collective>,
 }
 
 enum LayerCache {
@@ -267,7 +271,19 @@ impl GpuHybrid {
             blocks,
             config: c,
             gpu,
+            tp: None,
         })
+    }
+
+    /// Makes this model rank `collective.rank()` of a tensor-parallel group: it must hold that
+    /// rank's slice ([`super::tensor_parallel::shard`]) on the collective's GPU.
+    pub fn join(&mut self, collective: Collective) {
+        self.tp = Some(collective);
+    }
+
+    /// The tensor-parallel rank (0 when the model is whole).
+    pub fn rank(&self) -> usize {
+        self.tp.as_ref().map_or(0, |c| c.rank())
     }
 
     /// Empty caches for `batch` sequences of up to `capacity` tokens.
@@ -437,14 +453,16 @@ impl GpuHybrid {
             g.rmsnorm_bf16(&x, &bl.attn_norm, &mut h, n, d, c.rms_norm_eps)?;
             match (&bl.mixer, cache) {
                 (GpuMixer::Attention(a), LayerCache::Attention { k, v, .. }) => {
-                    attention_forward(g, a, &h, &mut y, (b, t), past, state.capacity, k, v)?;
+                    let tp = self.tp.as_ref();
+                    attention_forward(g, tp, a, &h, &mut y, (b, t), past, state.capacity, k, v)?;
                     if let Some(ls) = lanes.as_deref_mut() {
                         ls.push(None);
                     }
                 }
                 (GpuMixer::Linear(l), LayerCache::Linear { rec, conv }) => {
+                    let (tp, lanes_on) = (self.tp.as_ref(), lanes.is_some());
                     let lane =
-                        linear_forward(g, l, &h, &mut y, (b, t), d, rec, conv, lanes.is_some())?;
+                        linear_forward(g, tp, l, &h, &mut y, (b, t), d, rec, conv, lanes_on)?;
                     if let Some(ls) = lanes.as_deref_mut() {
                         ls.push(lane);
                     }
@@ -460,11 +478,15 @@ impl GpuHybrid {
                 g.matmul_nt_bf16(&h, &m.up, &mut ut, n, f, d)?;
                 let mut act = g.zeros::<bf16>(n * f)?;
                 g.swiglu_bf16(&gt, &ut, &mut act, n * f)?;
-                g.matmul_nt_bf16(&act, &m.down, &mut y, n, d, f)?;
+                project_out(g, self.tp.as_ref(), &act, &m.down, &mut y, (n, d, f))?;
                 g.add_bf16(&mut x, &y, n * d)?;
             }
         }
         state.len = past + t;
+        if self.rank() > 0 {
+            // Every rank computes the same final hidden states; rank 0's logits are used.
+            return Ok(g.zeros::<f32>(1)?);
+        }
         g.rmsnorm_bf16(&x, &self.norm, &mut h, n, d, c.rms_norm_eps)?;
         let mut logits = g.zeros::<f32>(n * c.vocab_size)?;
         g.matmul_nt_bf16_f32(
@@ -541,9 +563,33 @@ fn linear_layer(gpu: &Gpu, c: &LinearConfig, p: &Params) -> Result<GpuLinear> {
     })
 }
 
+/// y[n, out] = x·wᵀ for a projection out of heads or hidden units. Alone: one bf16 GEMM. As a
+/// tensor-parallel rank, x holds this rank's heads or units: the partial products are summed
+/// over the group in f32 and rounded to bf16 once, as the one GEMM over all of them would be.
+fn project_out(
+    g: &Gpu,
+    tp: Option<&Collective>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (n, out, k): (usize, usize, usize),
+) -> Result<()> {
+    match tp {
+        None => g.matmul_nt_bf16(x, w, y, n, out, k)?,
+        Some(c) => {
+            let mut part = g.zeros::<f32>(n * out)?;
+            g.matmul_nt_bf16_f32(x, w, &mut part, n, out, k)?;
+            c.all_reduce_sum_f32(&mut part)?;
+            g.f32_to_bf16(&part, y, n * out)?;
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attention_forward(
     g: &Gpu,
+    tp: Option<&Collective>,
     a: &GpuAttention,
     h: &CudaSlice<bf16>,
     y: &mut CudaSlice<bf16>,
@@ -606,13 +652,14 @@ fn attention_forward(
     if let Some(gt) = &gate {
         g.sigmoid_gate_mul(&mut o, gt, n * nh * dh)?;
     }
-    g.matmul_nt_bf16(&o, &a.o, y, n, d, nh * dh)?;
+    project_out(g, tp, &o, &a.o, y, (n, d, nh * dh))?;
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn linear_forward(
     g: &Gpu,
+    tp: Option<&Collective>,
     l: &GpuLinear,
     h: &CudaSlice<bf16>,
     y: &mut CudaSlice<bf16>,
@@ -793,6 +840,6 @@ fn linear_forward(
         c.norm_eps,
         c.kind == LinearKind::Kda,
     )?;
-    g.matmul_nt_bf16(&yn, &l.o, y, n, d, cv)?;
+    project_out(g, tp, &yn, &l.o, y, (n, d, cv))?;
     Ok(kept)
 }

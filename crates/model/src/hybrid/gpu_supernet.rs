@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use std::collections::BTreeMap;
-use tensor::cuda::Gpu;
+use tensor::cuda::{Collective, Gpu};
 
 /// One layer's candidate mixer in training.
 pub enum GpuMixerTrain {
@@ -137,6 +137,9 @@ pub struct GpuSupernet {
     /// One optimizer per trained (kind, layer), each with its own step count (a candidate
     /// trains only in the steps whose layout uses it, as the CPU supernet's AdamState does).
     opts: BTreeMap<(String, usize), GpuAdamW>,
+    /// This replica's communicator in data-parallel training: gradients are summed over the
+    /// group before every step, so the replicas stay identical.
+    dp: Option<Collective>,
 }
 
 fn bf_upload(g: &Gpu, x: &[f32]) -> Result<CudaSlice<bf16>> {
@@ -208,7 +211,35 @@ impl GpuSupernet {
             blocks,
             mixers,
             opts: BTreeMap::new(),
+            dp: None,
         })
+    }
+
+    /// Makes this supernet one replica of a data-parallel group (same weights on every GPU).
+    pub fn join(&mut self, collective: Collective) {
+        self.dp = Some(collective);
+    }
+
+    /// Data parallelism: each replica's gradients of the layout's trained mixers, weighted by
+    /// `weight` (its share of the batch's rows, so that the sum is the whole batch's mean),
+    /// summed over the group. Without a group, only the weighting.
+    pub fn all_reduce_grads(&mut self, layout: &[String], weight: f32) -> Result<()> {
+        let g = &self.g;
+        for (i, k) in layout.iter().enumerate() {
+            if k == "fa" {
+                continue;
+            }
+            let w = self.mixers[i].get_mut(k).expect("checked").weights();
+            for gr in w.grads.values_mut() {
+                if weight != 1.0 {
+                    g.scale_f32(gr, weight)?;
+                }
+                if let Some(c) = &self.dp {
+                    c.all_reduce_sum_f32(gr)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn vocab(&self) -> usize {

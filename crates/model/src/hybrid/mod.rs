@@ -13,10 +13,12 @@ pub mod config;
 pub mod from_llama;
 pub mod gpu;
 pub mod gpu_supernet;
+pub mod gpu_tp;
 pub mod gpu_train;
 pub mod io;
 pub mod moe;
 pub mod speed;
+pub mod tensor_parallel;
 
 pub use config::{parse_layout, HybridConfig, LayerKind};
 

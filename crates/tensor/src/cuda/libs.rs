@@ -15,6 +15,7 @@ pub const DRIVER: &str = "libcuda.so";
 pub const NVRTC: &str = "libnvrtc.so";
 pub const CUBLAS: &str = "libcublas.so";
 pub const CUBLASLT: &str = "libcublasLt.so";
+pub const NCCL: &str = "libnccl.so";
 
 /// Folders searched, in order, after the dynamic loader's own search.
 pub fn search_dirs() -> Vec<PathBuf> {
@@ -163,4 +164,22 @@ pub fn ensure_loaded() -> Result<&'static [(String, Found)], String> {
 /// True when a driver library can be opened (cheap; used to pick the default device).
 pub fn driver_present() -> bool {
     try_open(DRIVER).is_some()
+}
+
+/// Opens NCCL for multi-GPU work (only then: one GPU needs no NCCL). cudarc opens it by the
+/// names `libnccl.so`, `libnccl.so.13`, `.12`, …, not by its soname `libnccl.so.2` alone, so a
+/// copy found only as `libnccl.so.2` (pip's nvidia-nccl wheels) needs a `libnccl.so` link.
+pub fn ensure_nccl() -> Result<(), String> {
+    ensure_loaded()?;
+    // SAFETY: loading NVIDIA's NCCL runs its initialisers, nothing else.
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Ok(());
+    }
+    match find_in(&search_dirs(), NCCL) {
+        Some(p) => Err(format!(
+            "NCCL is at {} but the dynamic loader cannot open it as libnccl.so; add a libnccl.so link to it in a folder on LD_LIBRARY_PATH",
+            p.display()
+        )),
+        None => Err("NCCL (libnccl.so) was not found; multi-GPU work needs it: install libnccl2 or pip install nvidia-nccl-cu13 and put its lib folder on LD_LIBRARY_PATH".to_string()),
+    }
 }

@@ -1,0 +1,195 @@
+//! Tensor parallelism on GPUs (model::hybrid::gpu_tp): the model split over two devices gives
+//! the logits of the model whole on one (prefill, batched decode steps, speculative lanes), for
+//! every layer kind and head counts that do not divide evenly; and a one-rank NCCL group (the
+//! all-reduce path on one GPU) gives the whole model's. The slicing itself is checked on the
+//! CPU in tests/tensor_parallel.rs. `#[ignore]`d: CI has no GPU; the two-GPU tests need a
+//! machine with two (scripts/gpu-check runs them when it has).
+use model::hybrid::config::LinearAttnType;
+use model::hybrid::gpu::GpuHybrid;
+use model::hybrid::gpu_tp::GpuTp;
+use model::hybrid::{parse_layout, HybridConfig, HybridModel};
+use tensor::cuda::Collective;
+
+/// Two bf16 runs that differ in f32 summation order and in which layers' outputs round to
+/// bf16 differently: max |Δlogit| / max |logit|.
+const TOL: f32 = 2e-2;
+
+/// 6 query heads over 3 key/value heads (64 dims), linear layers of 3 q/k heads over 6 value
+/// heads (GVA; GLA needs them equal, so its layouts use 3 and 3).
+fn model(layout: &str, gate: bool, lin: (usize, usize)) -> HybridModel {
+    let (layer_types, kinds) = parse_layout(layout).unwrap();
+    let config = HybridConfig {
+        vocab_size: 97,
+        hidden_size: 192,
+        intermediate_size: 150,
+        num_hidden_layers: layer_types.len(),
+        num_attention_heads: 6,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        partial_rotary_factor: 0.5,
+        sliding_window: Some(9),
+        attn_output_gate: gate,
+        max_position_embeddings: 256,
+        tie_word_embeddings: !gate,
+        layer_types,
+        linear_attn_type: Some(LinearAttnType::PerLayer(kinds)),
+        linear_num_key_heads: Some(lin.0),
+        linear_num_value_heads: Some(lin.1),
+        linear_key_head_dim: Some(64),
+        linear_value_head_dim: Some(64),
+        linear_gate_rank: 16,
+        ..HybridConfig::small("fa", 97).unwrap()
+    };
+    let mut m = HybridModel::init(config, 11).unwrap();
+    let gr = m.zero_grads();
+    let mut r = tensor::rng::SplitMix64::new(23);
+    m.visit_params(&gr, |name, p, _| {
+        let s = if name.ends_with("norm.weight") {
+            0.2
+        } else {
+            0.06
+        };
+        p.iter_mut()
+            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
+    });
+    m
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut r = tensor::rng::SplitMix64::new(seed);
+    (0..n).map(|_| r.below(97) as u32).collect()
+}
+
+fn rel(want: &[f32], got: &[f32]) -> f32 {
+    assert_eq!(want.len(), got.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    want.iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+fn gpus() -> usize {
+    tensor::cuda::libs::ensure_loaded().unwrap();
+    cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize
+}
+
+/// Prefill then decode steps on `one` and `two`, logits compared at every call.
+fn compare(cpu: &HybridModel, one: &GpuTp, two: &GpuTp, b: usize, t: usize, steps: usize) {
+    let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(t, 3 + i as u64)).collect();
+    let (mut s1, mut s2) = (
+        one.new_state(b, t + steps).unwrap(),
+        two.new_state(b, t + steps).unwrap(),
+    );
+    let mut cs = cpu.new_state(b);
+    let mut feed = prompt;
+    for step in 0..=steps {
+        let want = cpu.forward(&feed, b, &mut cs, true).unwrap();
+        let l1 = one
+            .gpu()
+            .download(&one.forward(&feed, &mut s1).unwrap())
+            .unwrap();
+        let l2 = two
+            .gpu()
+            .download(&two.forward(&feed, &mut s2).unwrap())
+            .unwrap();
+        let (e12, e_cpu) = (rel(&l1, &l2), rel(&want, &l2));
+        eprintln!("  call {step}: TP=2 vs TP=1 {e12:.2e}, TP=2 vs CPU {e_cpu:.2e}");
+        assert!(e12 < TOL, "call {step}: TP=2 vs TP=1 {e12}");
+        assert!(e_cpu < 5e-2, "call {step}: TP=2 vs CPU {e_cpu}");
+        feed = tokens(b, 100 + step as u64);
+    }
+}
+
+#[test]
+#[ignore]
+fn a_one_rank_group_matches_the_whole_model() {
+    let cpu = model("fa,gdn,kda,swa", true, (3, 6));
+    let whole = GpuHybrid::new(&cpu, 0).unwrap();
+    let mut ranked = GpuHybrid::new(&cpu, 0).unwrap();
+    let comm = Collective::group(&[&ranked.gpu]).unwrap().pop().unwrap();
+    ranked.join(comm);
+    let p = tokens(50, 1);
+    let (mut a, mut b) = (
+        whole.new_state(1, 64).unwrap(),
+        ranked.new_state(1, 64).unwrap(),
+    );
+    for feed in [p, tokens(1, 2), tokens(1, 3)] {
+        let la = whole
+            .gpu
+            .download(&whole.forward(&feed, &mut a).unwrap())
+            .unwrap();
+        let lb = ranked
+            .gpu
+            .download(&ranked.forward(&feed, &mut b).unwrap())
+            .unwrap();
+        let e = rel(&la, &lb);
+        eprintln!("one-rank group: rel err {e:.2e}");
+        assert!(e < TOL, "{e}");
+    }
+}
+
+#[test]
+#[ignore]
+fn two_gpus_match_one_for_every_layer_kind() {
+    assert!(
+        gpus() >= 2,
+        "this test needs two GPUs; the machine has {}",
+        gpus()
+    );
+    for (layout, gate, lin, b) in [
+        ("fa,swa,gdn,kda,fa", false, (3, 6), 1),
+        ("gdn,fa,kda,swa", true, (3, 6), 2),
+        ("gla,fa,gla", false, (3, 3), 2),
+    ] {
+        eprintln!("{layout} gate={gate} B={b}");
+        let cpu = model(layout, gate, lin);
+        let one = GpuTp::new(&cpu, &[0]).unwrap();
+        let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
+        assert_eq!(two.world(), 2);
+        compare(&cpu, &one, &two, b, 70, 4);
+    }
+}
+
+#[test]
+#[ignore]
+fn two_gpus_verify_and_commit_like_one() {
+    assert!(
+        gpus() >= 2,
+        "this test needs two GPUs; the machine has {}",
+        gpus()
+    );
+    let cpu = model("gdn,fa,kda,swa", false, (3, 6));
+    let one = GpuTp::new(&cpu, &[0]).unwrap();
+    let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
+    let prompt = tokens(40, 5);
+    let drafts = tokens(4, 6);
+    for keep in [0, 2, 4] {
+        let (mut s1, mut s2) = (one.new_state(1, 64).unwrap(), two.new_state(1, 64).unwrap());
+        one.forward(&prompt, &mut s1).unwrap();
+        two.forward(&prompt, &mut s2).unwrap();
+        let (l1, lanes1) = one.forward_lanes(&drafts, &mut s1).unwrap();
+        let (l2, lanes2) = two.forward_lanes(&drafts, &mut s2).unwrap();
+        let e = rel(
+            &one.gpu().download(&l1).unwrap(),
+            &two.gpu().download(&l2).unwrap(),
+        );
+        assert!(e < TOL, "verification logits: {e}");
+        one.commit(&mut s1, lanes1, keep).unwrap();
+        two.commit(&mut s2, lanes2, keep).unwrap();
+        assert_eq!(s2.len(), 40 + keep);
+        let next = tokens(1, 7);
+        let a = one
+            .gpu()
+            .download(&one.forward(&next, &mut s1).unwrap())
+            .unwrap();
+        let b = two
+            .gpu()
+            .download(&two.forward(&next, &mut s2).unwrap())
+            .unwrap();
+        let e = rel(&a, &b);
+        eprintln!("keep {keep}: the step after the commit, TP=2 vs TP=1 {e:.2e}");
+        assert!(e < TOL, "keep {keep}: {e}");
+    }
+}
