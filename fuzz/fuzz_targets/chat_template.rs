@@ -4,6 +4,8 @@
 //! policy, with and without the generation prompt.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+#[path = "renderer_panics.rs"]
+mod renderer_panics;
 use model::{ChatTemplate, Message};
 
 fn default_messages() -> Vec<Message> {
@@ -18,6 +20,7 @@ fn default_messages() -> Vec<Message> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    renderer_panics::let_render_catch_minijinja_panics();
     let (source, messages) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),

@@ -3,6 +3,8 @@
 //! completion request, then every field checked against a model's context.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+#[path = "renderer_panics.rs"]
+mod renderer_panics;
 use model::ChatTemplate;
 use server::api::{parse_body, ChatBody, Common, CompletionBody};
 use std::sync::OnceLock;
@@ -36,6 +38,7 @@ fn check(c: &Common, prompt_len: usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    renderer_panics::let_render_catch_minijinja_panics();
     if let Ok(b) = parse_body::<ChatBody>(data) {
         if let Ok(msgs) = b.messages() {
             let t = chatml();

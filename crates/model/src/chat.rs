@@ -1,9 +1,10 @@
 //! Chat templates: the model's `tokenizer.chat_template` (Jinja, as Hugging Face writes it)
 //! rendered with `minijinja`, with Python string methods from `minijinja-contrib`'s pycompat
 //! and the helpers HF templates call (`raise_exception`, `strftime_now`).
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
+use std::panic::AssertUnwindSafe;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Message {
@@ -146,13 +147,26 @@ impl ChatTemplate {
         let per_message = RENDER_FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64);
         env.set_fuel(Some(RENDER_FUEL_BASE.saturating_add(per_message)));
         let tmpl = env.get_template("chat")?;
-        tmpl.render(minijinja::context! {
+        let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| anyhow!("chat template failed to render: {e}"))
+        };
+        // minijinja panics on some templates (2.24: `loop.cycle()` without arguments divides
+        // by zero): a render that panics fails like any other. Nothing shared is left
+        // half-updated: the environment is this render's copy.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| tmpl.render(ctx))) {
+            Ok(r) => r.map_err(|e| anyhow!("chat template failed to render: {e}")),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                bail!("chat template failed to render: the renderer panicked ({why})")
+            }
+        }
     }
 }
 
@@ -214,6 +228,18 @@ mod tests {
         let t = ChatTemplate::new(src, "", "").unwrap();
         let e = t.render(&[], true).unwrap_err().to_string();
         assert!(e.contains("fuel"), "{e}");
+    }
+
+    #[test]
+    fn a_render_that_panics_is_an_error() {
+        let t = ChatTemplate::new(
+            "{% for i in range(2) %}{{ loop.cycle() }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[], true).unwrap_err().to_string();
+        assert!(e.contains("panicked"), "{e}");
     }
 
     #[test]

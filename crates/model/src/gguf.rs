@@ -313,6 +313,12 @@ impl Gguf {
             },
         };
         let data_start = c.pos.div_ceil(align) * align;
+        if !tensors.is_empty() && data_start > map.len() {
+            bail!(
+                "file is truncated: the tensor data starts at offset {data_start}, file has {}",
+                map.len()
+            );
+        }
         let data_len = map.len().saturating_sub(data_start);
         for t in &tensors {
             if t.offset % align != 0 {

@@ -100,7 +100,8 @@ impl Llama {
             .get(&k("attention.head_count_kv"))
             .and_then(|v| v.as_u64())
             .unwrap_or(n_heads as u64) as usize;
-        if n_heads == 0
+        if hidden == 0
+            || n_heads == 0
             || n_kv_heads == 0
             || !n_heads.is_multiple_of(n_kv_heads)
             || !hidden.is_multiple_of(n_heads)

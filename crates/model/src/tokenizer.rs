@@ -112,6 +112,7 @@ impl Tokenizer {
         serde_json::from_slice::<serde_json::Value>(json)
             .map_err(|e| anyhow!("not valid JSON: {e}"))?;
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| anyhow!("{e}"))?;
+        check_decoder(&inner)?;
         let vocab_size = inner.get_vocab_size(true);
         let extra_stops = end_of_turn_stops(&inner, eos, vec![]);
         Ok(Tokenizer {
@@ -155,6 +156,31 @@ impl Tokenizer {
     pub fn is_stop(&self, id: u32) -> bool {
         Some(id) == self.eos || self.extra_stops.contains(&id)
     }
+}
+
+/// Refuses decoders that tokenizers 0.22 cannot run without panicking: its `Strip` with a
+/// `stop` count indexes before a token's start when the token has fewer characters to strip
+/// (an empty one, or one made only of the stripped character). Real tokenizers strip from the
+/// start only (SentencePiece's leading space).
+fn check_decoder(inner: &tokenizers::Tokenizer) -> Result<()> {
+    fn strips_from_the_end(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                let strip = m.get("type").and_then(|t| t.as_str()) == Some("Strip");
+                let stop = m.get("stop").and_then(|s| s.as_u64()).unwrap_or(0);
+                (strip && stop > 0) || m.values().any(strips_from_the_end)
+            }
+            serde_json::Value::Array(a) => a.iter().any(strips_from_the_end),
+            _ => false,
+        }
+    }
+    let Some(d) = inner.get_decoder() else {
+        return Ok(());
+    };
+    if strips_from_the_end(&serde_json::to_value(d)?) {
+        bail!("a Strip decoder with a non-zero 'stop' is not supported");
+    }
+    Ok(())
 }
 
 /// Stop tokens besides EOS: those the metadata names plus the usual end-of-turn tokens the

@@ -13,6 +13,15 @@ use serde_json::json;
 use std::path::PathBuf;
 use tensor::quant::GgmlType;
 
+/// A kept fuzzer input of `target` by file name.
+fn regression_input(target: &str, name: &str) -> Vec<u8> {
+    regression_inputs(target)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no input {target}/{name}"))
+        .1
+}
+
 fn regression_inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/fuzz-regressions")
@@ -44,18 +53,39 @@ fn assert_err<T>(r: anyhow::Result<T>, want: &str) {
 // ---------------------------------------------------------------------------------------------
 // Tokenizers
 
-/// tokenizers 0.22 `expect`s its decoder's JSON to parse: a tokenizer.json with a syntax
-/// error inside "decoder" (here an invalid UTF-8 byte in a key) panicked while loading.
+/// Every kept tokenizer input (`J` + tokenizer.json) is refused at load.
 #[test]
-fn tokenizer_json_with_a_syntax_error_in_the_decoder_is_an_error() {
+fn kept_tokenizer_inputs_are_errors() {
     for (name, input) in regression_inputs("tokenizer_load") {
         let r = Tokenizer::from_json_bytes(&input[1..], Some(1), Some(2), false);
         assert!(r.is_err(), "{name}");
     }
+}
+
+/// tokenizers 0.22 `expect`s its decoder's JSON to parse: a tokenizer.json with a syntax
+/// error inside "decoder" (here an invalid UTF-8 byte in a key) panicked while loading.
+#[test]
+fn tokenizer_json_with_a_syntax_error_in_the_decoder_is_an_error() {
+    let input = regression_input("tokenizer_load", "decoder-syntax-error");
+    assert_err(
+        Tokenizer::from_json_bytes(&input[1..], None, None, false),
+        "not valid JSON",
+    );
     let cut = br#"{"version":"1.0","model":{"type":"WordLevel","vocab":{},"unk_token":"x"},"decoder":{"type":"Fuse""#;
     assert_err(
         Tokenizer::from_json_bytes(cut, None, None, false),
         "not valid JSON",
+    );
+}
+
+/// tokenizers 0.22's Strip decoder with `stop: 1` indexed before the start of a token it
+/// had stripped to nothing: decoding panicked.
+#[test]
+fn tokenizer_json_with_a_strip_decoder_from_the_end_is_an_error() {
+    let input = regression_input("tokenizer_load", "strip-decoder-stop");
+    assert_err(
+        Tokenizer::from_json_bytes(&input[1..], None, None, false),
+        "Strip decoder",
     );
 }
 
@@ -75,9 +105,9 @@ fn gguf_unknown_token_id_outside_the_vocabulary_is_an_error() {
 // ---------------------------------------------------------------------------------------------
 // GGUF models
 
-/// A one-layer Llama GGUF of width 4 with `key_length` and `block_count` as given.
-fn tiny_llama(key_length: u32, block_count: u64) -> Vec<u8> {
-    let (d, heads, ffn, vocab) = (4usize, 2u32, 4usize, 8usize);
+/// A one-layer Llama GGUF of width `d` with `key_length` and `block_count` as given.
+fn tiny_llama(d: usize, key_length: u32, block_count: u64) -> Vec<u8> {
+    let (heads, ffn, vocab) = (2u32, 4usize, 8usize);
     let hd = key_length as usize;
     let mut w = GgufWriter::default();
     w.str("general.architecture", "llama")
@@ -108,22 +138,38 @@ fn tiny_llama(key_length: u32, block_count: u64) -> Vec<u8> {
 
 #[test]
 fn tiny_llama_gguf_loads() {
-    let g = Gguf::from_bytes(tiny_llama(2, 1)).unwrap();
+    let g = Gguf::from_bytes(tiny_llama(4, 2, 1)).unwrap();
     Llama::from_gguf(&g).unwrap();
 }
 
 /// Q/K rows are un-permuted in pairs: a head of width 1 divided by zero.
 #[test]
 fn gguf_llama_head_dim_of_one_is_an_error() {
-    let g = Gguf::from_bytes(tiny_llama(1, 1)).unwrap();
+    let g = Gguf::from_bytes(tiny_llama(4, 1, 1)).unwrap();
     assert_err(Llama::from_gguf(&g), "head dim 1");
+}
+
+/// A model of width 0 whose heads are still 2 wide (`key_length`): un-permuting Q/K rows of
+/// no columns split them into chunks of zero.
+#[test]
+fn gguf_llama_of_width_zero_is_an_error() {
+    let g = Gguf::from_bytes(tiny_llama(0, 2, 1)).unwrap();
+    assert_err(Llama::from_gguf(&g), "inconsistent head counts");
 }
 
 /// The block count is metadata: it reserved memory for that many layers before any was read.
 #[test]
 fn gguf_llama_block_count_beyond_the_tensors_is_an_error() {
-    let g = Gguf::from_bytes(tiny_llama(2, 1 << 60)).unwrap();
+    let g = Gguf::from_bytes(tiny_llama(4, 2, 1 << 60)).unwrap();
     assert_err(Llama::from_gguf(&g), "blk.1.attn_norm.weight");
+}
+
+/// A file that ends before its tensor data's alignment padding, with an empty tensor: the
+/// data section started past the end, and reading the tensor sliced out of range.
+#[test]
+fn gguf_whose_data_starts_past_the_end_is_an_error() {
+    let input = regression_input("gguf_reader", "data-start-past-the-end");
+    assert_err(Gguf::from_bytes(input), "tensor data starts at offset");
 }
 
 /// An array's claimed length is checked against its element type's size: a length that the
@@ -170,6 +216,32 @@ fn config_claiming_more_than_its_checkpoint_is_an_error() {
     assert_err(
         model_from_bytes(&hybrid_config(1 << 37), &empty_safetensors()),
         "but the checkpoint holds 0",
+    );
+}
+
+/// A rotated share above 1 gave RoPE more dimensions than the head has: an assertion
+/// failed while the model was built.
+#[test]
+fn config_partial_rotary_factor_above_one_is_an_error() {
+    let input = regression_input("safetensors_config", "partial-rotary-factor-above-one");
+    let nul = input.iter().position(|&b| b == 0).unwrap();
+    let config = std::str::from_utf8(&input[..nul]).unwrap();
+    assert_err(
+        model_from_bytes(config, &input[nul + 1..]),
+        "partial_rotary_factor 2 is not between 0 and 1",
+    );
+}
+
+/// An MLA head is nope + rope wide: the sum of two config numbers overflowed while the
+/// layers were read.
+#[test]
+fn config_mla_head_that_overflows_is_an_error() {
+    let mut c: serde_json::Value = serde_json::from_str(&hybrid_config(8)).unwrap();
+    c["mla"] = json!({"kv_lora_rank": 2, "qk_nope_head_dim": usize::MAX,
+        "qk_rope_head_dim": 2, "v_head_dim": 2});
+    assert_err(
+        model_from_bytes(&c.to_string(), &empty_safetensors()),
+        "overflows",
     );
 }
 
@@ -273,6 +345,17 @@ fn kimi_gate_bias_wider_than_its_weight_is_an_error() {
 
 // ---------------------------------------------------------------------------------------------
 // Chat templates
+
+/// minijinja 2.24 divides by the argument count of `loop.cycle()`: called without arguments
+/// it panicked inside the render.
+#[test]
+fn chat_template_whose_renderer_panics_is_an_error() {
+    let input = regression_input("chat_template", "loop-cycle-without-arguments");
+    let nul = input.iter().position(|&b| b == 0).unwrap();
+    let t = ChatTemplate::new(std::str::from_utf8(&input[..nul]).unwrap(), "<s>", "</s>").unwrap();
+    let msgs = [Message::new("user", "hi"), Message::new("assistant", "yes")];
+    assert_err(t.render(&msgs, true), "the renderer panicked");
+}
 
 /// Two nested 100 000-item loops ran for hours; the render's fuel ends them.
 #[test]

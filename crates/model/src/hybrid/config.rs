@@ -219,7 +219,24 @@ impl HybridConfig {
                 self.num_hidden_layers
             );
         }
+        // The rotated share of a head: more than all of it has no meaning (and RoPE would
+        // index past the head).
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
+            bail!(
+                "partial_rotary_factor {} is not between 0 and 1",
+                self.partial_rotary_factor
+            );
+        }
         let rot = (self.head_dim as f64 * self.partial_rotary_factor).round() as usize / 2 * 2;
+        // MLA heads are nope + rope wide: numbers from config.json, added checked.
+        let mla_head_dim = match self.mla {
+            Some(m) => Some(
+                m.qk_nope_head_dim
+                    .checked_add(m.qk_rope_head_dim)
+                    .context("mla: qk_nope_head_dim + qk_rope_head_dim overflows")?,
+            ),
+            None => None,
+        };
         let mla = self.mla.map(|m| mixers::mla::MlaDims {
             kv_lora_rank: m.kv_lora_rank,
             qk_nope: m.qk_nope_head_dim,
@@ -230,7 +247,7 @@ impl HybridConfig {
             hidden: self.hidden_size,
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads,
-            head_dim: mla.map_or(self.head_dim, |m| m.qk_nope + m.qk_rope),
+            head_dim: mla_head_dim.unwrap_or(self.head_dim),
             rope_theta: self.rope_theta,
             rot_dims: if mla.is_some() { 0 } else { rot },
             mla,
