@@ -163,6 +163,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub model: Arc<ServeModel>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The state pools' total bytes: the waiting requests' budget.
+    pools_total: u64,
 }
 
 impl Engine {
@@ -177,6 +179,7 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let (m, me) = (model.clone(), metrics.clone());
+        let pools_total = cfg.pools.total();
         // The GPU model is made on the engine thread (which then owns the device); whether
         // that worked comes back before `start` returns.
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
@@ -243,6 +246,7 @@ impl Engine {
             Err(_) => bail!("the engine thread stopped while starting"),
         }
         Ok(Engine {
+            pools_total: pools_total as u64,
             tx: Some(tx),
             metrics,
             model,
@@ -250,8 +254,25 @@ impl Engine {
         })
     }
 
-    /// Queues a request; its events go to `sink`.
+    /// Queues a request; its events go to `sink`. Refused with [`Overloaded`] when the
+    /// requests already waiting would, with this one, need more state memory than the pools
+    /// hold (it could not start before they all had): the queue's memory stays bounded and the
+    /// client is told to come back.
     pub fn submit(&self, req: Request, sink: Sink) -> Result<()> {
+        let need = queued_bytes(&self.model, &req);
+        let budget = self.pools_total;
+        let queued = self.metrics.queued_bytes.fetch_add(need, Ordering::Relaxed);
+        if queued > 0 && queued + need > budget {
+            self.metrics.queued_bytes.fetch_sub(need, Ordering::Relaxed);
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Overloaded(format!(
+                "the server is at its memory budget: the waiting requests need {} MiB of state, {} MiB with this one, and the state pools hold {} MiB; retry later",
+                queued >> 20,
+                (queued + need) >> 20,
+                budget >> 20
+            ))
+            .into());
+        }
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         match &self.tx {
             Some(tx) => tx
@@ -260,6 +281,25 @@ impl Engine {
             None => bail!("the engine has stopped"),
         }
     }
+}
+
+/// A request refused because the server is at its memory budget (HTTP 503 + Retry-After).
+#[derive(Debug)]
+pub struct Overloaded(pub String);
+
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
+/// State bytes a waiting request will need when it runs to its token limit (the CPU model's
+/// accounting; a bound for the GPU's bf16 caches).
+fn queued_bytes(m: &ServeModel, req: &Request) -> u64 {
+    let n = (req.prompt.len() + req.max_tokens).min(m.context);
+    crate::pools::after(&m.model, n).total() as u64
 }
 
 impl Drop for Engine {
@@ -430,6 +470,9 @@ impl<'a, B: Backend> Worker<'a, B> {
             let Some((req, mut sink)) = self.waiting.pop_front() else {
                 return;
             };
+            self.metrics
+                .queued_bytes
+                .fetch_sub(queued_bytes(self.m, &req), Ordering::Relaxed);
             let n = req.prompt.len();
             if n == 0 || n >= self.m.context {
                 sink(Event::Error(format!(

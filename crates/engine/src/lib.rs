@@ -10,6 +10,6 @@ pub mod pools;
 pub mod prefix;
 pub mod speculative;
 
-pub use engine::{Engine, EngineConfig, Event, Request, ServeModel, Sink, Usage};
+pub use engine::{Engine, EngineConfig, Event, Overloaded, Request, ServeModel, Sink, Usage};
 pub use pools::{Pool, PoolBytes};
 pub use speculative::SpecConfig;

@@ -28,6 +28,10 @@ pub struct Metrics {
     /// Bytes of the running sequences' states.
     pub state_bytes: AtomicU64,
     pub waiting: AtomicU64,
+    /// State bytes the waiting requests will need (the budget [`crate::Engine::submit`]
+    /// refuses past), and the requests it refused.
+    pub queued_bytes: AtomicU64,
+    pub overloaded: AtomicU64,
     pub running: AtomicU64,
     /// Cached tokens by layer type ("full_attention", "sliding_attention", "linear_attention"):
     /// every layer of a hit resumes at the same length.
@@ -120,6 +124,7 @@ impl Metrics {
             ("hybrid_prefilled_tokens_total", "Prompt tokens run through the model.", get(&self.prefilled_tokens)),
             ("hybrid_generated_tokens_total", "Generated tokens.", get(&self.generated_tokens)),
             ("hybrid_cancelled_total", "Sequences cancelled by a client disconnect.", get(&self.cancelled)),
+            ("hybrid_overloaded_total", "Requests refused with 503 at the memory budget.", get(&self.overloaded)),
             ("hybrid_preempted_total", "Sequences preempted for state memory (recomputed on resume).", get(&self.preempted)),
             ("hybrid_prefix_hits_total", "Prompts resumed from a checkpoint.", get(&self.hits)),
             ("hybrid_prefix_hits_clamped_total", "Prompts whose shared prefix extended past the deepest checkpoint (a state was missing there).", get(&self.hits_clamped)),
@@ -155,6 +160,11 @@ impl Metrics {
                 "hybrid_queue_waiting",
                 "Requests waiting for a slot.",
                 get(&self.waiting),
+            ),
+            (
+                "hybrid_queued_state_bytes",
+                "State bytes the waiting requests will need (refused past the pools' total).",
+                get(&self.queued_bytes),
             ),
             ("hybrid_running", "Sequences running.", get(&self.running)),
         ];

@@ -79,6 +79,17 @@ pub(crate) fn server_error(msg: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// 503 with Retry-After: the server is at its memory budget and refuses new work instead of
+/// queueing without bound.
+fn overloaded(o: &engine::Overloaded) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        Json(error_body(&o.to_string(), "server_overloaded")),
+    )
+        .into_response()
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -227,7 +238,10 @@ async fn run(s: &AppState, req: Request, kind: Kind, stream: bool, usage_chunk: 
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let sink = Box::new(move |e: Event| tx.send(e).is_ok());
     if let Err(e) = s.engine.submit(req, sink) {
-        return server_error(e);
+        return match e.downcast_ref::<engine::Overloaded>() {
+            Some(o) => overloaded(o),
+            None => server_error(e),
+        };
     }
     let model = s.engine.model.name.clone();
     let created = now();

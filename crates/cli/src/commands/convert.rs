@@ -169,10 +169,14 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         }
     }
     let stop_after = |name: &str| a.until.as_deref() == Some(name);
+    // Free disk before each stage (a stage that dies on a full disk wastes its minutes).
+    let stage_need = super::disk::stage_bytes(&m.model.config);
+    let room = |stage: &str| super::disk::check_free(&a.out, stage_need, stage);
 
     // Stage: teacher. The teacher must be a full-attention model we can convert, and the
     // budget must fit its layer count.
     if !stages.done.iter().any(|s| s == "teacher") {
+        room("teacher")?;
         let c = &m.model.config;
         let j = serde_json::json!({
             "path": teacher_path.display().to_string(),
@@ -191,6 +195,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
 
     // Stage: corpus.
     if !stages.done.iter().any(|s| s == "corpus") {
+        room("corpus")?;
         let spec = corpus_spec(a.preset, a.seed);
         let items = build_corpus(&m, device, &spec)?;
         let (train_items, held) = corpus::split(items, spec.heldout);
@@ -226,6 +231,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: transfer (candidates per layer initialised from the teacher, then attention
     // transfer on the training corpus).
     if !stages.done.iter().any(|s| s == "transfer") {
+        room("transfer")?;
         let teacher = model::hybrid::HybridModel::from_llama(&m.model)?;
         let (kinds, window, spec, n_seqs) = transfer_plan(a.preset);
         let mut cands = kinds
@@ -288,6 +294,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     }
     // Stage: supernet.
     if !stages.done.iter().any(|s| s == "supernet") {
+        room("supernet")?;
         let mut sn = load_supernet(&m, &a.out.join("candidates"), a.preset, device)?;
         data_parallel(&mut sn, &a.devices)?;
         let spec = supernet_spec(a.preset, a.seed);
@@ -318,6 +325,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: search.
     let (fa, swa) = budget_counts(&budget, m.model.config.n_layers, a.preset);
     if !stages.done.iter().any(|s| s == "search") {
+        room("search")?;
         let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset, device)?;
         let set = eval_set(
             &sn.teacher,
@@ -368,6 +376,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     // Stage: distil (the best layout as a standalone hybrid, fine-tuned with KL to the
     // teacher, saved with the teacher's tokenizer and chat template).
     if !stages.done.iter().any(|s| s == "distil") {
+        room("distil")?;
         let mut sn = load_supernet(&m, &a.out.join("supernet"), a.preset, device)?;
         data_parallel(&mut sn, &a.devices)?;
         let mut spec = supernet_spec(a.preset, a.seed ^ 0xd1);
@@ -407,6 +416,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     };
     // Stage: fidelity (Kendall tau of supernet vs post-distillation scores over 8+ layouts).
     if !stages.done.iter().any(|s| s == "fidelity") {
+        room("fidelity")?;
         super::convert_report::fidelity_stage(&ctx)?;
         finish(&mut stages, &stages_path, "fidelity")?;
     }
@@ -415,6 +425,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     }
     // Stage: report (Markdown, JSON, plots).
     if !stages.done.iter().any(|s| s == "report") {
+        room("report")?;
         super::convert_report::report_stage(&ctx)?;
         finish(&mut stages, &stages_path, "report")?;
     }

@@ -8,8 +8,8 @@
 #![allow(clippy::too_many_arguments)] // launchers take their shapes explicitly
 
 mod chunk_linear;
-pub mod collective;
 mod chunk_linear_bwd;
+pub mod collective;
 pub mod flash;
 mod gemm;
 mod gguf_ops;
@@ -22,8 +22,8 @@ mod train_ops;
 pub use train_ops::GateActivation;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};
-pub use collective::Collective;
 pub use chunk_linear_bwd::ChunkGrads;
+pub use collective::Collective;
 pub use flash::FlashDims;
 pub use gguf_ops::{gguf_type_code, Q8Act};
 pub use hybrid_ops::DecayGate;
