@@ -2,6 +2,8 @@
 //! the CPU model of the assembled layout (`HybridModel::{forward_train, backward}`): logits,
 //! the KL loss, every trained mixer's gradient, the clip norm, which mixers a step changes,
 //! and the per-row scoring statistics. `#[ignore]`d: CI has no GPU; scripts/gpu-check runs it.
+mod common;
+use common::rel_err;
 use model::hybrid::config::LinearAttnType;
 use model::hybrid::gpu_supernet::GpuSupernet;
 use model::hybrid::{parse_layout, HybridConfig, HybridModel};
@@ -45,34 +47,8 @@ fn config(layout: &str) -> HybridConfig {
 /// Larger random weights than the init so that every path carries signal.
 fn model(layout: &str, seed: u64) -> HybridModel {
     let mut m = HybridModel::init(config(layout), seed).unwrap();
-    let gr = m.zero_grads();
-    let mut r = tensor::rng::SplitMix64::new(seed + 11);
-    m.visit_params(&gr, |name, p, _| {
-        let s = if name.ends_with("norm.weight") {
-            0.2
-        } else {
-            0.06
-        };
-        p.iter_mut()
-            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
-    });
+    common::perturb(&mut m, seed + 11);
     m
-}
-
-fn rel_err(want: &[f32], got: &[f32]) -> f32 {
-    assert_eq!(want.len(), got.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    want.iter()
-        .zip(got)
-        .map(|(a, b)| {
-            if b.is_finite() {
-                (a - b).abs()
-            } else {
-                f32::INFINITY
-            }
-        })
-        .fold(0f32, f32::max)
-        / scale
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {

@@ -1,6 +1,8 @@
 //! The hybrid model on the GPU (model::hybrid::gpu) against the CPU model, which is its
 //! specification: prefill logits of every position, then decode steps, for all five layer
 //! types, batched, with and without attention's output gate. `#[ignore]`d: CI has no GPU.
+mod common;
+use common::rel_err;
 use model::hybrid::config::LinearAttnType;
 use model::hybrid::gpu::GpuHybrid;
 use model::hybrid::{parse_layout, HybridConfig, HybridModel};
@@ -48,33 +50,13 @@ fn config(layout: &str, gate: bool, (lh, lhv): (usize, usize)) -> HybridConfig {
 /// `heads`: linear key and value heads (GVA when they differ; GLA needs them equal).
 fn model(layout: &str, gate: bool, heads: (usize, usize)) -> HybridModel {
     let mut m = HybridModel::init(config(layout, gate, heads), 5).unwrap();
-    let gr = m.zero_grads();
-    let mut r = tensor::rng::SplitMix64::new(17);
-    m.visit_params(&gr, |name, p, _| {
-        let s = if name.ends_with("norm.weight") {
-            0.2
-        } else {
-            0.06
-        };
-        p.iter_mut()
-            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
-    });
+    common::perturb(&mut m, 17);
     m
 }
 
 fn tokens(n: usize, seed: u64) -> Vec<u32> {
     let mut r = tensor::rng::SplitMix64::new(seed);
     (0..n).map(|_| r.below(97) as u32).collect()
-}
-
-fn rel(want: &[f32], got: &[f32]) -> f32 {
-    assert_eq!(want.len(), got.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    want.iter()
-        .zip(got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
-        / scale
 }
 
 fn check(layout: &str, gate: bool, heads: (usize, usize), b: usize, t: usize, steps: usize) {
@@ -88,7 +70,7 @@ fn check(layout: &str, gate: bool, heads: (usize, usize), b: usize, t: usize, st
         .gpu
         .download(&gpu.forward(&prompt, &mut gs).unwrap())
         .unwrap();
-    let e = rel(&want, &got);
+    let e = rel_err(&want, &got);
     eprintln!("{layout} gate={gate} B={b}: prefill of {t}: rel err {e:.2e}");
     assert!(e < TOL, "prefill: {e}");
     for s in 0..steps {
@@ -98,7 +80,7 @@ fn check(layout: &str, gate: bool, heads: (usize, usize), b: usize, t: usize, st
             .gpu
             .download(&gpu.forward(&next, &mut gs).unwrap())
             .unwrap();
-        let e = rel(&want, &got);
+        let e = rel_err(&want, &got);
         eprintln!("  decode step {s}: rel err {e:.2e}");
         assert!(e < TOL, "decode step {s}: {e}");
     }
@@ -147,7 +129,7 @@ fn a_resized_state_continues_exactly() {
                 .zip(&got)
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "the resized state's logits differ (max |Δ| {})",
-            rel(&want, &got)
+            rel_err(&want, &got)
         );
     }
 }
@@ -177,7 +159,7 @@ fn chunked_prefill_over_cached_keys_matches_the_cpu() {
                 .gpu
                 .download(&gpu.forward(&toks, &mut gs).unwrap())
                 .unwrap();
-            let e = rel(&want, &got);
+            let e = rel_err(&want, &got);
             eprintln!("head dim {dh}, chunk {i} of {n} tokens: rel err {e:.2e}");
             assert!(e < TOL, "head dim {dh}, chunk {i}: {e}");
         }
@@ -215,7 +197,7 @@ fn verification_lanes_commit_any_prefix() {
     let rounding = stepped
         .iter()
         .enumerate()
-        .map(|(j, w)| rel(w, &chunk[j * v..(j + 1) * v]))
+        .map(|(j, w)| rel_err(w, &chunk[j * v..(j + 1) * v]))
         .fold(0f32, f32::max);
     let bound = (4.0 * rounding).max(1e-3);
     let mut worst = (0f32, 0f32);
@@ -224,7 +206,7 @@ fn verification_lanes_commit_any_prefix() {
         let (logits, lanes) = gpu.forward_lanes(&drafts, &mut st).unwrap();
         let logits = gpu.gpu.download(&logits).unwrap();
         for (j, want) in stepped.iter().enumerate() {
-            let e = rel(want, &logits[j * v..(j + 1) * v]);
+            let e = rel_err(want, &logits[j * v..(j + 1) * v]);
             assert!(
                 e < bound,
                 "verified token {j}: rel err {e} (rounding {rounding})"
@@ -240,7 +222,7 @@ fn verification_lanes_commit_any_prefix() {
             .zip(steps(&mut reference, &after))
             .enumerate()
         {
-            let e = rel(&b, a);
+            let e = rel_err(&b, a);
             assert!(
                 e < bound,
                 "keep {keep}, step {j} after the commit: rel err {e} (rounding {rounding})"

@@ -4,6 +4,8 @@
 //! all-reduce path on one GPU) gives the whole model's. The slicing itself is checked on the
 //! CPU in tests/tensor_parallel.rs. `#[ignore]`d: CI has no GPU; the two-GPU tests need a
 //! machine with two (scripts/gpu-check runs them when it has).
+mod common;
+use common::rel_err;
 use model::hybrid::config::LinearAttnType;
 use model::hybrid::gpu::GpuHybrid;
 use model::hybrid::gpu_tp::GpuTp;
@@ -41,33 +43,13 @@ fn model(layout: &str, gate: bool, lin: (usize, usize)) -> HybridModel {
         ..HybridConfig::small("fa", 97).unwrap()
     };
     let mut m = HybridModel::init(config, 11).unwrap();
-    let gr = m.zero_grads();
-    let mut r = tensor::rng::SplitMix64::new(23);
-    m.visit_params(&gr, |name, p, _| {
-        let s = if name.ends_with("norm.weight") {
-            0.2
-        } else {
-            0.06
-        };
-        p.iter_mut()
-            .for_each(|x| *x += (r.uniform() as f32 - 0.5) * s);
-    });
+    common::perturb(&mut m, 23);
     m
 }
 
 fn tokens(n: usize, seed: u64) -> Vec<u32> {
     let mut r = tensor::rng::SplitMix64::new(seed);
     (0..n).map(|_| r.below(97) as u32).collect()
-}
-
-fn rel(want: &[f32], got: &[f32]) -> f32 {
-    assert_eq!(want.len(), got.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    want.iter()
-        .zip(got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
-        / scale
 }
 
 fn gpus() -> usize {
@@ -94,7 +76,7 @@ fn compare(cpu: &HybridModel, one: &GpuTp, two: &GpuTp, b: usize, t: usize, step
             .gpu()
             .download(&two.forward(&feed, &mut s2).unwrap())
             .unwrap();
-        let (e12, e_cpu) = (rel(&l1, &l2), rel(&want, &l2));
+        let (e12, e_cpu) = (rel_err(&l1, &l2), rel_err(&want, &l2));
         eprintln!("  call {step}: TP=2 vs TP=1 {e12:.2e}, TP=2 vs CPU {e_cpu:.2e}");
         assert!(e12 < TOL, "call {step}: TP=2 vs TP=1 {e12}");
         assert!(e_cpu < 5e-2, "call {step}: TP=2 vs CPU {e_cpu}");
@@ -124,7 +106,7 @@ fn a_one_rank_group_matches_the_whole_model() {
             .gpu
             .download(&ranked.forward(&feed, &mut b).unwrap())
             .unwrap();
-        let e = rel(&la, &lb);
+        let e = rel_err(&la, &lb);
         eprintln!("one-rank group: rel err {e:.2e}");
         assert!(e < TOL, "{e}");
     }
@@ -171,7 +153,7 @@ fn two_gpus_verify_and_commit_like_one() {
         two.forward(&prompt, &mut s2).unwrap();
         let (l1, lanes1) = one.forward_lanes(&drafts, &mut s1).unwrap();
         let (l2, lanes2) = two.forward_lanes(&drafts, &mut s2).unwrap();
-        let e = rel(
+        let e = rel_err(
             &one.gpu().download(&l1).unwrap(),
             &two.gpu().download(&l2).unwrap(),
         );
@@ -188,7 +170,7 @@ fn two_gpus_verify_and_commit_like_one() {
             .gpu()
             .download(&two.forward(&next, &mut s2).unwrap())
             .unwrap();
-        let e = rel(&a, &b);
+        let e = rel_err(&a, &b);
         eprintln!("keep {keep}: the step after the commit, TP=2 vs TP=1 {e:.2e}");
         assert!(e < TOL, "keep {keep}: {e}");
     }
