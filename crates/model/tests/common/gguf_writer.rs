@@ -90,6 +90,22 @@ impl GgufWriter {
         self.n_tensors += 1;
         self
     }
+    /// An f32 tensor of GGUF dims `dims` (fastest first) holding `values`.
+    pub fn tensor_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> &mut Self {
+        assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+        self.data.resize(self.data.len().div_ceil(ALIGN) * ALIGN, 0);
+        put_str(&mut self.infos, name);
+        self.infos.extend((dims.len() as u32).to_le_bytes());
+        dims.iter()
+            .for_each(|&d| self.infos.extend((d as u64).to_le_bytes()));
+        self.infos.extend(0u32.to_le_bytes()); // GGML_TYPE_F32
+        self.infos.extend((self.data.len() as u64).to_le_bytes());
+        values
+            .iter()
+            .for_each(|v| self.data.extend(v.to_le_bytes()));
+        self.n_tensors += 1;
+        self
+    }
     pub fn finish(&self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
