@@ -2,27 +2,12 @@
 //! `LinearMixer::{forward, backward}`: output, input gradient and every parameter's gradient
 //! on random inputs (GVA, two sequences, a ragged last chunk). `#[ignore]`d: CI has no GPU;
 //! scripts/gpu-check runs it on the device machine.
+mod common;
+use common::rel_err;
 use mixers::linear_mixer::{LinearConfig, LinearKind, LinearMixer};
 use mixers::params::InitRng;
 use model::hybrid::gpu_train::GpuLinearTrain;
 use tensor::cuda::Gpu;
-
-/// max |want − got| / max |want|.
-fn rel_err(want: &[f32], got: &[f32]) -> f32 {
-    assert_eq!(want.len(), got.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    want.iter()
-        .zip(got)
-        .map(|(a, b)| {
-            if b.is_finite() {
-                (a - b).abs()
-            } else {
-                f32::INFINITY
-            }
-        })
-        .fold(0f32, f32::max)
-        / scale
-}
 
 #[test]
 #[ignore]

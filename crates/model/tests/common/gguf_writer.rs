@@ -74,17 +74,21 @@ impl GgufWriter {
         v.iter().for_each(|x| self.kv.extend(x.to_le_bytes()));
         self
     }
-    /// A tensor of GGUF dims `dims` (fastest first) and ggml type `ty`, its data a pattern.
-    pub fn tensor(&mut self, name: &str, dims: &[usize], ty: GgmlType, id: u32) -> &mut Self {
-        let n: usize = dims.iter().product();
-        let bytes = ty.bytes_for(n).unwrap();
+    /// A tensor's info (name, dims, ggml type id, offset), its data aligned to start next.
+    fn info(&mut self, name: &str, dims: &[usize], type_id: u32) {
         self.data.resize(self.data.len().div_ceil(ALIGN) * ALIGN, 0);
         put_str(&mut self.infos, name);
         self.infos.extend((dims.len() as u32).to_le_bytes());
         dims.iter()
             .for_each(|&d| self.infos.extend((d as u64).to_le_bytes()));
-        self.infos.extend(id.to_le_bytes());
+        self.infos.extend(type_id.to_le_bytes());
         self.infos.extend((self.data.len() as u64).to_le_bytes());
+    }
+    /// A tensor of GGUF dims `dims` (fastest first) and ggml type `ty`, its data a pattern.
+    pub fn tensor(&mut self, name: &str, dims: &[usize], ty: GgmlType, id: u32) -> &mut Self {
+        let n: usize = dims.iter().product();
+        let bytes = ty.bytes_for(n).unwrap();
+        self.info(name, dims, id);
         // Small finite values whatever the type (0x11 is a small positive f16/bf16/scale).
         self.data.extend(std::iter::repeat_n(0x11u8, bytes));
         self.n_tensors += 1;
@@ -93,13 +97,7 @@ impl GgufWriter {
     /// An f32 tensor of GGUF dims `dims` (fastest first) holding `values`.
     pub fn tensor_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> &mut Self {
         assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
-        self.data.resize(self.data.len().div_ceil(ALIGN) * ALIGN, 0);
-        put_str(&mut self.infos, name);
-        self.infos.extend((dims.len() as u32).to_le_bytes());
-        dims.iter()
-            .for_each(|&d| self.infos.extend((d as u64).to_le_bytes()));
-        self.infos.extend(0u32.to_le_bytes()); // GGML_TYPE_F32
-        self.infos.extend((self.data.len() as u64).to_le_bytes());
+        self.info(name, dims, 0); // GGML_TYPE_F32
         values
             .iter()
             .for_each(|v| self.data.extend(v.to_le_bytes()));
