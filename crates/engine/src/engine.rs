@@ -78,6 +78,10 @@ pub struct EngineConfig {
     pub device: tensor::Device,
     /// GPUs the model is split over (tensor parallelism): `device` and the next ones.
     pub tensor_parallel: usize,
+    /// Split-invariant GPU arithmetic: the same logits, bit for bit, at every tensor-parallel
+    /// size (a power of two) and therefore the same greedy replies; slower (its own GEMM instead
+    /// of cuBLAS). See tensor::cuda::invariant.
+    pub split_invariant: bool,
     /// Speculative decoding (prompt lookup or a draft model), off when None.
     pub speculative: Option<SpecConfig>,
 }
@@ -94,6 +98,17 @@ impl EngineConfig {
                 bail!("tensor parallelism splits a model over GPUs; --device cpu runs it whole (drop --tensor-parallel or use --device cuda)");
             }
             model::hybrid::tensor_parallel::check(model, self.tensor_parallel)?;
+        }
+        if self.split_invariant {
+            if self.device == tensor::Device::Cpu {
+                bail!("split-invariant arithmetic is a GPU mode (the CPU model runs whole, in f32); drop --split-invariant or use --device cuda");
+            }
+            if !self.tensor_parallel.is_power_of_two() {
+                bail!(
+                    "split-invariant arithmetic needs a power-of-two --tensor-parallel (1, 2, 4, 8); got {}",
+                    self.tensor_parallel
+                );
+            }
         }
         Ok(())
     }
@@ -114,6 +129,7 @@ impl Default for EngineConfig {
             },
             device: tensor::Device::Cpu,
             tensor_parallel: 1,
+            split_invariant: false,
             speculative: None,
         }
     }
@@ -217,6 +233,7 @@ impl Engine {
                             ordinal,
                             cfg.tensor_parallel,
                             cfg.speculative.is_some(),
+                            cfg.split_invariant,
                         ) {
                             Ok((gpu, dgpu)) => {
                                 let drafter = match (&draft, dgpu) {
@@ -359,9 +376,11 @@ fn gpu_worker_parts(
     ordinal: usize,
     tp: usize,
     speculative: bool,
+    split_invariant: bool,
 ) -> Result<(GpuTp, Option<GpuTp>)> {
     let devices: Vec<usize> = (ordinal..ordinal + tp.max(1)).collect();
     let gpu = GpuTp::new(m, &devices)?;
+    gpu.set_split_invariant(split_invariant)?;
     if speculative {
         gpu.check_lanes()?;
     }

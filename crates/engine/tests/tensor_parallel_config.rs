@@ -28,3 +28,32 @@ fn the_cpu_and_too_many_ranks_are_refused() {
     assert!(check(1, cpu).is_ok());
     assert!(check(2, gpu).is_ok());
 }
+
+#[test]
+fn split_invariance_needs_a_gpu_and_a_power_of_two_group() {
+    let config = HybridConfig {
+        num_attention_heads: 6,
+        num_key_value_heads: 3,
+        linear_num_key_heads: Some(3),
+        linear_num_value_heads: Some(3),
+        ..HybridConfig::small("fa,gdn", 50).unwrap()
+    };
+    let m = HybridModel::init(config, 3).unwrap();
+    let check = |tensor_parallel, device| {
+        EngineConfig {
+            tensor_parallel,
+            device,
+            split_invariant: true,
+            ..Default::default()
+        }
+        .check_tensor_parallel(&m)
+    };
+    let gpu = tensor::Device::Cuda(0);
+    // Three ranks split the heads fine, but not the summation tree evenly.
+    let e = check(3, gpu).unwrap_err().to_string();
+    assert!(e.contains("power-of-two") && e.contains("got 3"), "{e}");
+    let e = check(1, tensor::Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("GPU mode"), "{e}");
+    assert!(check(1, gpu).is_ok());
+    assert!(check(2, gpu).is_ok());
+}

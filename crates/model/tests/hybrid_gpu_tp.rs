@@ -1,8 +1,9 @@
 //! Tensor parallelism on GPUs (model::hybrid::gpu_tp): the model split over two devices gives
 //! the logits of the model whole on one (prefill, batched decode steps, speculative lanes), for
 //! every layer kind and head counts that do not divide evenly; and a one-rank NCCL group (the
-//! all-reduce path on one GPU) gives the whole model's. The slicing itself is checked on the
-//! CPU in tests/tensor_parallel.rs. `#[ignore]`d: CI has no GPU; the two-GPU tests need a
+//! all-reduce path on one GPU) gives the whole model's. With split-invariant arithmetic the
+//! logits are the same bits whole and split. The slicing itself is checked on the CPU in
+//! tests/tensor_parallel.rs. `#[ignore]`d: CI has no GPU; the two-GPU tests need a
 //! machine with two (scripts/gpu-check runs them when it has).
 mod common;
 use common::rel_err;
@@ -91,7 +92,7 @@ fn a_one_rank_group_matches_the_whole_model() {
     let whole = GpuHybrid::new(&cpu, 0).unwrap();
     let mut ranked = GpuHybrid::new(&cpu, 0).unwrap();
     let comm = Collective::group(&[&ranked.gpu]).unwrap().pop().unwrap();
-    ranked.join(comm);
+    ranked.join(comm, cpu.config.intermediate_size);
     let p = tokens(50, 1);
     let (mut a, mut b) = (
         whole.new_state(1, 64).unwrap(),
@@ -174,4 +175,118 @@ fn two_gpus_verify_and_commit_like_one() {
         eprintln!("keep {keep}: the step after the commit, TP=2 vs TP=1 {e:.2e}");
         assert!(e < TOL, "keep {keep}: {e}");
     }
+}
+
+/// Whether two logit buffers are the same bits; prints where they first differ.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    assert_eq!(a.len(), b.len());
+    match a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        None => true,
+        Some(i) => {
+            eprintln!("  first difference at {i}: {} vs {}", a[i], b[i]);
+            false
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn split_invariant_one_rank_group_is_the_whole_model_bit_for_bit() {
+    let cpu = model("fa,gdn,kda,swa", true, (3, 6));
+    let whole = GpuHybrid::new(&cpu, 0).unwrap();
+    whole.set_split_invariant(true);
+    let mut ranked = GpuHybrid::new(&cpu, 0).unwrap();
+    let comm = Collective::group(&[&ranked.gpu]).unwrap().pop().unwrap();
+    ranked.join(comm, cpu.config.intermediate_size);
+    ranked.set_split_invariant(true);
+    let (mut a, mut b) = (
+        whole.new_state(1, 64).unwrap(),
+        ranked.new_state(1, 64).unwrap(),
+    );
+    let mut cs = cpu.new_state(1);
+    for feed in [tokens(50, 1), tokens(1, 2), tokens(1, 3)] {
+        let la = whole
+            .gpu
+            .download(&whole.forward(&feed, &mut a).unwrap())
+            .unwrap();
+        let lb = ranked
+            .gpu
+            .download(&ranked.forward(&feed, &mut b).unwrap())
+            .unwrap();
+        assert!(same_bits(&la, &lb), "one-rank group");
+        // The invariant GEMM is still the model: close to the CPU's f32 logits.
+        let want = cpu.forward(&feed, 1, &mut cs, true).unwrap();
+        let e = rel_err(&want, &la);
+        eprintln!("split-invariant vs CPU: {e:.2e}");
+        assert!(e < 5e-2, "{e}");
+    }
+}
+
+#[test]
+#[ignore]
+fn two_gpus_split_invariant_give_the_same_bits_as_one() {
+    assert!(
+        gpus() >= 2,
+        "this test needs two GPUs; the machine has {}",
+        gpus()
+    );
+    for (layout, gate, lin, b) in [
+        ("fa,swa,gdn,kda,fa", false, (3, 6), 1),
+        ("gdn,fa,kda,swa", true, (3, 6), 2),
+        ("gla,fa,gla", false, (3, 3), 2),
+    ] {
+        eprintln!("{layout} gate={gate} B={b}");
+        let cpu = model(layout, gate, lin);
+        let one = GpuTp::new(&cpu, &[0]).unwrap();
+        let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
+        one.set_split_invariant(true).unwrap();
+        two.set_split_invariant(true).unwrap();
+        let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(70, 3 + i as u64)).collect();
+        let (mut s1, mut s2) = (one.new_state(b, 80).unwrap(), two.new_state(b, 80).unwrap());
+        let mut feed = prompt;
+        for step in 0..5 {
+            let l1 = one
+                .gpu()
+                .download(&one.forward(&feed, &mut s1).unwrap())
+                .unwrap();
+            let l2 = two
+                .gpu()
+                .download(&two.forward(&feed, &mut s2).unwrap())
+                .unwrap();
+            assert!(same_bits(&l1, &l2), "{layout}: call {step}");
+            feed = tokens(b, 100 + step as u64);
+        }
+    }
+    // Speculative verification lanes and the commit after them.
+    let cpu = model("gdn,fa,kda,swa", false, (3, 6));
+    let one = GpuTp::new(&cpu, &[0]).unwrap();
+    let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
+    one.set_split_invariant(true).unwrap();
+    two.set_split_invariant(true).unwrap();
+    let (mut s1, mut s2) = (one.new_state(1, 64).unwrap(), two.new_state(1, 64).unwrap());
+    one.forward(&tokens(40, 5), &mut s1).unwrap();
+    two.forward(&tokens(40, 5), &mut s2).unwrap();
+    let (l1, lanes1) = one.forward_lanes(&tokens(4, 6), &mut s1).unwrap();
+    let (l2, lanes2) = two.forward_lanes(&tokens(4, 6), &mut s2).unwrap();
+    let (l1, l2) = (
+        one.gpu().download(&l1).unwrap(),
+        two.gpu().download(&l2).unwrap(),
+    );
+    assert!(same_bits(&l1, &l2), "verification");
+    one.commit(&mut s1, lanes1, 2).unwrap();
+    two.commit(&mut s2, lanes2, 2).unwrap();
+    let next = tokens(1, 7);
+    let a = one
+        .gpu()
+        .download(&one.forward(&next, &mut s1).unwrap())
+        .unwrap();
+    let b = two
+        .gpu()
+        .download(&two.forward(&next, &mut s2).unwrap())
+        .unwrap();
+    assert!(same_bits(&a, &b), "after the commit");
 }

@@ -3,7 +3,9 @@
 //! kind, grouped heads (GQA, GVA), gated attention, q/k/v biases and q/k norms, and head
 //! counts that do not divide evenly. The GPU ranks (NCCL) are checked against the same
 //! simulation in tests/hybrid_gpu_tp.rs.
-use model::hybrid::tensor_parallel::{check, forward_simulated, shards, split};
+use model::hybrid::tensor_parallel::{
+    check, forward_simulated, mlp_split, mlp_unit_starts, shards, split,
+};
 use model::hybrid::{HybridConfig, HybridModel};
 
 /// 6 query heads over 3 key/value heads, linear layers of 3 q/k heads over `v_heads` value
@@ -84,6 +86,75 @@ fn uneven_splits_cover_every_unit_once() {
         }
         assert_eq!(next, n);
     }
+}
+
+/// The ranges of the tree that halves `a..b` (left half the floor): what split-invariant sums
+/// add by.
+fn tree_nodes(a: usize, b: usize, out: &mut Vec<(usize, usize)>) {
+    out.push((a, b));
+    if b - a > 1 {
+        let mid = a + (b - a) / 2;
+        tree_nodes(a, mid, out);
+        tree_nodes(mid, b, out);
+    }
+}
+
+#[test]
+fn power_of_two_splits_are_nodes_of_the_summation_tree() {
+    // A rank's units must be a whole subtree for its partial sum to be one the whole model
+    // also forms; r·n/world is not for 8 ranks (11 units: rank 2 would hold 2..4, which
+    // straddles the tree's 2..3 | 3..5 cut), so powers of two descend the tree instead.
+    for n in 1..300 {
+        let mut nodes = vec![];
+        tree_nodes(0, n, &mut nodes);
+        for world in [1, 2, 4, 8, 16].into_iter().filter(|&w| w <= n) {
+            for r in 0..world {
+                let s = split(n, r, world);
+                assert!(
+                    nodes.contains(&(s.start, s.end)),
+                    "{n} over {world}: rank {r} holds {s:?}"
+                );
+                if world <= 4 {
+                    // Where the two agree, the tree split is the familiar one.
+                    assert_eq!(s, r * n / world..(r + 1) * n / world, "{n} over {world}");
+                }
+            }
+        }
+    }
+    assert_eq!(split(11, 2, 8), 2..3);
+}
+
+#[test]
+fn mlp_blocks_are_dealt_out_whole() {
+    // 1536 hidden units (SmolLM2): 8 blocks of 192; two ranks hold 4 each.
+    assert_eq!(mlp_split(1536, 1, 2), 768..1536);
+    assert_eq!(
+        mlp_unit_starts(1536, 0, 1),
+        (0..=8).map(|i| i * 192).collect::<Vec<_>>()
+    );
+    assert_eq!(mlp_unit_starts(1536, 1, 2), vec![0, 192, 384, 576, 768]);
+    // Uneven blocks (45 units: 5 or 6 each) keep their sizes in every split.
+    let whole = mlp_unit_starts(45, 0, 1);
+    for world in [2, 4, 8] {
+        let mut next = 0;
+        for r in 0..world {
+            let s = mlp_split(45, r, world);
+            assert_eq!(s.start, next);
+            next = s.end;
+            let starts = mlp_unit_starts(45, r, world);
+            assert_eq!(*starts.last().unwrap(), s.len());
+            // Rank r's blocks are the whole model's, shifted to its own first unit.
+            for w in starts.windows(2) {
+                let (a, b) = (w[0] + s.start, w[1] + s.start);
+                assert!(whole.windows(2).any(|x| x == [a, b]), "{a}..{b}");
+            }
+        }
+        assert_eq!(next, 45);
+    }
+    // 8 blocks: at most 8 ranks share the MLP.
+    let m = model("gdn", 6);
+    let e = check(&m, 16).unwrap_err().to_string();
+    assert!(e.contains("blocks") || e.contains("q/k heads"), "{e}");
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub(crate) fn prompts(m: &ServeModel, workload: &str) -> Result<Vec<Vec<u32>>> {
 pub(crate) struct Run {
     pub(crate) tokens: Vec<u32>,
     ttft_s: f64,
-    decode_s: f64,
+    pub(crate) decode_s: f64,
 }
 
 pub(crate) fn run_one(e: &Engine, prompt: &[u32], max_tokens: usize) -> Result<Run> {

@@ -1,7 +1,8 @@
 //! `hybrid bench tp`: tensor parallelism on GPUs.
 //! - Identity: each `--model` served by the engine on one GPU and split over `--tp` GPUs, the
 //!   same greedy requests (the chat questions and a copy prompt of `hybrid bench spec`, in the
-//!   model's chat template) on both; the replies are compared token by token.
+//!   model's chat template) on both; the replies are compared token by token, with cuBLAS
+//!   (the default) and with split-invariant arithmetic (identical by construction).
 //! - Throughput: random weights of a hybrid large enough for the split to matter (`--random`
 //!   presets, Qwen3-1.7B and Qwen3-8B dimensions with every fourth layer full attention and
 //!   the rest Gated DeltaNet), a prompt prefilled for B sequences, then decode steps timed on
@@ -212,50 +213,69 @@ fn throughput(name: &str, a: &TpBenchArgs) -> Result<Value> {
     }))
 }
 
-fn identity(path: &std::path::Path, a: &TpBenchArgs) -> Result<Value> {
+fn identity(path: &std::path::Path, a: &TpBenchArgs) -> Result<Vec<Value>> {
     let name = path
         .file_name()
         .map_or("model".into(), |n| n.to_string_lossy().into_owned());
     let m = Arc::new(ServeModel::load(path, &name)?);
     let mut ps = prompts(&m, "chat")?;
     ps.push(prompts(&m, "copy")?.remove(0));
-    let mut replies: Vec<Vec<Vec<u32>>> = vec![];
-    for tp in [1, a.tp] {
-        let cfg = EngineConfig {
-            max_num_seqs: 1,
-            prefix_cache: false,
-            device: tensor::Device::Cuda(a.first_gpu),
-            tensor_parallel: tp,
-            ..Default::default()
-        };
-        let e = Engine::start(m.clone(), cfg)?;
-        let mut toks = vec![];
-        for p in &ps {
-            toks.push(run_one(&e, p, a.gen_tokens)?.tokens);
+    let mut rows = vec![];
+    // cuBLAS (the default) and split-invariant arithmetic, each at one GPU and at --tp.
+    for invariant in [false, true] {
+        let mut replies: Vec<Vec<Vec<u32>>> = vec![];
+        let mut decode_tok_s = vec![];
+        for tp in [1, a.tp] {
+            let cfg = EngineConfig {
+                max_num_seqs: 1,
+                prefix_cache: false,
+                device: tensor::Device::Cuda(a.first_gpu),
+                tensor_parallel: tp,
+                split_invariant: invariant,
+                ..Default::default()
+            };
+            let e = Engine::start(m.clone(), cfg)?;
+            let (mut toks, mut n, mut secs) = (vec![], 0, 0.0);
+            for p in &ps {
+                let r = run_one(&e, p, a.gen_tokens)?;
+                n += r.tokens.len().saturating_sub(1);
+                secs += r.decode_s;
+                toks.push(r.tokens);
+            }
+            replies.push(toks);
+            decode_tok_s.push(n as f64 / secs.max(1e-9));
         }
-        replies.push(toks);
+        let (one, n) = (&replies[0], &replies[1]);
+        let same = one.iter().zip(n).filter(|(x, y)| x == y).count();
+        let common: Vec<usize> = one
+            .iter()
+            .zip(n)
+            .map(|(x, y)| x.iter().zip(y).take_while(|(p, q)| p == q).count())
+            .collect();
+        let mode = if invariant {
+            "split-invariant"
+        } else {
+            "cuBLAS"
+        };
+        eprintln!(
+            "{name} ({mode}): {same} of {} replies identical at TP=1 and TP={}",
+            ps.len(),
+            a.tp
+        );
+        rows.push(json!({
+            "model": name,
+            "arithmetic": mode,
+            "requests": ps.len(),
+            "identical_requests": same,
+            "reply_tokens": one.iter().map(Vec::len).collect::<Vec<_>>(),
+            "common_prefix_tokens": common,
+            "decode_tok_s_tp1": decode_tok_s[0],
+            "decode_tok_s_tpn": decode_tok_s[1],
+            "tokens_tp1": one,
+            "tokens_tpn": n,
+        }));
     }
-    let (one, n) = (&replies[0], &replies[1]);
-    let same = one.iter().zip(n).filter(|(x, y)| x == y).count();
-    let common: Vec<usize> = one
-        .iter()
-        .zip(n)
-        .map(|(x, y)| x.iter().zip(y).take_while(|(p, q)| p == q).count())
-        .collect();
-    eprintln!(
-        "{name}: {same} of {} replies identical at TP=1 and TP={}",
-        ps.len(),
-        a.tp
-    );
-    Ok(json!({
-        "model": name,
-        "requests": ps.len(),
-        "identical_requests": same,
-        "reply_tokens": one.iter().map(Vec::len).collect::<Vec<_>>(),
-        "common_prefix_tokens": common,
-        "tokens_tp1": one,
-        "tokens_tpn": n,
-    }))
+    Ok(rows)
 }
 
 pub fn run(a: TpBenchArgs) -> Result<()> {
@@ -277,7 +297,7 @@ pub fn run(a: TpBenchArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut ids = vec![];
     for p in &a.model {
-        ids.push(identity(p, &a)?);
+        ids.extend(identity(p, &a)?);
     }
     let mut speeds = vec![];
     for r in a.random.iter().filter(|r| r.as_str() != "none") {
@@ -310,15 +330,18 @@ fn markdown(j: &Value) -> String {
         j["machine"].as_str().unwrap_or("?")
     );
     if let Some(ids) = j["identity"].as_array().filter(|v| !v.is_empty()) {
-        s += &format!("## Greedy replies, TP=1 vs TP={tp}\n\n| model | identical replies | tokens per reply | common prefix |\n|---|---|---|---|\n");
+        s += &format!("## Greedy replies, TP=1 vs TP={tp}\n\n| model | arithmetic | identical replies | tokens per reply | common prefix | decode tok/s TP=1 | TP={tp} |\n|---|---|---|---|---|---|---|\n");
         for r in ids {
             s += &format!(
-                "| {} | {} of {} | {} | {} |\n",
+                "| {} | {} | {} of {} | {} | {} | {:.1} | {:.1} |\n",
                 r["model"].as_str().unwrap_or("?"),
+                r["arithmetic"].as_str().unwrap_or("?"),
                 r["identical_requests"],
                 r["requests"],
                 r["reply_tokens"],
-                r["common_prefix_tokens"]
+                r["common_prefix_tokens"],
+                r["decode_tok_s_tp1"].as_f64().unwrap_or(0.0),
+                r["decode_tok_s_tpn"].as_f64().unwrap_or(0.0)
             );
         }
         s += "\n";

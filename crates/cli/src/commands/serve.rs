@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// the MLP.
     #[arg(long, default_value_t = 1)]
     pub tensor_parallel: usize,
+    /// Split-invariant GPU arithmetic: logits identical bit for bit at every tensor-parallel
+    /// size (1, 2, 4, 8), so greedy replies do not change with the GPU count; slower (the
+    /// projections run on the project's own GEMM instead of cuBLAS).
+    #[arg(long)]
+    pub split_invariant: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -99,6 +104,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         },
         device,
         tensor_parallel: a.tensor_parallel,
+        split_invariant: a.split_invariant,
         ..Default::default()
     };
     let engine = engine::Engine::start(Arc::new(m), cfg)?;

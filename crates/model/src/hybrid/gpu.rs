@@ -11,7 +11,7 @@
 //!   rule), gated per-head RMSNorm, output projection.
 //!
 //! Shapes: B sequences of T tokens each, all at the same position; N = B·T rows.
-use super::{HybridModel, Mixer};
+use super::{tensor_parallel, HybridModel, Mixer};
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
@@ -81,6 +81,10 @@ pub struct GpuHybrid {
     /// ([`super::tensor_parallel`]): the mixers' and MLPs' output projections are summed
     /// over the group.
     tp: Option<Collective>,
+    /// Where the MLP blocks this model holds start in its `down_proj`'s K, and its hidden
+    /// size last ([`super::tensor_parallel::mlp_unit_starts`]): the units a split-invariant
+    /// `down_proj` sums by the tree.
+    mlp_starts: Vec<usize>,
 }
 
 enum LayerCache {
@@ -269,6 +273,7 @@ impl GpuHybrid {
             },
             norm: gpu.upload(cpu.top.get("model.norm.weight"))?,
             blocks,
+            mlp_starts: tensor_parallel::mlp_unit_starts(c.intermediate_size, 0, 1),
             config: c,
             gpu,
             tp: None,
@@ -276,9 +281,21 @@ impl GpuHybrid {
     }
 
     /// Makes this model rank `collective.rank()` of a tensor-parallel group: it must hold that
-    /// rank's slice ([`super::tensor_parallel::shard`]) on the collective's GPU.
-    pub fn join(&mut self, collective: Collective) {
+    /// rank's slice ([`super::tensor_parallel::shard`]) of a model whose MLP has
+    /// `whole_intermediate` hidden units, on the collective's GPU.
+    pub fn join(&mut self, collective: Collective, whole_intermediate: usize) {
+        self.mlp_starts = tensor_parallel::mlp_unit_starts(
+            whole_intermediate,
+            collective.rank(),
+            collective.world(),
+        );
         self.tp = Some(collective);
+    }
+
+    /// Split-invariant arithmetic ([`tensor::cuda::invariant`]): the same logits, bit for bit,
+    /// whole or split over a power-of-two number of ranks (each rank must be told); slower.
+    pub fn set_split_invariant(&self, on: bool) {
+        self.gpu.set_split_invariant(on);
     }
 
     /// The tensor-parallel rank (0 when the model is whole).
@@ -478,7 +495,8 @@ impl GpuHybrid {
                 g.matmul_nt_bf16(&h, &m.up, &mut ut, n, f, d)?;
                 let mut act = g.zeros::<bf16>(n * f)?;
                 g.swiglu_bf16(&gt, &ut, &mut act, n * f)?;
-                project_out(g, self.tp.as_ref(), &act, &m.down, &mut y, (n, d, f))?;
+                let units = &self.mlp_starts;
+                project_out(g, self.tp.as_ref(), &act, &m.down, &mut y, (n, d, f), units)?;
                 g.add_bf16(&mut x, &y, n * d)?;
             }
         }
@@ -566,6 +584,10 @@ fn linear_layer(gpu: &Gpu, c: &LinearConfig, p: &Params) -> Result<GpuLinear> {
 /// y[n, out] = x·wᵀ for a projection out of heads or hidden units. Alone: one bf16 GEMM. As a
 /// tensor-parallel rank, x holds this rank's heads or units: the partial products are summed
 /// over the group in f32 and rounded to bf16 once, as the one GEMM over all of them would be.
+///
+/// Split-invariant: K is cut at `units` (where each head group or MLP block starts, K last),
+/// the units' products summed by the fixed tree in f32; a rank's sum is a subtree, so the
+/// ranks' sums gathered and added by the same tree are the whole model's bits.
 fn project_out(
     g: &Gpu,
     tp: Option<&Collective>,
@@ -573,7 +595,21 @@ fn project_out(
     w: &CudaSlice<bf16>,
     y: &mut CudaSlice<bf16>,
     (n, out, k): (usize, usize, usize),
+    units: &[usize],
 ) -> Result<()> {
+    if g.split_invariant() {
+        let mut part = g.zeros::<f32>(n * out)?;
+        g.matmul_units_f32(x, w, &mut part, (n, out, k), units)?;
+        match tp {
+            None => g.f32_to_bf16(&part, y, n * out)?,
+            Some(c) => {
+                let mut all = g.zeros::<f32>(c.world() * n * out)?;
+                c.all_gather_f32(&part, &mut all)?;
+                g.tree_sum_bf16(&all, c.world(), y)?;
+            }
+        }
+        return Ok(());
+    }
     match tp {
         None => g.matmul_nt_bf16(x, w, y, n, out, k)?,
         Some(c) => {
@@ -652,7 +688,9 @@ fn attention_forward(
     if let Some(gt) = &gate {
         g.sigmoid_gate_mul(&mut o, gt, n * nh * dh)?;
     }
-    project_out(g, tp, &o, &a.o, y, (n, d, nh * dh))?;
+    // Units: the key/value heads' groups of query heads (what tensor parallelism deals out).
+    let units: Vec<usize> = (0..=hk).map(|i| i * (nh / hk) * dh).collect();
+    project_out(g, tp, &o, &a.o, y, (n, d, nh * dh), &units)?;
     Ok(())
 }
 
@@ -840,6 +878,9 @@ fn linear_forward(
         c.norm_eps,
         c.kind == LinearKind::Kda,
     )?;
-    project_out(g, tp, &yn, &l.o, y, (n, d, cv))?;
+    // Units: each q/k head with the value heads that read it (what tensor parallelism deals
+    // out).
+    let units: Vec<usize> = (0..=nh).map(|i| i * cv / nh).collect();
+    project_out(g, tp, &yn, &l.o, y, (n, d, cv), &units)?;
     Ok(kept)
 }

@@ -78,7 +78,7 @@ impl GpuTp {
                 let gpus: Vec<&Gpu> = ranks.iter().map(|r| &r.gpu).collect();
                 let comms = Collective::group(&gpus)?;
                 for (r, c) in ranks.iter_mut().zip(comms) {
-                    r.join(c);
+                    r.join(c, cpu.config.intermediate_size);
                 }
                 ranks
             }
@@ -91,6 +91,22 @@ impl GpuTp {
 
     pub fn world(&self) -> usize {
         self.ranks.len()
+    }
+
+    /// Split-invariant arithmetic on every rank ([`GpuHybrid::set_split_invariant`]): the
+    /// logits are then the same bits as the model's whole on one GPU (also in this mode).
+    /// The tree the sums follow is cut evenly only by a power-of-two number of ranks.
+    pub fn set_split_invariant(&self, on: bool) -> Result<()> {
+        if on && !self.world().is_power_of_two() {
+            bail!(
+                "split-invariant arithmetic needs a power-of-two number of GPUs (1, 2, 4, 8); this group has {}",
+                self.world()
+            );
+        }
+        for r in &self.ranks {
+            r.set_split_invariant(on);
+        }
+        Ok(())
     }
 
     /// Rank 0's device: where the logits are.

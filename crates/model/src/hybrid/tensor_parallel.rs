@@ -22,9 +22,53 @@ use mixers::linear_mixer::{LinearKind, LinearMixer};
 use mixers::params::{linear, Params};
 use tensor::cpu;
 
-/// The units `rank` holds when `n` are split over `world` ranks.
+/// The units `rank` holds when `n` are split over `world` ranks. For a power-of-two world,
+/// the node at depth log2(world) of the tree that halves a range (the left half getting the
+/// floor): the tree the split-invariant sums add by ([`tensor::cuda::invariant`]), so that a
+/// rank's partial sum is one of its subtrees. That equals `r·n/world .. (r+1)·n/world` for 2
+/// and 4 ranks, not always for 8; other worlds take that.
 pub fn split(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
-    rank * n / world..(rank + 1) * n / world
+    if !world.is_power_of_two() {
+        return rank * n / world..(rank + 1) * n / world;
+    }
+    let (mut lo, mut hi) = (0, n);
+    let mut bit = world >> 1;
+    while bit > 0 {
+        let mid = lo + (hi - lo) / 2;
+        if rank & bit != 0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        bit >>= 1;
+    }
+    lo..hi
+}
+
+/// Blocks the MLP's hidden units are dealt out in: a rank holds whole blocks, and the
+/// split-invariant `down_proj` sums their partial products by the tree. Fixed by the model
+/// (not by the world) so that every split sums the same blocks.
+pub const MLP_BLOCKS: usize = 8;
+
+/// The MLP blocks of `f` hidden units: block i is `i·f/B .. (i+1)·f/B`, B = min(8, f).
+fn mlp_blocks(f: usize) -> usize {
+    f.min(MLP_BLOCKS)
+}
+
+/// The hidden units `rank` holds: its blocks ([`split`] of the blocks).
+pub fn mlp_split(f: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let nb = mlp_blocks(f);
+    let b = split(nb, rank, world);
+    b.start * f / nb..b.end * f / nb
+}
+
+/// Where rank `rank`'s MLP blocks start within its own hidden units, and its count last:
+/// the K units of its `down_proj` (the whole model's: world 1).
+pub fn mlp_unit_starts(f: usize, rank: usize, world: usize) -> Vec<usize> {
+    let nb = mlp_blocks(f);
+    let b = split(nb, rank, world);
+    let base = b.start * f / nb;
+    (b.start..=b.end).map(|i| i * f / nb - base).collect()
 }
 
 /// Whether `model` can be split over `world` ranks; the error names the layer and the count.
@@ -36,8 +80,11 @@ pub fn check(model: &HybridModel, world: usize) -> Result<()> {
         bail!("mixture-of-experts models cannot be split for tensor parallelism yet");
     }
     let f = model.config.intermediate_size;
-    if f > 0 && f < world {
-        bail!("the MLP's {f} hidden units cannot be split over {world} ranks");
+    if f > 0 && mlp_blocks(f) < world {
+        bail!(
+            "the MLP's {f} hidden units are dealt out in {} blocks, which cannot be split over {world} ranks",
+            mlp_blocks(f)
+        );
     }
     for (i, bl) in model.blocks.iter().enumerate() {
         let (what, n) = match &bl.mixer {
@@ -179,7 +226,7 @@ pub fn shard(model: &HybridModel, rank: usize, world: usize) -> Result<HybridMod
     if rank >= world {
         bail!("rank {rank} is outside a world of {world}");
     }
-    let f = split(model.config.intermediate_size, rank, world);
+    let f = mlp_split(model.config.intermediate_size, rank, world);
     let blocks = model
         .blocks
         .iter()

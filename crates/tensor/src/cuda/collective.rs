@@ -61,4 +61,22 @@ impl Collective {
             .map_err(|e| Error::Msg(format!("NCCL all-reduce failed: {e:?}")))?;
         Ok(())
     }
+
+    /// out[r · x.len() ..][.. x.len()] ← rank r's x, for every rank, queued on this rank's
+    /// stream: every rank then holds all the partials and can add them in an order of its
+    /// choosing (an all-reduce's order is NCCL's, and changes with the group's size).
+    pub fn all_gather_f32(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
+        if out.len() != x.len() * self.world() {
+            return Err(Error::Msg(format!(
+                "all-gather of {} values over {} ranks into {}",
+                x.len(),
+                self.world(),
+                out.len()
+            )));
+        }
+        self.comm
+            .all_gather(x, out)
+            .map_err(|e| Error::Msg(format!("NCCL all-gather failed: {e:?}")))?;
+        Ok(())
+    }
 }

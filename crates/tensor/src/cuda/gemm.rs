@@ -18,6 +18,9 @@ impl Gpu {
         n: usize,
         k: usize,
     ) -> Result<()> {
+        if self.split_invariant() {
+            return self.matmul_units_f32(a, b, c, (m, n, k), &[0, k]);
+        }
         self.gemm_bf16_f32((false, true), a, b, c, (m, n, k), false)
     }
 

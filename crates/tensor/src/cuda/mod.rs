@@ -14,6 +14,7 @@ pub mod flash;
 mod gemm;
 mod gguf_ops;
 mod hybrid_ops;
+pub mod invariant;
 pub mod libs;
 mod model_train_ops;
 mod ops;
@@ -39,6 +40,7 @@ use half::bf16;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Kernel sources, compiled together with the shared header.
@@ -60,6 +62,8 @@ pub const CONV_BWD: (&str, &str) = ("conv_bwd", include_str!("kernels/conv_bwd.c
 pub const LOSS: (&str, &str) = ("loss", include_str!("kernels/loss.cu"));
 pub const TRAIN_OPS: (&str, &str) = ("train_ops", include_str!("kernels/train_ops.cu"));
 pub const MODEL_TRAIN: (&str, &str) = ("model_train", include_str!("kernels/model_train.cu"));
+pub const GEMM_INVARIANT: (&str, &str) =
+    ("gemm_invariant", include_str!("kernels/gemm_invariant.cu"));
 
 /// Shapes of a linear-mixer decode step (see kernels/gdn_step.cu).
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +92,10 @@ pub struct Gpu {
     /// Loaded kernel handles: looking one up in the module on every launch cost most of a
     /// batch-1 decode step (≈500 launches a token).
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// Split-invariant arithmetic on ([`invariant`]).
+    invariant: AtomicBool,
+    /// Unit boundaries of invariant GEMMs, on the device.
+    unit_starts: Mutex<HashMap<Vec<i32>, Arc<CudaSlice<i32>>>>,
 }
 
 /// Where compiled kernels are cached: `$HYBRID_CACHE/kernels` (default ~/.cache/hybrid/kernels).
@@ -145,6 +153,8 @@ impl Gpu {
             blas,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            invariant: AtomicBool::new(false),
+            unit_starts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -448,6 +458,9 @@ impl Gpu {
         n: usize,
         k: usize,
     ) -> Result<()> {
+        if self.split_invariant() {
+            return self.matmul_nt_invariant_bf16(a, b, c, (m, n, k));
+        }
         // Row-major C = A Bᵀ is column-major Cᵀ = B Aᵀ: cuBLAS with (op_b = T on B, op_a = N).
         let cfg = GemmConfig {
             transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,

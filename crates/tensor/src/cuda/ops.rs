@@ -205,7 +205,14 @@ impl Gpu {
         } else {
             past + t
         };
-        let max_splits = (1024 / rows).max(1);
+        // Split-invariant arithmetic (see `invariant`) bounds the splits by the tokens alone:
+        // a split depending on the head count would merge in another order on a tensor-parallel
+        // rank, which holds fewer heads.
+        let max_splits = if self.split_invariant() {
+            (8192 / (b * t)).max(1)
+        } else {
+            (1024 / rows).max(1)
+        };
         let splits = keys.div_ceil(256).clamp(1, max_splits);
         let split_len = keys.div_ceil(splits);
         let part = if splits > 1 {
