@@ -358,32 +358,8 @@ fn data_parallel_step(
         g.step(layout, spec.lr, 1.0)?;
         Ok(kl * weight)
     };
-    if world == 1 {
-        return one(&mut *ranks[0], 0..b);
-    }
     let split = model::hybrid::tensor_parallel::split;
-    let kls: Vec<Result<f32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .iter_mut()
-            .enumerate()
-            .map(|(r, g)| {
-                let one = &one;
-                s.spawn(move || {
-                    g.g.ctx
-                        .bind_to_thread()
-                        .map_err(|e| anyhow::anyhow!("binding GPU {r}: {e:?}"))?;
-                    one(g, split(b, r, world))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a data-parallel replica panicked"))
-            })
-            .collect()
-    });
+    let kls = tensor::cuda::each_on_its_gpu(ranks, |g| &g.g.ctx, |r, g| one(g, split(b, r, world)));
     kls.into_iter().sum()
 }
 

@@ -50,6 +50,10 @@ pub struct TpBenchArgs {
     /// own thread (no NCCL): whether one process's threads slow each other down.
     #[arg(long)]
     pub contention: bool,
+    /// Time the random-weight hybrids with split-invariant arithmetic (what identical replies
+    /// at every GPU count cost) instead of cuBLAS.
+    #[arg(long)]
+    pub split_invariant: bool,
 }
 
 /// A hybrid with a preset's dimensions: every fourth layer full attention, the rest GDN.
@@ -142,6 +146,7 @@ fn throughput(name: &str, a: &TpBenchArgs) -> Result<Value> {
     let mut speeds: Vec<Vec<(f64, f64, f64)>> = vec![];
     for devices in &groups {
         let m = GpuTp::new(&cpu, devices)?;
+        m.set_split_invariant(a.split_invariant)?;
         let mut row = vec![];
         for &b in &a.batch {
             let (dec, pre, host) = decode_speed(&m, b, a.prompt_tokens, a.steps)?;
@@ -208,6 +213,7 @@ fn throughput(name: &str, a: &TpBenchArgs) -> Result<Value> {
         "hidden": cpu.config.hidden_size,
         "layers": cpu.config.num_hidden_layers,
         "layout": "3 GDN : 1 FA",
+        "arithmetic": if a.split_invariant { "split-invariant" } else { "cuBLAS" },
         "rows": rows,
         "concurrent_whole_copies": contention,
     }))
@@ -348,11 +354,12 @@ fn markdown(j: &Value) -> String {
     }
     for p in j["throughput"].as_array().into_iter().flatten() {
         s += &format!(
-            "## Random-weight hybrid {} ({:.2}B parameters, {} layers, {}), prompt {} tokens\n\n| batch | decode tok/s TP=1 | TP={tp} | speedup | efficiency | prefill tok/s TP=1 | TP={tp} |\n|---|---|---|---|---|---|---|\n",
+            "## Random-weight hybrid {} ({:.2}B parameters, {} layers, {}, {}), prompt {} tokens\n\n| batch | decode tok/s TP=1 | TP={tp} | speedup | efficiency | prefill tok/s TP=1 | TP={tp} |\n|---|---|---|---|---|---|---|\n",
             p["preset"].as_str().unwrap_or("?"),
             p["params"].as_f64().unwrap_or(0.0) / 1e9,
             p["layers"],
             p["layout"].as_str().unwrap_or("?"),
+            p["arithmetic"].as_str().unwrap_or("cuBLAS"),
             j["prompt_tokens"]
         );
         for r in p["rows"].as_array().into_iter().flatten() {

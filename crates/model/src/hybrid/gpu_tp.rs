@@ -137,34 +137,11 @@ impl GpuTp {
                 self.ranks.len()
             );
         }
-        if let ([rank], [state]) = (&self.ranks[..], &mut states[..]) {
-            return Ok(vec![f(rank, state)?]);
-        }
-        let f = &f;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .ranks
-                .iter()
-                .zip(states.iter_mut())
-                .map(|(rank, state)| {
-                    s.spawn(move || {
-                        // cuBLAS runs in the thread's current context.
-                        rank.gpu
-                            .ctx
-                            .bind_to_thread()
-                            .map_err(|e| anyhow::anyhow!("binding GPU {:?}", e))?;
-                        f(rank, state)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| bail!("a tensor-parallel rank panicked"))
-                })
-                .collect()
-        })
+        let mut pairs: Vec<(&GpuHybrid, &mut GpuHybridState)> =
+            self.ranks.iter().zip(states.iter_mut()).collect();
+        tensor::cuda::each_on_its_gpu(&mut pairs, |(r, _)| &r.gpu.ctx, |_, (r, s)| f(r, s))
+            .into_iter()
+            .collect()
     }
 
     /// Runs tokens [B, T] after what `state` holds; returns logits [B·T, V] (f32, on rank 0's

@@ -19,7 +19,9 @@ pub mod libs;
 mod model_train_ops;
 mod ops;
 mod ops_bwd;
+mod threads;
 mod train_ops;
+pub use threads::each_on_its_gpu;
 pub use train_ops::GateActivation;
 
 pub use chunk_linear::{ChunkDims, ChunkScratch};

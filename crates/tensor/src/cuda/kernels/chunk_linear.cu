@@ -123,6 +123,28 @@ __device__ __forceinline__ void copy_out(bf16_t* dst, const bf16_t* src, int row
     }
 }
 
+// A butterfly step of [`butterfly16`]: a lane keeps the half of its values that its bit O
+// selects and adds its partner's copy of that half.
+template <int O, int H>
+__device__ __forceinline__ void butterfly_step(float (&v)[16], int lane) {
+    const bool up = lane & O;
+#pragma unroll
+    for (int q = 0; q < H; ++q) {
+        float send = up ? v[q] : v[q + H], keep = up ? v[q + H] : v[q];
+        v[q] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+}
+
+// Sums 16 values over a warp at once (16 shuffles where 16 separate reductions take 80):
+// lanes 2j and 2j + 1 return the warp's sum of v[j].
+__device__ __forceinline__ float butterfly16(float (&v)[16], int lane) {
+    butterfly_step<16, 8>(v, lane);
+    butterfly_step<8, 4>(v, lane);
+    butterfly_step<4, 2>(v, lane);
+    butterfly_step<2, 1>(v, lane);
+    return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+}
+
 template <int KP>
 __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                            const bf16_t* __restrict__ v, const float* __restrict__ g,
@@ -180,13 +202,35 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
     for (int r = tid; r < CH; r += blockDim.x)
         sb[r] = (r < n && delta) ? beta[((long)b * T + t0 + r) * HV + hv] : 1.0f;
+    // One decay per token (GDN): its cumulative sum is one column (cum[r·KP], the only one
+    // read), scanned by warp 0, and the per-row factors e^{cum_r} and e^{cum_last − cum_r}
+    // that QG, KT and βK need go to `rowf` (in Tb, free until T is written) instead of an
+    // exponential per element.
+    float* rowf = (float*)Tb;
     if (g_per_head) {
-        // One decay per token: 64 loads, broadcast over the channels from shared memory.
         float* gh = A;  // A is free until M is written
         for (int r = tid; r < CH; r += blockDim.x)
             gh[r] = (r < n) ? g[((long)b * T + t0 + r) * HV + hv] : 0.f;  // padding: no decay
         __syncthreads();
-        for (int i = tid; i < CH * KP; i += blockDim.x) cum[i] = (i % KP < kd) ? gh[i / KP] : 0.f;
+        if (warp == 0) {
+            const float a0 = gh[2 * lane], a1 = gh[2 * lane + 1];
+            float s = a0 + a1;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                float y = __shfl_up_sync(0xffffffffu, s, o);
+                if (lane >= o) s += y;
+            }
+            float before = __shfl_up_sync(0xffffffffu, s, 1);
+            if (lane == 0) before = 0.f;
+            const float c0 = before + a0, c1 = c0 + a1;
+            const float last = __shfl_sync(0xffffffffu, c1, 31);
+            cum[(2 * lane) * KP] = c0;
+            cum[(2 * lane + 1) * KP] = c1;
+            rowf[2 * lane] = __expf(c0);
+            rowf[2 * lane + 1] = __expf(c1);
+            rowf[CH + 2 * lane] = __expf(last - c0);
+            rowf[CH + 2 * lane + 1] = __expf(last - c1);
+        }
     } else if (kd == KP) {
         for (int i = tid; i < CH * KP / 4; i += blockDim.x) {
             int r = i / (KP / 4), p = (i % (KP / 4)) * 4;
@@ -201,11 +245,13 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         }
     }
     __syncthreads();
-    for (int ch = tid; ch < KP; ch += blockDim.x) {
-        float acc = 0.f;
-        for (int r = 0; r < CH; ++r) {
-            acc += cum[r * KP + ch];
-            cum[r * KP + ch] = acc;
+    if (!g_per_head) {
+        for (int ch = tid; ch < KP; ch += blockDim.x) {
+            float acc = 0.f;
+            for (int r = 0; r < CH; ++r) {
+                acc += cum[r * KP + ch];
+                cum[r * KP + ch] = acc;
+            }
         }
     }
     __syncthreads();
@@ -298,25 +344,36 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             }
             __syncthreads();
         }
-        // Diagonal blocks: one warp per (matrix, block, li ≥ lj) pair, lanes over channels (row
-        // strides in cum would put a warp's loads in one bank); zeros above within the block.
-        for (int task = warp; task < 2 * 4 * 136; task += 8) {
-            const int mat = task / 544, rem = task % 544, blk16 = rem / 136, p = rem % 136;
-            int li = (int)((sqrtf(8.f * p + 1.f) - 1.f) * 0.5f);
-            while ((li + 1) * (li + 2) / 2 <= p) ++li;
-            while (li * (li + 1) / 2 > p) --li;
-            const int lj = p - li * (li + 1) / 2;
-            if (mat == 0 && (!delta || lj == li)) continue;  // M's diagonal is never read
-            const int i = blk16 * 16 + li, j = blk16 * 16 + lj;
-            const bf16_t* xa = mat ? qb : kb;
-            float acc = 0.f;
-            for (int ch = lane; ch < KP; ch += 32)
-                acc += bf16_to_f32(xa[i * LDK + ch]) * bf16_to_f32(kb[j * LDK + ch]) *
-                       __expf(cum[i * KP + ch] - cum[j * KP + ch]);
-            acc = warp_sum(acc);
-            if (lane == 0) {
-                if (mat) aqk_out[i * CH + j] = to_bf16(acc * scale);
-                else A[i * (CH + 1) + j] = acc * sb[i];
+        // Diagonal blocks: one warp per (block, row i), lanes over channels (row strides in
+        // cum would put a warp's loads in one bank), all 16 columns j of the block and both
+        // matrices at once: q_i, k_i, cum_i load once, each e^{cum_i − cum_j} serves M and AQK,
+        // and the 32 sums are independent (one pair per warp was a chain of dependent loads and
+        // a 5-step reduction each). Columns past i are computed too (no divergent branches) with
+        // the exponent clamped at 0 so they stay finite, and dropped at the store.
+        for (int task = warp; task < 4 * 16; task += 8) {
+            const int blk16 = task >> 4, li = task & 15;
+            const int i = blk16 * 16 + li, j0 = blk16 * 16;
+            float aq[16], ak[16];
+#pragma unroll
+            for (int jj = 0; jj < 16; ++jj) aq[jj] = ak[jj] = 0.f;
+#pragma unroll
+            for (int c = 0; c < KP / 32; ++c) {
+                const int ch = lane + 32 * c;
+                const float qi = bf16_to_f32(qb[i * LDK + ch]), ki = bf16_to_f32(kb[i * LDK + ch]);
+                const float ci = cum[i * KP + ch];
+#pragma unroll
+                for (int jj = 0; jj < 16; ++jj) {
+                    const float kj = bf16_to_f32(kb[(j0 + jj) * LDK + ch]) *
+                                     __expf(fminf(ci - cum[(j0 + jj) * KP + ch], 0.f));
+                    aq[jj] += qi * kj;
+                    ak[jj] += ki * kj;
+                }
+            }
+            const float sq = butterfly16(aq, lane), sk = delta ? butterfly16(ak, lane) : 0.f;
+            const int lj = lane >> 1, j = j0 + lj;
+            if ((lane & 1) == 0) {
+                if (lj <= li) aqk_out[i * CH + j] = to_bf16(sq * scale);
+                if (delta && lj < li) A[i * (CH + 1) + j] = sk * sb[i];
             }
         }
         for (int e = tid; e < 4 * 256; e += blockDim.x) {
@@ -328,13 +385,23 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
 
     // QG in place in qb, KT staged transposed in X, EL; then both out with 16-byte stores.
     const int last = CH - 1;
-    for (int i = tid; i < CH * KP; i += blockDim.x) {
-        int r = i / KP, ch = i % KP;
-        float cr = cum[i];
-        qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * __expf(cr));
-        X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * __expf(cum[last * KP + ch] - cr));
+    if (g_per_head) {
+        for (int i = tid; i < CH * KP; i += blockDim.x) {
+            int r = i / KP, ch = i % KP;
+            qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * (scale * rowf[r]));
+            X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * rowf[CH + r]);
+        }
+        // Channels past kd carry no decay (as the per-channel path's zero-padded cum gives).
+        for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = ch < kd ? rowf[last] : 1.f;
+    } else {
+        for (int i = tid; i < CH * KP; i += blockDim.x) {
+            int r = i / KP, ch = i % KP;
+            float cr = cum[i];
+            qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * __expf(cr));
+            X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * __expf(cum[last * KP + ch] - cr));
+        }
+        for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = __expf(cum[last * KP + ch]);
     }
-    for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = __expf(cum[last * KP + ch]);
     __syncthreads();
     copy_out<KP>(QG + blk * CH * KP, qb, CH, KP, LDK, KP, KP);
     copy_out<KP>(KT + blk * KP * CH, X, KP, CH, LDC, CH, CH);
@@ -342,7 +409,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     // bkT = (β e^{cum} ⊙ K)ᵀ over qb.
     for (int i = tid; i < CH * KP; i += blockDim.x) {
         int r = i / KP, ch = i % KP;
-        bkT[ch * LDC + r] = to_bf16(sb[r] * __expf(cum[i]) * bf16_to_f32(kb[r * LDK + ch]));
+        float e = g_per_head ? rowf[r] : __expf(cum[i]);
+        bkT[ch * LDC + r] = to_bf16(sb[r] * e * bf16_to_f32(kb[r * LDK + ch]));
     }
 
     // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum, which is dead now):
@@ -374,25 +442,37 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         for (int d = 1; d < 4; ++d) {
             const int nb = 4 - d;
             float val[3];
-            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+#pragma unroll
+            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
+                const int e = tid + it * 256;
+                if (e >= nb * 256) break;
                 int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
                 float p = 0.f;
                 for (int m = J * 16; m < I * 16; ++m) p += A[row * LT + m] * TT[m * LT + col];
                 val[it] = p;
             }
-            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+#pragma unroll
+            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
+                const int e = tid + it * 256;
+                if (e >= nb * 256) break;
                 int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
                 TT[row * LT + col] = val[it];  // P_IJ, block (I, J) is not read above
             }
             __syncthreads();
-            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+#pragma unroll
+            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
+                const int e = tid + it * 256;
+                if (e >= nb * 256) break;
                 int J = e >> 8, I = J + d, r = (e & 255) >> 4, row = I * 16 + r, col = J * 16 + (e & 15);
                 float acc = 0.f;
                 for (int m = 0; m <= r; ++m) acc += TT[row * LT + I * 16 + m] * TT[(I * 16 + m) * LT + col];
                 val[it] = -acc;
             }
             __syncthreads();
-            for (int it = 0, e = tid; e < nb * 256; e += blockDim.x, ++it) {
+#pragma unroll
+            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
+                const int e = tid + it * 256;
+                if (e >= nb * 256) break;
                 int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
                 TT[row * LT + col] = val[it];
             }
