@@ -31,22 +31,28 @@ __device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Fragments by ldmatrix (one shared-memory instruction for what took four or two 32-bit
+// loads; the values are the same). Tiles live in shared memory with 16-byte-aligned rows.
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
 // A fragment: the 16x16 tile at (r0, k0) of a row-major bf16 matrix (k contiguous).
 __device__ __forceinline__ void frag_a(unsigned a[4], const bf16_t* s, int ld, int r0, int k0) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16_t* p = s + (r0 + g) * ld + k0 + 2 * t;
-    a[0] = *(const unsigned*)p;
-    a[1] = *(const unsigned*)(p + 8 * ld);
-    a[2] = *(const unsigned*)(p + 8);
-    a[3] = *(const unsigned*)(p + 8 * ld + 8);
+    int lane = threadIdx.x & 31;
+    unsigned addr = smem_u32(s + (r0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(addr)
+                 : "memory");
 }
 
 // B fragment: the 16(k) x 8(n) tile at (k0, n0) of a matrix stored [n][k] (k contiguous).
 __device__ __forceinline__ void frag_b(unsigned b[2], const bf16_t* s, int ld, int n0, int k0) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16_t* p = s + (n0 + g) * ld + k0 + 2 * t;
-    b[0] = *(const unsigned*)p;
-    b[1] = *(const unsigned*)(p + 8);
+    int lane = threadIdx.x & 31;
+    unsigned addr = smem_u32(s + (n0 + (lane & 7)) * ld + k0 + ((lane >> 3) & 1) * 8);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(b[0]), "=r"(b[1])
+                 : "r"(addr)
+                 : "memory");
 }
 
 // Round-to-nearest-even conversions in one instruction each (sm_80+; this file needs mma.sync,
@@ -60,6 +66,15 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
     unsigned short r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
+}
+
+// e^x by one ex2.approx with denormal results flushed to zero (__expf without fast-math
+// compiles to the same instruction wrapped in a range fix-up for denormals, which tripled the
+// instructions of the prep's exponential-heavy loops; decays that small are zero anyway).
+__device__ __forceinline__ float fast_exp(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
 }
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -226,10 +241,10 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             const float last = __shfl_sync(0xffffffffu, c1, 31);
             cum[(2 * lane) * KP] = c0;
             cum[(2 * lane + 1) * KP] = c1;
-            rowf[2 * lane] = __expf(c0);
-            rowf[2 * lane + 1] = __expf(c1);
-            rowf[CH + 2 * lane] = __expf(last - c0);
-            rowf[CH + 2 * lane + 1] = __expf(last - c1);
+            rowf[2 * lane] = fast_exp(c0);
+            rowf[2 * lane + 1] = fast_exp(c1);
+            rowf[CH + 2 * lane] = fast_exp(last - c0);
+            rowf[CH + 2 * lane + 1] = fast_exp(last - c1);
         }
     } else if (kd == KP) {
         for (int i = tid; i < CH * KP / 4; i += blockDim.x) {
@@ -287,7 +302,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
                 for (int e = 0; e < 4; ++e) {
                     int i = r0 + gq + (e >> 1) * 8, jj = j * 8 + 2 * tq + (e & 1);
                     bool keep = mat ? (jj <= i) : (jj < i);
-                    val[e] = keep ? acc[j][e] * __expf(cum[i * KP] - cum[jj * KP]) : 0.f;
+                    val[e] = keep ? acc[j][e] * fast_exp(cum[i * KP] - cum[jj * KP]) : 0.f;
                     if (!mat) A[i * (CH + 1) + jj] = val[e] * sb[i];
                 }
                 if (mat) {
@@ -312,10 +327,10 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
                 if (r < 32) {
                     int row = ri + (r & 15);
                     const bf16_t* src = (r < 16) ? kb : qb;
-                    xs[r * LDK + ch] = to_bf16(bf16_to_f32(src[row * LDK + ch]) * __expf(cum[row * KP + ch] - ref));
+                    xs[r * LDK + ch] = to_bf16(bf16_to_f32(src[row * LDK + ch]) * fast_exp(cum[row * KP + ch] - ref));
                 } else {
                     int row = r - 32;
-                    ks_[row * LDK + ch] = to_bf16(bf16_to_f32(kb[row * LDK + ch]) * __expf(ref - cum[row * KP + ch]));
+                    ks_[row * LDK + ch] = to_bf16(bf16_to_f32(kb[row * LDK + ch]) * fast_exp(ref - cum[row * KP + ch]));
                 }
             }
             __syncthreads();
@@ -364,7 +379,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
 #pragma unroll
                 for (int jj = 0; jj < 16; ++jj) {
                     const float kj = bf16_to_f32(kb[(j0 + jj) * LDK + ch]) *
-                                     __expf(fminf(ci - cum[(j0 + jj) * KP + ch], 0.f));
+                                     fast_exp(fminf(ci - cum[(j0 + jj) * KP + ch], 0.f));
                     aq[jj] += qi * kj;
                     ak[jj] += ki * kj;
                 }
@@ -397,10 +412,10 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         for (int i = tid; i < CH * KP; i += blockDim.x) {
             int r = i / KP, ch = i % KP;
             float cr = cum[i];
-            qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * __expf(cr));
-            X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * __expf(cum[last * KP + ch] - cr));
+            qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * scale * fast_exp(cr));
+            X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * fast_exp(cum[last * KP + ch] - cr));
         }
-        for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = __expf(cum[last * KP + ch]);
+        for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = fast_exp(cum[last * KP + ch]);
     }
     __syncthreads();
     copy_out<KP>(QG + blk * CH * KP, qb, CH, KP, LDK, KP, KP);
@@ -409,7 +424,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     // bkT = (β e^{cum} ⊙ K)ᵀ over qb.
     for (int i = tid; i < CH * KP; i += blockDim.x) {
         int r = i / KP, ch = i % KP;
-        float e = g_per_head ? rowf[r] : __expf(cum[i]);
+        float e = g_per_head ? rowf[r] : fast_exp(cum[i]);
         bkT[ch * LDC + r] = to_bf16(sb[r] * e * bf16_to_f32(kb[r * LDK + ch]));
     }
 
@@ -748,7 +763,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
 }
 
 #define PREP(KP)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(256) chunk_prep_k##KP(                            \
+    extern "C" __global__ void __launch_bounds__(256, 2) chunk_prep_k##KP(  /* 2 fit in shared memory */ \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const float* g, const float* beta,      \
         bf16_t* W, bf16_t* U, bf16_t* QG, bf16_t* KT, bf16_t* AQK, float* EL, int T, int H, int HV, \
         int kd, int vd, int vp, float scale, int g_per_head, int delta) {                          \
