@@ -58,8 +58,40 @@ fn gpus() -> usize {
     cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize
 }
 
-/// Prefill then decode steps on `one` and `two`, logits compared at every call.
-fn compare(cpu: &HybridModel, one: &GpuTp, two: &GpuTp, b: usize, t: usize, steps: usize) {
+/// `b`'s logits against `a`'s: the same bits with split-invariant arithmetic, else within
+/// bf16 rounding ([`TOL`]).
+fn agree(a: &[f32], b: &[f32], invariant: bool, what: &str) {
+    if invariant {
+        assert_eq!(a.len(), b.len());
+        if let Some(i) = a
+            .iter()
+            .zip(b)
+            .position(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            panic!("{what}: first difference at {i}: {} vs {}", a[i], b[i]);
+        }
+    } else {
+        let e = rel_err(a, b);
+        eprintln!("  {what}: rel err {e:.2e}");
+        assert!(e < TOL, "{what}: {e}");
+    }
+}
+
+fn download(m: &GpuTp, l: &cudarc::driver::CudaSlice<f32>) -> Vec<f32> {
+    m.gpu().download(l).unwrap()
+}
+
+/// Prefill then decode steps on `one` and `two`, logits compared with each other and with the
+/// CPU at every call.
+fn compare(
+    cpu: &HybridModel,
+    one: &GpuTp,
+    two: &GpuTp,
+    b: usize,
+    t: usize,
+    steps: usize,
+    invariant: bool,
+) {
     let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(t, 3 + i as u64)).collect();
     let (mut s1, mut s2) = (
         one.new_state(b, t + steps).unwrap(),
@@ -69,140 +101,25 @@ fn compare(cpu: &HybridModel, one: &GpuTp, two: &GpuTp, b: usize, t: usize, step
     let mut feed = prompt;
     for step in 0..=steps {
         let want = cpu.forward(&feed, b, &mut cs, true).unwrap();
-        let l1 = one
-            .gpu()
-            .download(&one.forward(&feed, &mut s1).unwrap())
-            .unwrap();
-        let l2 = two
-            .gpu()
-            .download(&two.forward(&feed, &mut s2).unwrap())
-            .unwrap();
-        let (e12, e_cpu) = (rel_err(&l1, &l2), rel_err(&want, &l2));
-        eprintln!("  call {step}: TP=2 vs TP=1 {e12:.2e}, TP=2 vs CPU {e_cpu:.2e}");
-        assert!(e12 < TOL, "call {step}: TP=2 vs TP=1 {e12}");
+        let l1 = download(one, &one.forward(&feed, &mut s1).unwrap());
+        let l2 = download(two, &two.forward(&feed, &mut s2).unwrap());
+        agree(&l1, &l2, invariant, &format!("call {step}: TP=2 vs TP=1"));
+        let e_cpu = rel_err(&want, &l2);
         assert!(e_cpu < 5e-2, "call {step}: TP=2 vs CPU {e_cpu}");
         feed = tokens(b, 100 + step as u64);
     }
 }
 
-#[test]
-#[ignore]
-fn a_one_rank_group_matches_the_whole_model() {
+/// A model ranked in a one-rank NCCL group (the all-reduce or all-gather path on one GPU)
+/// against the same model whole, and both against the CPU.
+fn one_rank_group(invariant: bool) {
     let cpu = model("fa,gdn,kda,swa", true, (3, 6));
     let whole = GpuHybrid::new(&cpu, 0).unwrap();
     let mut ranked = GpuHybrid::new(&cpu, 0).unwrap();
     let comm = Collective::group(&[&ranked.gpu]).unwrap().pop().unwrap();
     ranked.join(comm, cpu.config.intermediate_size);
-    let p = tokens(50, 1);
-    let (mut a, mut b) = (
-        whole.new_state(1, 64).unwrap(),
-        ranked.new_state(1, 64).unwrap(),
-    );
-    for feed in [p, tokens(1, 2), tokens(1, 3)] {
-        let la = whole
-            .gpu
-            .download(&whole.forward(&feed, &mut a).unwrap())
-            .unwrap();
-        let lb = ranked
-            .gpu
-            .download(&ranked.forward(&feed, &mut b).unwrap())
-            .unwrap();
-        let e = rel_err(&la, &lb);
-        eprintln!("one-rank group: rel err {e:.2e}");
-        assert!(e < TOL, "{e}");
-    }
-}
-
-#[test]
-#[ignore]
-fn two_gpus_match_one_for_every_layer_kind() {
-    assert!(
-        gpus() >= 2,
-        "this test needs two GPUs; the machine has {}",
-        gpus()
-    );
-    for (layout, gate, lin, b) in [
-        ("fa,swa,gdn,kda,fa", false, (3, 6), 1),
-        ("gdn,fa,kda,swa", true, (3, 6), 2),
-        ("gla,fa,gla", false, (3, 3), 2),
-    ] {
-        eprintln!("{layout} gate={gate} B={b}");
-        let cpu = model(layout, gate, lin);
-        let one = GpuTp::new(&cpu, &[0]).unwrap();
-        let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
-        assert_eq!(two.world(), 2);
-        compare(&cpu, &one, &two, b, 70, 4);
-    }
-}
-
-#[test]
-#[ignore]
-fn two_gpus_verify_and_commit_like_one() {
-    assert!(
-        gpus() >= 2,
-        "this test needs two GPUs; the machine has {}",
-        gpus()
-    );
-    let cpu = model("gdn,fa,kda,swa", false, (3, 6));
-    let one = GpuTp::new(&cpu, &[0]).unwrap();
-    let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
-    let prompt = tokens(40, 5);
-    let drafts = tokens(4, 6);
-    for keep in [0, 2, 4] {
-        let (mut s1, mut s2) = (one.new_state(1, 64).unwrap(), two.new_state(1, 64).unwrap());
-        one.forward(&prompt, &mut s1).unwrap();
-        two.forward(&prompt, &mut s2).unwrap();
-        let (l1, lanes1) = one.forward_lanes(&drafts, &mut s1).unwrap();
-        let (l2, lanes2) = two.forward_lanes(&drafts, &mut s2).unwrap();
-        let e = rel_err(
-            &one.gpu().download(&l1).unwrap(),
-            &two.gpu().download(&l2).unwrap(),
-        );
-        assert!(e < TOL, "verification logits: {e}");
-        one.commit(&mut s1, lanes1, keep).unwrap();
-        two.commit(&mut s2, lanes2, keep).unwrap();
-        assert_eq!(s2.len(), 40 + keep);
-        let next = tokens(1, 7);
-        let a = one
-            .gpu()
-            .download(&one.forward(&next, &mut s1).unwrap())
-            .unwrap();
-        let b = two
-            .gpu()
-            .download(&two.forward(&next, &mut s2).unwrap())
-            .unwrap();
-        let e = rel_err(&a, &b);
-        eprintln!("keep {keep}: the step after the commit, TP=2 vs TP=1 {e:.2e}");
-        assert!(e < TOL, "keep {keep}: {e}");
-    }
-}
-
-/// Whether two logit buffers are the same bits; prints where they first differ.
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    assert_eq!(a.len(), b.len());
-    match a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x.to_bits() != y.to_bits())
-    {
-        None => true,
-        Some(i) => {
-            eprintln!("  first difference at {i}: {} vs {}", a[i], b[i]);
-            false
-        }
-    }
-}
-
-#[test]
-#[ignore]
-fn split_invariant_one_rank_group_is_the_whole_model_bit_for_bit() {
-    let cpu = model("fa,gdn,kda,swa", true, (3, 6));
-    let whole = GpuHybrid::new(&cpu, 0).unwrap();
-    whole.set_split_invariant(true);
-    let mut ranked = GpuHybrid::new(&cpu, 0).unwrap();
-    let comm = Collective::group(&[&ranked.gpu]).unwrap().pop().unwrap();
-    ranked.join(comm, cpu.config.intermediate_size);
-    ranked.set_split_invariant(true);
+    whole.set_split_invariant(invariant);
+    ranked.set_split_invariant(invariant);
     let (mut a, mut b) = (
         whole.new_state(1, 64).unwrap(),
         ranked.new_state(1, 64).unwrap(),
@@ -217,23 +134,42 @@ fn split_invariant_one_rank_group_is_the_whole_model_bit_for_bit() {
             .gpu
             .download(&ranked.forward(&feed, &mut b).unwrap())
             .unwrap();
-        assert!(same_bits(&la, &lb), "one-rank group");
-        // The invariant GEMM is still the model: close to the CPU's f32 logits.
+        agree(&la, &lb, invariant, "one-rank group vs whole");
         let want = cpu.forward(&feed, 1, &mut cs, true).unwrap();
         let e = rel_err(&want, &la);
-        eprintln!("split-invariant vs CPU: {e:.2e}");
-        assert!(e < 5e-2, "{e}");
+        assert!(e < 5e-2, "whole model vs CPU: {e}");
     }
 }
 
 #[test]
 #[ignore]
-fn two_gpus_split_invariant_give_the_same_bits_as_one() {
+fn a_one_rank_group_matches_the_whole_model() {
+    one_rank_group(false);
+}
+
+#[test]
+#[ignore]
+fn split_invariant_one_rank_group_is_the_whole_model_bit_for_bit() {
+    one_rank_group(true);
+}
+
+/// Both models, TP=1 and TP=2 (GPUs 0 and 1), in one arithmetic.
+fn one_and_two(cpu: &HybridModel, invariant: bool) -> (GpuTp, GpuTp) {
     assert!(
         gpus() >= 2,
         "this test needs two GPUs; the machine has {}",
         gpus()
     );
+    let one = GpuTp::new(cpu, &[0]).unwrap();
+    let two = GpuTp::new(cpu, &[0, 1]).unwrap();
+    assert_eq!(two.world(), 2);
+    one.set_split_invariant(invariant).unwrap();
+    two.set_split_invariant(invariant).unwrap();
+    (one, two)
+}
+
+/// Every layer kind, gates, grouped heads, one and two sequences.
+fn every_layer_kind(invariant: bool) {
     for (layout, gate, lin, b) in [
         ("fa,swa,gdn,kda,fa", false, (3, 6), 1),
         ("gdn,fa,kda,swa", true, (3, 6), 2),
@@ -241,52 +177,64 @@ fn two_gpus_split_invariant_give_the_same_bits_as_one() {
     ] {
         eprintln!("{layout} gate={gate} B={b}");
         let cpu = model(layout, gate, lin);
-        let one = GpuTp::new(&cpu, &[0]).unwrap();
-        let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
-        one.set_split_invariant(true).unwrap();
-        two.set_split_invariant(true).unwrap();
-        let prompt: Vec<u32> = (0..b).flat_map(|i| tokens(70, 3 + i as u64)).collect();
-        let (mut s1, mut s2) = (one.new_state(b, 80).unwrap(), two.new_state(b, 80).unwrap());
-        let mut feed = prompt;
-        for step in 0..5 {
-            let l1 = one
-                .gpu()
-                .download(&one.forward(&feed, &mut s1).unwrap())
-                .unwrap();
-            let l2 = two
-                .gpu()
-                .download(&two.forward(&feed, &mut s2).unwrap())
-                .unwrap();
-            assert!(same_bits(&l1, &l2), "{layout}: call {step}");
-            feed = tokens(b, 100 + step as u64);
-        }
+        let (one, two) = one_and_two(&cpu, invariant);
+        compare(&cpu, &one, &two, b, 70, 4, invariant);
     }
-    // Speculative verification lanes and the commit after them.
+}
+
+#[test]
+#[ignore]
+fn two_gpus_match_one_for_every_layer_kind() {
+    every_layer_kind(false);
+}
+
+#[test]
+#[ignore]
+fn two_gpus_split_invariant_give_the_same_bits_as_one() {
+    every_layer_kind(true);
+}
+
+/// Speculative verification lanes on both, then commits of 0, 2 and 4 drafts and a step.
+fn verify_and_commit(invariant: bool) {
     let cpu = model("gdn,fa,kda,swa", false, (3, 6));
-    let one = GpuTp::new(&cpu, &[0]).unwrap();
-    let two = GpuTp::new(&cpu, &[0, 1]).unwrap();
-    one.set_split_invariant(true).unwrap();
-    two.set_split_invariant(true).unwrap();
-    let (mut s1, mut s2) = (one.new_state(1, 64).unwrap(), two.new_state(1, 64).unwrap());
-    one.forward(&tokens(40, 5), &mut s1).unwrap();
-    two.forward(&tokens(40, 5), &mut s2).unwrap();
-    let (l1, lanes1) = one.forward_lanes(&tokens(4, 6), &mut s1).unwrap();
-    let (l2, lanes2) = two.forward_lanes(&tokens(4, 6), &mut s2).unwrap();
-    let (l1, l2) = (
-        one.gpu().download(&l1).unwrap(),
-        two.gpu().download(&l2).unwrap(),
-    );
-    assert!(same_bits(&l1, &l2), "verification");
-    one.commit(&mut s1, lanes1, 2).unwrap();
-    two.commit(&mut s2, lanes2, 2).unwrap();
-    let next = tokens(1, 7);
-    let a = one
-        .gpu()
-        .download(&one.forward(&next, &mut s1).unwrap())
-        .unwrap();
-    let b = two
-        .gpu()
-        .download(&two.forward(&next, &mut s2).unwrap())
-        .unwrap();
-    assert!(same_bits(&a, &b), "after the commit");
+    let (one, two) = one_and_two(&cpu, invariant);
+    let prompt = tokens(40, 5);
+    let drafts = tokens(4, 6);
+    for keep in [0, 2, 4] {
+        let (mut s1, mut s2) = (one.new_state(1, 64).unwrap(), two.new_state(1, 64).unwrap());
+        one.forward(&prompt, &mut s1).unwrap();
+        two.forward(&prompt, &mut s2).unwrap();
+        let (l1, lanes1) = one.forward_lanes(&drafts, &mut s1).unwrap();
+        let (l2, lanes2) = two.forward_lanes(&drafts, &mut s2).unwrap();
+        agree(
+            &download(&one, &l1),
+            &download(&two, &l2),
+            invariant,
+            "verification logits",
+        );
+        one.commit(&mut s1, lanes1, keep).unwrap();
+        two.commit(&mut s2, lanes2, keep).unwrap();
+        assert_eq!(s2.len(), 40 + keep);
+        let next = tokens(1, 7);
+        let a = download(&one, &one.forward(&next, &mut s1).unwrap());
+        let b = download(&two, &two.forward(&next, &mut s2).unwrap());
+        agree(
+            &a,
+            &b,
+            invariant,
+            &format!("keep {keep}: the step after the commit"),
+        );
+    }
+}
+
+#[test]
+#[ignore]
+fn two_gpus_verify_and_commit_like_one() {
+    verify_and_commit(false);
+}
+
+#[test]
+#[ignore]
+fn two_gpus_split_invariant_verify_and_commit_bit_for_bit() {
+    verify_and_commit(true);
 }
