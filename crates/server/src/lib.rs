@@ -50,6 +50,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .with_state(state)
+        .layer(axum::middleware::from_fn(refuse_oversized))
+}
+
+/// Request bodies past this are refused with 413 (axum's own body limit is the same 2 MiB).
+pub const MAX_BODY_BYTES: u64 = 2 << 20;
+
+/// 413 before reading a byte of a body whose declared length is past the limit. A client that
+/// waits for `100 Continue` (curl does above 1 MiB) then gets the answer without uploading
+/// anything; one that sends everything at once may see the connection close mid-upload, since
+/// the server does not read a body it has refused (axum's limit still stops undeclared ones).
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(error_body(
+                &format!("the request body is {n} bytes; the limit is {MAX_BODY_BYTES}"),
+                "invalid_request_error",
+            )),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Serves on `listener` until `shutdown` resolves; in-flight requests finish first.
