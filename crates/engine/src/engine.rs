@@ -103,12 +103,7 @@ impl EngineConfig {
             if self.device == tensor::Device::Cpu {
                 bail!("split-invariant arithmetic is a GPU mode (the CPU model runs whole, in f32); drop --split-invariant or use --device cuda");
             }
-            if !self.tensor_parallel.is_power_of_two() {
-                bail!(
-                    "split-invariant arithmetic needs a power-of-two --tensor-parallel (1, 2, 4, 8); got {}",
-                    self.tensor_parallel
-                );
-            }
+            model::hybrid::tensor_parallel::check_split_invariant(self.tensor_parallel)?;
         }
         Ok(())
     }

@@ -97,11 +97,8 @@ impl GpuTp {
     /// logits are then the same bits as the model's whole on one GPU (also in this mode).
     /// The tree the sums follow is cut evenly only by a power-of-two number of ranks.
     pub fn set_split_invariant(&self, on: bool) -> Result<()> {
-        if on && !self.world().is_power_of_two() {
-            bail!(
-                "split-invariant arithmetic needs a power-of-two number of GPUs (1, 2, 4, 8); this group has {}",
-                self.world()
-            );
+        if on {
+            tensor_parallel::check_split_invariant(self.world())?;
         }
         for r in &self.ranks {
             r.set_split_invariant(on);

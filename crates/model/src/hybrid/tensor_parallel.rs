@@ -71,6 +71,17 @@ pub fn mlp_unit_starts(f: usize, rank: usize, world: usize) -> Vec<usize> {
     (b.start..=b.end).map(|i| i * f / nb - base).collect()
 }
 
+/// Whether split-invariant arithmetic can serve `world` ranks: the summation tree is cut
+/// evenly only by a power of two.
+pub fn check_split_invariant(world: usize) -> Result<()> {
+    if !world.is_power_of_two() {
+        bail!(
+            "split-invariant arithmetic needs a power-of-two number of GPUs (1, 2, 4, 8); got {world}"
+        );
+    }
+    Ok(())
+}
+
 /// Whether `model` can be split over `world` ranks; the error names the layer and the count.
 pub fn check(model: &HybridModel, world: usize) -> Result<()> {
     if world == 0 {
