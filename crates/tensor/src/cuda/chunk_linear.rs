@@ -11,6 +11,8 @@ use half::bf16;
 const CHUNK: usize = 64;
 const BV: usize = 16;
 const PAD: usize = 8;
+/// chunk_state's block: four warps carry the state, four make the outputs (see the .cu).
+const STATE_THREADS: u32 = 256;
 
 /// Shapes of a chunked call: q, k [B, T, H, K]; v, o [B, T, HV, V]; g [B, T, HV] (scalar
 /// decay, GDN) or [B, T, HV, K]; beta [B, T, HV]; state [B, HV, K, V] f32.
@@ -216,7 +218,7 @@ impl Gpu {
             // What the compiler made of the kernels: registers, spills, blocks per SM.
             for (name, f, threads, smem) in [
                 ("prep", &prep, 256, prep_smem),
-                ("state", &run, 128, state_smem),
+                ("state", &run, STATE_THREADS, state_smem),
             ] {
                 let regs = f.num_regs().map_err(|e| cuda_err("attribute", e))?;
                 let local = f.local_size_bytes().map_err(|e| cuda_err("attribute", e))?;
@@ -303,7 +305,7 @@ impl Gpu {
             .arg(&save);
         let cfg = LaunchConfig {
             grid_dim: ((vp / bvt) as u32, (d.b * d.hv) as u32, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (STATE_THREADS, 1, 1),
             shared_mem_bytes: state_smem as u32,
         };
         // SAFETY: as above, for chunk_state.

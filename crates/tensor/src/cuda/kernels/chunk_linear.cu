@@ -570,39 +570,55 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Kernel 2. Grid (vp / BVT, B*HV), 128 threads (4 warps); BVT = 8·NB value columns per block.
-// Warp w computes tokens 16w..16w+15 of v' and o, and owns state rows [w·KP/4, (w+1)·KP/4).
+// Kernel 2. Grid (vp / BVT, B*HV), 256 threads (8 warps); BVT = 8·NB value columns per block.
+//
+// The pass is sequential over chunks, so its time is the length of one chunk's dependent
+// chain times the number of chunks (it takes as long with one head as with sixteen; ncu: one
+// warp a scheduler, ~6 cycles between its instructions). The chain is S → v' → S; the outputs
+// hang off it. So the warps split in two:
+//   state warps 0-3: own state rows [w·KP/4, (w+1)·KP/4) in f32 accumulators; write Sᵀ,
+//     compute v' = U − W S for tokens 16w.., write v'ᵀ, then S ← EL ⊙ S + KT v';
+//   output warps 4-7: o = QG S + AQK v' for tokens 16(w−4).., and every cp.async copy (the
+//     next-but-one chunk's operands stream in while they wait for v').
+// Two barriers a chunk: A (Sᵀ written, this chunk's operands landed), C (v'ᵀ written).
+// Shared memory is addressed by 32-bit offsets computed once (per-lane ldmatrix offsets, per-
+// thread copy offsets): generic pointers cost ~half of the old kernel's instructions in
+// address arithmetic.
+#define STATE_THREADS 256
+#define COPIERS 128  // the output warps' threads
+
+// Byte offsets of one pipeline stage's operands (bf16 rows padded by PAD; EL f32). The
+// launcher sizes the stage the same way.
 template <int KP, int NB>
-struct Stage {
-    bf16_t w[CH][KP + PAD], qg[CH][KP + PAD], kt[KP][CH + PAD], aqk[CH][CH + PAD], u[CH][8 * NB + PAD];
-    float el[KP];
+struct StageLayout {
+    static constexpr int LDS = KP + PAD, LDC = CH + PAD, LDU = 8 * NB + PAD;
+    static constexpr int W = 0, QG = W + 2 * CH * LDS, KT = QG + 2 * CH * LDS, AQK = KT + 2 * KP * LDC,
+                         U = AQK + 2 * CH * LDC, EL = U + 2 * CH * LDU, BYTES = EL + 4 * KP;
 };
 
-// Copies of one chunk's operands into a stage, 16 bytes per cp.async. The thread count (128)
-// is a compile-time constant so that every copy's offsets fold into constants.
-#define STATE_THREADS 128
-template <int ROWS, int COLS, int LDD>
-__device__ __forceinline__ void copy_rows_async(bf16_t* dst, const bf16_t* src, int ld_src) {
-    constexpr int PIECES = ROWS * COLS / 8, PR = COLS / 8;
-#pragma unroll
-    for (int u = 0; u < (PIECES + STATE_THREADS - 1) / STATE_THREADS; ++u) {
-        int i = threadIdx.x + u * STATE_THREADS;
-        if (PIECES % STATE_THREADS == 0 || i < PIECES)
-            cp_async16(dst + (i / PR) * LDD + (i % PR) * 8, src + (long)(i / PR) * ld_src + (i % PR) * 8);
-    }
+__device__ __forceinline__ void ldsm_x4(unsigned r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
 }
+__device__ __forceinline__ void cp_async16_to(unsigned dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
-template <int KP, int NB>
-__device__ __forceinline__ void stage_load(Stage<KP, NB>* st, const bf16_t* W, const bf16_t* U,
-                                           const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK,
-                                           const float* EL, long blk, int vp, int v0, int delta) {
-    if (delta) copy_rows_async<CH, KP, KP + PAD>(&st->w[0][0], W + blk * CH * KP, KP);
-    copy_rows_async<CH, KP, KP + PAD>(&st->qg[0][0], QG + blk * CH * KP, KP);
-    copy_rows_async<KP, CH, CH + PAD>(&st->kt[0][0], KT + blk * KP * CH, CH);
-    copy_rows_async<CH, CH, CH + PAD>(&st->aqk[0][0], AQK + blk * CH * CH, CH);
-    copy_rows_async<CH, 8 * NB, 8 * NB + PAD>(&st->u[0][0], U + blk * CH * vp + v0, vp);
-    if (threadIdx.x < KP / 4) cp_async16(&st->el[threadIdx.x * 4], EL + blk * KP + threadIdx.x * 4);
+// One ROWS x COLS bf16 tile (global rows ld_src apart) into shared rows LDD apart, 16 bytes per
+// cp.async, by the COPIERS threads (ct = 0..COPIERS-1): each copies the same column piece of
+// every RP-th row, so the offsets past its first piece are compile-time.
+template <int ROWS, int COLS, int LDD>
+__device__ __forceinline__ void copy_tile(unsigned dst, const bf16_t* src, int ld_src, int ct) {
+    constexpr int PR = COLS / 8, RP = COPIERS / PR;
+    static_assert(COPIERS % PR == 0 && ROWS % RP == 0, "copy_tile: tile shape");
+    const int r = ct / PR, p = ct % PR;
+    dst += (r * LDD + p * 8) * 2;
+    src += (long)r * ld_src + p * 8;
+#pragma unroll
+    for (int u = 0; u < ROWS / RP; ++u) cp_async16_to(dst + u * RP * LDD * 2, src + (long)u * RP * ld_src);
 }
 
 template <int KP, int NB>
@@ -610,20 +626,40 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
                             const bf16_t* AQK, const float* EL, float* state, bf16_t* o,
                             float* CS, int T, int HV, int kd, int vd, int vp, int delta, int save) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    constexpr int BVT = 8 * NB;
-    Stage<KP, NB>* stages = (Stage<KP, NB>*)smem_raw;
-    bf16_t* sT = (bf16_t*)(stages + NSTAGE);  // [BVT][KP+PAD]: Sᵀ in bf16, the B operand of W S and QG S
-    bf16_t* vT = sT + BVT * (KP + PAD);  // [BVT][CH+PAD]: v'ᵀ in bf16
-    const int LDS = KP + PAD, LDC = CH + PAD;
+    using L = StageLayout<KP, NB>;
+    constexpr int BVT = 8 * NB, LDS = L::LDS, LDC = L::LDC, LDU = L::LDU;
+    constexpr int MT = KP / 64;  // 16-row state tiles per state warp
+    const unsigned sbase = smem_u32(smem_raw);
+    bf16_t* sT = (bf16_t*)(smem_raw + NSTAGE * L::BYTES);  // [BVT][LDS]: Sᵀ, B operand of W S, QG S
+    bf16_t* vT = sT + BVT * LDS;                            // [BVT][LDC]: v'ᵀ
+    const unsigned sT_u = sbase + NSTAGE * L::BYTES, vT_u = sT_u + 2 * BVT * LDS;
     const int bh = blockIdx.y, b = bh / HV, hv = bh % HV, v0 = blockIdx.x * BVT;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const bool state_warp = warp < 4;
+    const int wq = warp & 3, r0 = wq * 16, srow0 = wq * (KP / 4);
     const int nc = (T + CH - 1) / CH;
-    constexpr int MT = KP / 64;  // 16-row state tiles per warp
-    const int srow0 = warp * (KP / 4);
     float* sp = state + (long)bh * kd * vd;
+    // Per-lane ldmatrix offsets (bytes): A fragments of row-major tiles, and B fragments of two
+    // adjacent 8-column n-tiles at once from tiles stored [n][k].
+    const unsigned a_lds = ((lane & 15) * LDS + (lane >> 4) * 8) * 2;
+    const unsigned a_ldc = ((lane & 15) * LDC + (lane >> 4) * 8) * 2;
+    const unsigned b_lds = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned b_ldc = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDC + ((lane >> 3) & 1) * 8) * 2;
 
-    // S tile in accumulators: s[mt][nt][e] is row srow0 + 16mt + gq (+8 for e ≥ 2), column
-    // v0 + 8nt + 2tq + (e & 1).
+    auto load = [&](int c) {  // chunk c's operands into its stage (output warps)
+        const unsigned st = sbase + (c % NSTAGE) * L::BYTES;
+        const long blk = (long)bh * nc + c;
+        const int ct = tid - (STATE_THREADS - COPIERS);
+        if (delta) copy_tile<CH, KP, LDS>(st + L::W, W + blk * CH * KP, KP, ct);
+        copy_tile<CH, KP, LDS>(st + L::QG, QG + blk * CH * KP, KP, ct);
+        copy_tile<KP, CH, LDC>(st + L::KT, KT + blk * KP * CH, CH, ct);
+        copy_tile<CH, CH, LDC>(st + L::AQK, AQK + blk * CH * CH, CH, ct);
+        copy_tile<CH, BVT, LDU>(st + L::U, U + blk * CH * vp + v0, vp, ct);
+        if (ct < KP / 4) cp_async16_to(st + L::EL + ct * 16, EL + blk * KP + ct * 4);
+    };
+
+    // S tile in the state warps' accumulators: s[mt][nt][e] is row srow0 + 16mt + gq (+8 for
+    // e ≥ 2), column v0 + 8nt + 2tq + (e & 1).
     float s[MT][NB][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -632,134 +668,156 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                s[mt][nt][e] = (r < kd && col < vd) ? sp[(long)r * vd + col] : 0.f;
+                s[mt][nt][e] = (state_warp && r < kd && col < vd) ? sp[(long)r * vd + col] : 0.f;
             }
 
     // Three stages: chunks c+1 and c+2 stream in while chunk c computes.
-    for (int c = 0; c < NSTAGE - 1; ++c) {
-        if (c < nc) stage_load<KP, NB>(&stages[c], W, U, QG, KT, AQK, EL, (long)bh * nc + c, vp, v0, delta);
+    if (!state_warp) {
+        load(0);
+        cp_async_commit();
+        if (1 < nc) load(1);
         cp_async_commit();
     }
     for (int c = 0; c < nc; ++c) {
-        Stage<KP, NB>* st = &stages[c % NSTAGE];
-        if (save) {
-            // The state entering chunk c, [B, HV, n_chunks, K, V] f32, for the backward pass.
-            float* cs = CS + ((long)bh * nc + c) * kd * vd;
+        const unsigned st = sbase + (c % NSTAGE) * L::BYTES;
+        const unsigned char* stp = smem_raw + (c % NSTAGE) * L::BYTES;
+        if (state_warp) {
+            if (save) {
+                // The state entering chunk c, [B, HV, n_chunks, K, V] f32, for the backward pass.
+                float* cs = CS + ((long)bh * nc + c) * kd * vd;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
+                            if (r < kd && col < vd) cs[(long)r * vd + col] = s[mt][nt][e];
+                        }
+            }
+            // Sᵀ (bf16) for this chunk's W S and QG S.
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                        if (r < kd && col < vd) cs[(long)r * vd + col] = s[mt][nt][e];
+                        int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
+                        sT[col * LDS + r] = to_bf16(s[mt][nt][e]);
                     }
+        } else {
+            cp_async_wait_1();  // this thread's copies of chunk c have landed
         }
-        // Sᵀ (bf16) for this chunk's W S and QG S.
+        __syncthreads();  // A
+
+        // State warps: acc = W S (v' = U − acc); output warps: acc = QG S. Tokens r0.. .
+        float acc[NB][4];
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+        if (!state_warp || delta) {
+            const unsigned abase = st + (state_warp ? L::W : L::QG) + a_lds + r0 * LDS * 2;
+#pragma unroll
+            for (int ks = 0; ks < KP / 16; ++ks) {
+                unsigned a[4];
+                ldsm_x4(a, abase + ks * 32);
+#pragma unroll
+                for (int np = 0; np < NB / 2; ++np) {
+                    unsigned bb[4];
+                    ldsm_x4(bb, sT_u + b_lds + (np * 16 * LDS + ks * 16) * 2);
+                    mma_bf16(acc[2 * np], a, bb);
+                    mma_bf16(acc[2 * np + 1], a, bb + 2);
+                }
+            }
+        }
+        if (state_warp) {
+            const bf16_t* us = (const bf16_t*)(stp + L::U);
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    int r = r0 + gq + half * 8, col = nt * 8 + 2 * tq;
+                    unsigned uu = *(const unsigned*)(us + r * LDU + col);
+                    vT[col * LDC + r] = to_bf16(bf16_to_f32((bf16_t)(uu & 0xffff)) - acc[nt][half * 2]);
+                    vT[(col + 1) * LDC + r] = to_bf16(bf16_to_f32((bf16_t)(uu >> 16)) - acc[nt][half * 2 + 1]);
+                }
+        }
+        __syncthreads();  // C
+
+        if (state_warp) {
+            // S ← EL ⊙ S + KT v'.
+            const float* el = (const float*)(stp + L::EL);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                float e0 = el[srow0 + mt * 16 + gq], e1 = el[srow0 + mt * 16 + gq + 8];
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt) {
+                    s[mt][nt][0] *= e0;
+                    s[mt][nt][1] *= e0;
+                    s[mt][nt][2] *= e1;
+                    s[mt][nt][3] *= e1;
+                }
+            }
+#pragma unroll
+            for (int ks = 0; ks < CH / 16; ++ks) {
+                unsigned bb[NB / 2][4];
+#pragma unroll
+                for (int np = 0; np < NB / 2; ++np) ldsm_x4(bb[np], vT_u + b_ldc + (np * 16 * LDC + ks * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    unsigned a[4];
+                    ldsm_x4(a, st + L::KT + a_ldc + ((srow0 + mt * 16) * LDC + ks * 16) * 2);
+#pragma unroll
+                    for (int np = 0; np < NB / 2; ++np) {
+                        mma_bf16(s[mt][2 * np], a, bb[np]);
+                        mma_bf16(s[mt][2 * np + 1], a, bb[np] + 2);
+                    }
+                }
+            }
+        } else {
+            // o += AQK v' (causal: token tiles after this warp's are zero), then the copies of
+            // chunk c + 2 into the stage chunk c − 1 left (free since barrier A).
+#pragma unroll
+            for (int ks = 0; ks < CH / 16; ++ks) {
+                if (ks > wq) break;
+                unsigned a[4];
+                ldsm_x4(a, st + L::AQK + a_ldc + (r0 * LDC + ks * 16) * 2);
+#pragma unroll
+                for (int np = 0; np < NB / 2; ++np) {
+                    unsigned bb[4];
+                    ldsm_x4(bb, vT_u + b_ldc + (np * 16 * LDC + ks * 16) * 2);
+                    mma_bf16(acc[2 * np], a, bb);
+                    mma_bf16(acc[2 * np + 1], a, bb + 2);
+                }
+            }
+            const int t0 = c * CH;
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    int t = t0 + r0 + gq + half * 8, col = v0 + nt * 8 + 2 * tq;
+                    if (t >= T || col >= vd) continue;
+                    bf16_t* op = o + (((long)b * T + t) * HV + hv) * vd + col;
+                    if (col + 1 < vd) *(unsigned*)op = pack_bf16(acc[nt][half * 2], acc[nt][half * 2 + 1]);
+                    else op[0] = to_bf16(acc[nt][half * 2]);
+                }
+            if (c + NSTAGE - 1 < nc) load(c + NSTAGE - 1);
+            cp_async_commit();
+        }
+    }
+    if (!state_warp) cp_async_wait_0();
+    if (state_warp) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                    sT[col * LDS + r] = to_bf16(s[mt][nt][e]);
+                    int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
+                    if (r < kd && col < vd) sp[(long)r * vd + col] = s[mt][nt][e];
                 }
-        __syncthreads();  // every warp is done with chunk c−1's stage and with vT
-        if (c + NSTAGE - 1 < nc)
-            stage_load<KP, NB>(&stages[(c + NSTAGE - 1) % NSTAGE], W, U, QG, KT, AQK, EL,
-                               (long)bh * nc + c + NSTAGE - 1, vp, v0, delta);
-        cp_async_commit();
-        cp_async_wait_2();
-        __syncthreads();
-
-        // v' = U − W S and o = QG S for tokens 16·warp ..
-        float vacc[NB][4], oacc[NB][4];
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) vacc[nt][e] = oacc[nt][e] = 0.f;
-        const int r0 = warp * 16;
-#pragma unroll
-        for (int ks = 0; ks < KP / 16; ++ks) {
-            unsigned aq[4], aw[4];
-            frag_a(aq, &st->qg[0][0], LDS, r0, ks * 16);
-            if (delta) frag_a(aw, &st->w[0][0], LDS, r0, ks * 16);
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
-                unsigned bb[2];
-                frag_b(bb, sT, LDS, nt * 8, ks * 16);
-                mma_bf16(oacc[nt], aq, bb);
-                if (delta) mma_bf16(vacc[nt], aw, bb);
-            }
-        }
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int r = r0 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                float vn = bf16_to_f32(st->u[r][col]) - vacc[nt][e];
-                vT[col * LDC + r] = to_bf16(vn);
-            }
-        __syncthreads();
-
-        // o += AQK v' (causal: token tiles after this warp's are zero).
-#pragma unroll
-        for (int ks = 0; ks < CH / 16; ++ks) {
-            if (ks > warp) break;
-            unsigned a[4], bb[2];
-            frag_a(a, &st->aqk[0][0], LDC, r0, ks * 16);
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
-                frag_b(bb, vT, LDC, nt * 8, ks * 16);
-                mma_bf16(oacc[nt], a, bb);
-            }
-        }
-        const int t0 = c * CH;
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                int t = t0 + r0 + gq + half * 8, col = v0 + nt * 8 + 2 * tq;
-                if (t >= T || col >= vd) continue;
-                bf16_t* op = o + (((long)b * T + t) * HV + hv) * vd + col;
-                if (col + 1 < vd) *(unsigned*)op = pack_bf16(oacc[nt][half * 2], oacc[nt][half * 2 + 1]);
-                else op[0] = to_bf16(oacc[nt][half * 2]);
-            }
-
-        // S ← EL ⊙ S + KT v'.
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            float e0 = st->el[srow0 + mt * 16 + gq], e1 = st->el[srow0 + mt * 16 + gq + 8];
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
-                s[mt][nt][0] *= e0;
-                s[mt][nt][1] *= e0;
-                s[mt][nt][2] *= e1;
-                s[mt][nt][3] *= e1;
-            }
-#pragma unroll
-            for (int ks = 0; ks < CH / 16; ++ks) {
-                unsigned a[4], bb[2];
-                frag_a(a, &st->kt[0][0], LDC, srow0 + mt * 16, ks * 16);
-#pragma unroll
-                for (int nt = 0; nt < NB; ++nt) {
-                    frag_b(bb, vT, LDC, nt * 8, ks * 16);
-                    mma_bf16(s[mt][nt], a, bb);
-                }
-            }
-        }
     }
-    cp_async_wait_0();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                if (r < kd && col < vd) sp[(long)r * vd + col] = s[mt][nt][e];
-            }
 }
 
 #define PREP(KP)                                                                                    \
@@ -771,7 +829,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
                        g_per_head, delta);                                                          \
     }
 #define STATE(KP, NB)                                                                               \
-    extern "C" __global__ void __launch_bounds__(STATE_THREADS) chunk_state_k##KP##_v##NB(                   \
+    extern "C" __global__ void __launch_bounds__(STATE_THREADS, 1) chunk_state_k##KP##_v##NB(                   \
         const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT, const bf16_t* AQK,   \
         const float* EL, float* state, bf16_t* o, float* CS, int T, int HV, int kd, int vd, int vp, \
         int delta, int save) {                                                                      \
