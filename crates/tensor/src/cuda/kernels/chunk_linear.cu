@@ -68,6 +68,10 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
     return r;
 }
 
+// The low and high bf16 of a packed pair, as f32.
+__device__ __forceinline__ float lo_f32(unsigned x) { return __uint_as_float(x << 16); }
+__device__ __forceinline__ float hi_f32(unsigned x) { return __uint_as_float(x & 0xffff0000u); }
+
 // e^x by one ex2.approx with denormal results flushed to zero (__expf without fast-math
 // compiles to the same instruction wrapped in a range fix-up for denormals, which tripled the
 // instructions of the prep's exponential-heavy loops; decays that small are zero anyway).
@@ -401,10 +405,22 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     // QG in place in qb, KT staged transposed in X, EL; then both out with 16-byte stores.
     const int last = CH - 1;
     if (g_per_head) {
-        for (int i = tid; i < CH * KP; i += blockDim.x) {
-            int r = i / KP, ch = i % KP;
-            qb[r * LDK + ch] = to_bf16(bf16_to_f32(qb[r * LDK + ch]) * (scale * rowf[r]));
-            X[ch * LDC + r] = to_bf16(bf16_to_f32(kb[r * LDK + ch]) * rowf[CH + r]);
+        // Eight channels of one row per step (16-byte loads and in-place stores; lanes run
+        // down the rows, so the transposed KT stores of a warp fill consecutive halves of one
+        // bank row and the loads of 8 lanes meet every bank once).
+        for (int it = tid; it < CH * (KP / 8); it += blockDim.x) {
+            const int r = it % CH, p = (it / CH) * 8;
+            uint4 qv = *(const uint4*)(qb + r * LDK + p), kv = *(const uint4*)(kb + r * LDK + p);
+            const float fq = scale * rowf[r], fk = rowf[CH + r];
+            unsigned* qw = (unsigned*)&qv;
+            const unsigned* kw = (const unsigned*)&kv;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                qw[e] = pack_bf16(lo_f32(qw[e]) * fq, hi_f32(qw[e]) * fq);
+                X[(p + 2 * e) * LDC + r] = to_bf16(lo_f32(kw[e]) * fk);
+                X[(p + 2 * e + 1) * LDC + r] = to_bf16(hi_f32(kw[e]) * fk);
+            }
+            *(uint4*)(qb + r * LDK + p) = qv;
         }
         // Channels past kd carry no decay (as the per-channel path's zero-padded cum gives).
         for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = ch < kd ? rowf[last] : 1.f;
@@ -420,15 +436,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     __syncthreads();
     copy_out<KP>(QG + blk * CH * KP, qb, CH, KP, LDK, KP, KP);
     copy_out<KP>(KT + blk * KP * CH, X, KP, CH, LDC, CH, CH);
-    __syncthreads();
-    // bkT = (β e^{cum} ⊙ K)ᵀ over qb.
-    for (int i = tid; i < CH * KP; i += blockDim.x) {
-        int r = i / KP, ch = i % KP;
-        float e = g_per_head ? rowf[r] : fast_exp(cum[i]);
-        bkT[ch * LDC + r] = to_bf16(sb[r] * e * bf16_to_f32(kb[r * LDK + ch]));
-    }
 
-    // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum, which is dead now):
+    // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum once nothing reads it):
     // diagonal blocks by forward substitution (one warp each), then the blocks below by
     // distance d = I − J: T_IJ = −T_II Σ_{J ≤ K < I} M_IK T_KJ.
     float* TT = cum;
@@ -438,21 +447,49 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     const bf16_t* vrow0 = v + (((long)b * T + t0) * HV + hv) * vd;
     uint4 vreg[2];
     if (vvec) load_v_tile(vreg, vrow0, HV * vd, vd, n, 0);
-    __syncthreads();  // bkT is built: nobody reads cum any more
-    if (delta) {
-        if (warp < 4) {
-            const int base = warp * 16, j = lane;
-            for (int i = 0; i < 16; ++i) {
-                float t = 0.f;
-                if (j < i) {
-                    t = -A[(base + i) * LT + base + j];
-                    for (int m = j + 1; m < i; ++m)
-                        t -= A[(base + i) * LT + base + m] * TT[(base + m) * LT + base + j];
-                }
-                if (j < 16) TT[(base + i) * LT + base + j] = (j == i) ? 1.f : t;
-                __syncwarp();
+    __syncthreads();  // QG is out: qb is free for bkT
+    // bkT = (β e^{cum} ⊙ K)ᵀ over qb (W's operand: delta only). Per channel it reads cum, so
+    // it comes before the solve; one decay per token needs only rowf, so the warps the
+    // forward substitution leaves idle build it meanwhile.
+    if (!g_per_head && delta) {
+        for (int i = tid; i < CH * KP; i += blockDim.x) {
+            int r = i / KP, ch = i % KP;
+            bkT[ch * LDC + r] = to_bf16(sb[r] * fast_exp(cum[i]) * bf16_to_f32(kb[r * LDK + ch]));
+        }
+        __syncthreads();  // nobody reads cum any more
+    }
+    if (delta && warp < 4) {
+        // Lane j (and j + 16, a copy) holds column j of the block in registers. As T's column
+        // j is 0 above row j and 1 on it, t_i = −Σ_{m<i} M_im t_m for i > j needs no bounds
+        // that depend on j: the unrolled loops read M by broadcasts and chain only FMAs (the
+        // old loop chained a shared-memory load and a __syncwarp per step).
+        const int base = warp * 16, j = lane & 15;
+        float t[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            float x = 0.f;
+#pragma unroll
+            for (int m = 0; m < i; ++m) x += A[(base + i) * LT + base + m] * t[m];
+            t[i] = (i == j) ? 1.f : (i < j ? 0.f : -x);
+        }
+        if (lane < 16) {
+#pragma unroll
+            for (int i = 0; i < 16; ++i) TT[(base + i) * LT + base + j] = t[i];
+        }
+    } else if (g_per_head && delta) {
+        for (int it = tid - 128; it < CH * (KP / 8); it += 128) {
+            const int r = it % CH, p = (it / CH) * 8;
+            uint4 kv = *(const uint4*)(kb + r * LDK + p);
+            const unsigned* kw = (const unsigned*)&kv;
+            const float f = sb[r] * rowf[r];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                bkT[(p + 2 * e) * LDC + r] = to_bf16(lo_f32(kw[e]) * f);
+                bkT[(p + 2 * e + 1) * LDC + r] = to_bf16(hi_f32(kw[e]) * f);
             }
         }
+    }
+    if (delta) {
         __syncthreads();
         for (int d = 1; d < 4; ++d) {
             const int nb = 4 - d;
@@ -494,10 +531,18 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             __syncthreads();
         }
     }
-    for (int i = tid; i < CH * CH; i += blockDim.x) {
-        int r = i / CH, cc = i % CH;
-        float val = (r == cc) ? 1.f : (delta && cc < r ? TT[r * LT + cc] : 0.f);
-        Tb[r * LDC + cc] = to_bf16(val);
+    // T in bf16, eight columns per 16-byte store.
+    for (int it = tid; it < CH * CH / 8; it += blockDim.x) {
+        const int r = it / (CH / 8), c0 = (it % (CH / 8)) * 8;
+        unsigned w[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int c = c0 + 2 * e;
+            float lo = (r == c) ? 1.f : (delta && c < r ? TT[r * LT + c] : 0.f);
+            float hi = (r == c + 1) ? 1.f : (delta && c + 1 < r ? TT[r * LT + c + 1] : 0.f);
+            w[e] = pack_bf16(lo, hi);
+        }
+        *(uint4*)(Tb + r * LDC + c0) = make_uint4(w[0], w[1], w[2], w[3]);
     }
     __syncthreads();
 
@@ -711,11 +756,13 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
         __syncthreads();  // A
 
         // State warps: acc = W S (v' = U − acc); output warps: acc = QG S. Tokens r0.. .
-        float acc[NB][4];
+        // Even and odd k-steps accumulate apart and are added at the end: two chains of
+        // dependent MMAs half as long (this product is on the chunk's critical path).
+        float acc[NB][4], acc2[NB][4];
 #pragma unroll
         for (int nt = 0; nt < NB; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+            for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[nt][e] = 0.f;
         if (!state_warp || delta) {
             const unsigned abase = st + (state_warp ? L::W : L::QG) + a_lds + r0 * LDS * 2;
 #pragma unroll
@@ -726,10 +773,14 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
                 for (int np = 0; np < NB / 2; ++np) {
                     unsigned bb[4];
                     ldsm_x4(bb, sT_u + b_lds + (np * 16 * LDS + ks * 16) * 2);
-                    mma_bf16(acc[2 * np], a, bb);
-                    mma_bf16(acc[2 * np + 1], a, bb + 2);
+                    mma_bf16((ks & 1) ? acc2[2 * np] : acc[2 * np], a, bb);
+                    mma_bf16((ks & 1) ? acc2[2 * np + 1] : acc[2 * np + 1], a, bb + 2);
                 }
             }
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[nt][e] += acc2[nt][e];
         }
         if (state_warp) {
             const bf16_t* us = (const bf16_t*)(stp + L::U);
