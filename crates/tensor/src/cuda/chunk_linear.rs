@@ -109,11 +109,12 @@ impl Gpu {
         let (kp, vp) = (d.kp(), d.vp());
         Ok(ChunkScratch {
             dims: d,
-            w: self.zeros(blocks * CHUNK * kp)?,
+            // W, QG, KT and AQK keep the kernels' padded rows (whole-block copies, see the .cu).
+            w: self.zeros(blocks * CHUNK * (kp + PAD))?,
             u: self.zeros(blocks * CHUNK * vp)?,
-            qg: self.zeros(blocks * CHUNK * kp)?,
-            kt: self.zeros(blocks * CHUNK * kp)?,
-            aqk: self.zeros(blocks * CHUNK * CHUNK)?,
+            qg: self.zeros(blocks * CHUNK * (kp + PAD))?,
+            kt: self.zeros(blocks * kp * (CHUNK + PAD))?,
+            aqk: self.zeros(blocks * CHUNK * (CHUNK + PAD))?,
             el: self.zeros(blocks * kp)?,
             chunk_states: None,
             timings: None,
@@ -186,7 +187,8 @@ impl Gpu {
         };
         let bvt = if vp.is_multiple_of(bvt) { bvt } else { 16 };
         let stage = 2 * (2 * CHUNK * ldk + kp * ldc + CHUNK * ldc + CHUNK * (bvt + PAD)) + 4 * kp;
-        let state_smem = 3 * stage + 2 * bvt * ldk + 2 * bvt * ldc; // NSTAGE = 3
+        // NSTAGE = 3 stages, Sᵀ and v'ᵀ, and one 8-byte mbarrier per stage (rounded to 16).
+        let state_smem = 3 * stage + 2 * bvt * ldk + 2 * bvt * ldc + 32;
         let prep = self.function(CHUNK_LINEAR, &format!("chunk_prep_k{kp}"))?;
         let run = self.function(CHUNK_LINEAR, &format!("chunk_state_k{kp}_v{}", bvt / 8))?;
         for (f, bytes) in [(&prep, prep_smem), (&run, state_smem)] {

@@ -117,9 +117,13 @@ __device__ __forceinline__ void store_v_tile(bf16_t* bvT, int ldc, const uint4 r
 }
 
 // Sizes of the per-chunk scratch blocks (elements), shared with the launcher.
+// The per-chunk blocks of W, QG, KT and AQK keep the shared-memory row padding in global
+// memory, so that the sequential pass (and the backward's) copies each block whole: one bulk
+// copy where a row at a time left the copy engine idle between 256-byte requests.
 template <int KP>
 struct Blocks {
-    static constexpr int W = CH * KP, QG = CH * KP, KT = KP * CH, AQK = CH * CH, EL = KP;
+    static constexpr int LDK = KP + PAD, LDC = CH + PAD;
+    static constexpr int W = CH * LDK, QG = CH * LDK, KT = KP * LDC, AQK = CH * LDC, EL = KP;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     const int t0 = c * CH, n = min(CH, T - t0);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
     const long blk = (long)bh * gridDim.x + c;
-    bf16_t* aqk_out = AQK + blk * CH * CH;
+    bf16_t* aqk_out = AQK + blk * Blocks<KP>::AQK;  // rows LDC apart
 
     // Load q, k (zero past kd and past the sequence end; 16-byte loads when rows allow), β,
     // and the log decays; then cum by a prefix sum down each channel.
@@ -311,8 +315,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
                 }
                 if (mat) {
                     int col = j * 8 + 2 * tq;
-                    *(unsigned*)(aqk_out + (r0 + gq) * CH + col) = pack_bf16(val[0] * scale, val[1] * scale);
-                    *(unsigned*)(aqk_out + (r0 + gq + 8) * CH + col) = pack_bf16(val[2] * scale, val[3] * scale);
+                    *(unsigned*)(aqk_out + (r0 + gq) * LDC + col) = pack_bf16(val[0] * scale, val[1] * scale);
+                    *(unsigned*)(aqk_out + (r0 + gq + 8) * LDC + col) = pack_bf16(val[2] * scale, val[3] * scale);
                 }
             }
         }
@@ -352,8 +356,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
                 }
                 int i0 = ri + gq, col = j * 8 + 2 * tq;
                 if (mat) {
-                    *(unsigned*)(aqk_out + i0 * CH + col) = pack_bf16(acc[0] * scale, acc[1] * scale);
-                    *(unsigned*)(aqk_out + (i0 + 8) * CH + col) = pack_bf16(acc[2] * scale, acc[3] * scale);
+                    *(unsigned*)(aqk_out + i0 * LDC + col) = pack_bf16(acc[0] * scale, acc[1] * scale);
+                    *(unsigned*)(aqk_out + (i0 + 8) * LDC + col) = pack_bf16(acc[2] * scale, acc[3] * scale);
                 } else {
                     A[i0 * (CH + 1) + col] = acc[0] * sb[i0];
                     A[i0 * (CH + 1) + col + 1] = acc[1] * sb[i0];
@@ -391,13 +395,13 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             const float sq = butterfly16(aq, lane), sk = delta ? butterfly16(ak, lane) : 0.f;
             const int lj = lane >> 1, j = j0 + lj;
             if ((lane & 1) == 0) {
-                if (lj <= li) aqk_out[i * CH + j] = to_bf16(sq * scale);
+                if (lj <= li) aqk_out[i * LDC + j] = to_bf16(sq * scale);
                 if (delta && lj < li) A[i * (CH + 1) + j] = sk * sb[i];
             }
         }
         for (int e = tid; e < 4 * 256; e += blockDim.x) {
             const int blk16 = e >> 8, li = (e >> 4) & 15, lj = e & 15;
-            if (lj > li) aqk_out[(blk16 * 16 + li) * CH + blk16 * 16 + lj] = 0;
+            if (lj > li) aqk_out[(blk16 * 16 + li) * LDC + blk16 * 16 + lj] = 0;
         }
     }
     __syncthreads();
@@ -434,8 +438,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = fast_exp(cum[last * KP + ch]);
     }
     __syncthreads();
-    copy_out<KP>(QG + blk * CH * KP, qb, CH, KP, LDK, KP, KP);
-    copy_out<KP>(KT + blk * KP * CH, X, KP, CH, LDC, CH, CH);
+    copy_out<KP>(QG + blk * Blocks<KP>::QG, qb, CH, KP, LDK, LDK, KP);
+    copy_out<KP>(KT + blk * Blocks<KP>::KT, X, KP, CH, LDC, LDC, CH);
 
     // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum once nothing reads it):
     // diagonal blocks by forward substitution (one warp each), then the blocks below by
@@ -570,7 +574,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             *(unsigned*)(X + (r0 + gq + 8) * LDK + col) = pack_bf16(acc[j][2], acc[j][3]);
         }
         __syncthreads();
-        copy_out<KP>(W + blk * CH * KP, X, CH, KP, LDK, KP, KP);
+        copy_out<KP>(W + blk * Blocks<KP>::W, X, CH, KP, LDK, LDK, KP);
     }
     // U = T (β V), 64 value columns at a time: β V transposed into bvT (over kb), the product
     // staged in X as [CH][LDC].
@@ -623,8 +627,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
 // hang off it. So the warps split in two:
 //   state warps 0-3: own state rows [w·KP/4, (w+1)·KP/4) in f32 accumulators; write Sᵀ,
 //     compute v' = U − W S for tokens 16w.., write v'ᵀ, then S ← EL ⊙ S + KT v';
-//   output warps 4-7: o = QG S + AQK v' for tokens 16(w−4).., and every cp.async copy (the
-//     next-but-one chunk's operands stream in while they wait for v').
+//   output warps 4-7: o = QG S + AQK v' for tokens 16(w−4).., and the copies of the
+//     next-but-one chunk's operands (bulk copies by warp 4 on sm_90, see CHUNK_TMA).
 // Two barriers a chunk: A (Sᵀ written, this chunk's operands landed), C (v'ᵀ written).
 // Shared memory is addressed by 32-bit offsets computed once (per-lane ldmatrix offsets, per-
 // thread copy offsets): generic pointers cost ~half of the old kernel's instructions in
@@ -666,6 +670,36 @@ __device__ __forceinline__ void copy_tile(unsigned dst, const bf16_t* src, int l
     for (int u = 0; u < ROWS / RP; ++u) cp_async16_to(dst + u * RP * LDD * 2, src + (long)u * RP * ld_src);
 }
 
+// On sm_90 the operands arrive by bulk copies (the TMA unit: one instruction a row, no
+// per-16-byte address arithmetic), which one warp issues and an mbarrier per stage counts in
+// bytes; ncu showed the cp.async issue (~16 copies and their 64-bit addresses per thread a
+// chunk) made the output warps the last at every barrier. Older GPUs keep cp.async.
+#if __CUDA_ARCH__ >= 900
+#define CHUNK_TMA 1
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done = 0;
+    while (!done)
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+}
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+#else
+#define CHUNK_TMA 0
+#endif
+
 template <int KP, int NB>
 __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, const bf16_t* KT,
                             const bf16_t* AQK, const float* EL, float* state, bf16_t* o,
@@ -691,16 +725,41 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
     const unsigned b_lds = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ((lane >> 3) & 1) * 8) * 2;
     const unsigned b_ldc = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDC + ((lane >> 3) & 1) * 8) * 2;
 
+    // One mbarrier per stage (after vT), for the bulk copies.
+    const unsigned bar_u = vT_u + 2 * BVT * LDC;
+#if CHUNK_TMA
+    if (tid == 0) {
+        for (int i = 0; i < NSTAGE; ++i) mbar_init(bar_u + 8 * i, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+#endif
     auto load = [&](int c) {  // chunk c's operands into its stage (output warps)
         const unsigned st = sbase + (c % NSTAGE) * L::BYTES;
         const long blk = (long)bh * nc + c;
+#if CHUNK_TMA
+        const unsigned bar = bar_u + 8 * (c % NSTAGE);
+        using B = Blocks<KP>;
+        if (tid == STATE_THREADS - COPIERS) {  // one thread of the output warps
+            mbar_expect_tx(bar, 2 * ((delta ? B::W : 0) + B::QG + B::KT + B::AQK) + 4 * KP);
+            if (delta) bulk_copy(st + L::W, W + blk * B::W, 2 * B::W, bar);
+            bulk_copy(st + L::QG, QG + blk * B::QG, 2 * B::QG, bar);
+            bulk_copy(st + L::KT, KT + blk * B::KT, 2 * B::KT, bar);
+            bulk_copy(st + L::AQK, AQK + blk * B::AQK, 2 * B::AQK, bar);
+            bulk_copy(st + L::EL, EL + blk * KP, KP * 4, bar);
+        }
+        // U's 16 or 32 columns of each row are not contiguous: cp.async, one piece a thread.
+        copy_tile<CH, BVT, LDU>(st + L::U, U + blk * CH * vp + v0, vp, tid - (STATE_THREADS - COPIERS));
+#else
         const int ct = tid - (STATE_THREADS - COPIERS);
-        if (delta) copy_tile<CH, KP, LDS>(st + L::W, W + blk * CH * KP, KP, ct);
-        copy_tile<CH, KP, LDS>(st + L::QG, QG + blk * CH * KP, KP, ct);
-        copy_tile<KP, CH, LDC>(st + L::KT, KT + blk * KP * CH, CH, ct);
-        copy_tile<CH, CH, LDC>(st + L::AQK, AQK + blk * CH * CH, CH, ct);
+        using B = Blocks<KP>;
+        if (delta) copy_tile<CH, KP, LDS>(st + L::W, W + blk * B::W, LDS, ct);
+        copy_tile<CH, KP, LDS>(st + L::QG, QG + blk * B::QG, LDS, ct);
+        copy_tile<KP, CH, LDC>(st + L::KT, KT + blk * B::KT, LDC, ct);
+        copy_tile<CH, CH, LDC>(st + L::AQK, AQK + blk * B::AQK, LDC, ct);
         copy_tile<CH, BVT, LDU>(st + L::U, U + blk * CH * vp + v0, vp, ct);
         if (ct < KP / 4) cp_async16_to(st + L::EL + ct * 16, EL + blk * KP + ct * 4);
+#endif
     };
 
     // S tile in the state warps' accumulators: s[mt][nt][e] is row srow0 + 16mt + gq (+8 for
@@ -754,6 +813,9 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
             cp_async_wait_1();  // this thread's copies of chunk c have landed
         }
         __syncthreads();  // A
+#if CHUNK_TMA
+        mbar_wait(bar_u + 8 * (c % NSTAGE), (c / NSTAGE) & 1);  // chunk c's operands have landed
+#endif
 
         // State warps: acc = W S (v' = U − acc); output warps: acc = QG S. Tokens r0.. .
         // Even and odd k-steps accumulate apart and are added at the end: two chains of

@@ -23,6 +23,7 @@
 // Padded tokens (past T) have q = k = v = 0 and g = 0, so γ_63 = γ_last of a ragged chunk.
 // lbwd_state_f32 is the plain-FMA form of lbwd_state, kept as a cross-check.
 #define BCH 64   // tokens per chunk (CH of the forward)
+#define BPAD 8  // = the forward's PAD: its W, QG, KT, AQK blocks keep these padded rows in global memory
 #define BVT 16   // value columns per tile
 #define LV 17    // padded row length of value tiles
 
@@ -63,16 +64,16 @@ __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __res
         }
         for (int i = tid; i < BCH * BCH; i += blockDim.x) {
             int r = i / BCH, cc = i % BCH;
-            aqk[r * LC + cc] = (cc <= r) ? bf16_to_f32(AQK[blk * BCH * BCH + i]) : 0.f;
+            aqk[r * LC + cc] = (cc <= r) ? bf16_to_f32(AQK[blk * BCH * (BCH + BPAD) + r * (BCH + BPAD) + cc]) : 0.f;
         }
         for (int i = tid; i < KP * BCH; i += blockDim.x) {
             int r = i / BCH, cc = i % BCH;
-            kt[r * LC + cc] = bf16_to_f32(KT[blk * KP * BCH + i]);
+            kt[r * LC + cc] = bf16_to_f32(KT[blk * KP * (BCH + BPAD) + r * (BCH + BPAD) + cc]);
         }
         for (int i = tid; i < BCH * KP; i += blockDim.x) {
             int r = i / KP, cc = i % KP;
-            qg[r * LQ + cc] = bf16_to_f32(QG[blk * BCH * KP + i]);
-            w[r * LQ + cc] = delta ? bf16_to_f32(W[blk * BCH * KP + i]) : 0.f;
+            qg[r * LQ + cc] = bf16_to_f32(QG[blk * BCH * (KP + BPAD) + r * (KP + BPAD) + cc]);
+            w[r * LQ + cc] = delta ? bf16_to_f32(W[blk * BCH * (KP + BPAD) + r * (KP + BPAD) + cc]) : 0.f;
         }
         for (int i = tid; i < KP; i += blockDim.x) el[i] = EL[blk * KP + i];
         for (int i = tid; i < BCH * BVT; i += blockDim.x) {
@@ -122,7 +123,6 @@ __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __res
 // product reads a transposed operand (AQKᵀ, KTᵀ, QGᵀ, Wᵀ), gathered by 16-bit fragment loads;
 // the next chunk's operands stream in by cp.async while this one computes.
 #define BST 128
-#define BPAD 8
 
 __device__ __forceinline__ void bmma(float c[4], const unsigned a[4], const unsigned b[2]) {
     asm volatile(
@@ -203,10 +203,10 @@ __device__ __forceinline__ void bstage_load(BStage<KP, NB>* st, const bf16_t* W,
                                             const bf16_t* KT, const bf16_t* AQK, const float* EL,
                                             const bf16_t* dO, long blk, int b, int hv, int HV,
                                             int T, int c, int vd, int v0, int delta) {
-    if (delta) bcopy_rows<BCH, KP, KP + BPAD>(&st->w[0][0], W + blk * BCH * KP, KP);
-    bcopy_rows<BCH, KP, KP + BPAD>(&st->qg[0][0], QG + blk * BCH * KP, KP);
-    bcopy_rows<KP, BCH, BCH + BPAD>(&st->kt[0][0], KT + blk * KP * BCH, BCH);
-    bcopy_rows<BCH, BCH, BCH + BPAD>(&st->aqk[0][0], AQK + blk * BCH * BCH, BCH);
+    if (delta) bcopy_rows<BCH, KP, KP + BPAD>(&st->w[0][0], W + blk * BCH * (KP + BPAD), KP + BPAD);
+    bcopy_rows<BCH, KP, KP + BPAD>(&st->qg[0][0], QG + blk * BCH * (KP + BPAD), KP + BPAD);
+    bcopy_rows<KP, BCH, BCH + BPAD>(&st->kt[0][0], KT + blk * KP * (BCH + BPAD), BCH + BPAD);
+    bcopy_rows<BCH, BCH, BCH + BPAD>(&st->aqk[0][0], AQK + blk * BCH * (BCH + BPAD), BCH + BPAD);
     if (threadIdx.x < KP / 4) bcp_async16(&st->el[threadIdx.x * 4], EL + blk * KP + threadIdx.x * 4);
     const int t0 = c * BCH, n = min(BCH, T - t0);
     for (int i = threadIdx.x; i < BCH * NB; i += BST) {
