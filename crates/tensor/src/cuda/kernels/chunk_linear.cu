@@ -31,6 +31,41 @@ __device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// tf32 products of f32 matrices in shared memory (m16n8k8, operands rounded to nearest):
+// A fragment of the 16x8 tile at (r0, k0) of a row-major matrix, B fragment of the 8x8 tile at
+// (k0, n0) of a row-major [k][n] matrix, and the accumulator stored back scaled by `sign`.
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ void mma_tf32(float c[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void frag_a_tf32(unsigned a[4], const float* m, int ld, int r0, int k0) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    a[0] = to_tf32(m[(r0 + gq) * ld + k0 + tq]);
+    a[1] = to_tf32(m[(r0 + gq + 8) * ld + k0 + tq]);
+    a[2] = to_tf32(m[(r0 + gq) * ld + k0 + tq + 4]);
+    a[3] = to_tf32(m[(r0 + gq + 8) * ld + k0 + tq + 4]);
+}
+__device__ __forceinline__ void frag_b_tf32(unsigned b[2], const float* m, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    b[0] = to_tf32(m[(k0 + tq) * ld + n0 + gq]);
+    b[1] = to_tf32(m[(k0 + tq + 4) * ld + n0 + gq]);
+}
+__device__ __forceinline__ void store_c(float* m, int ld, int r0, int n0, const float c[4], float sign) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    m[(r0 + gq) * ld + n0 + 2 * tq] = sign * c[0];
+    m[(r0 + gq) * ld + n0 + 2 * tq + 1] = sign * c[1];
+    m[(r0 + gq + 8) * ld + n0 + 2 * tq] = sign * c[2];
+    m[(r0 + gq + 8) * ld + n0 + 2 * tq + 1] = sign * c[3];
+}
+
 // Fragments by ldmatrix (one shared-memory instruction for what took four or two 32-bit
 // loads; the values are the same). Tiles live in shared memory with 16-byte-aligned rows.
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
@@ -495,45 +530,69 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     }
     if (delta) {
         __syncthreads();
-        for (int d = 1; d < 4; ++d) {
-            const int nb = 4 - d;
-            float val[3];
+        // The blocks below the diagonal by merging, on tensor cores (tf32, as FLA's solve_tril;
+        // T is rounded to bf16 for W and U anyway): pairs first, T_10 = −T_11 M_10 T_00 and
+        // T_32 = −T_33 M_32 T_22 (warps 0-3: block × 8-column tile), then the 32×32 halves,
+        // T_BA = −T_BB (M_BA T_AA) (8 warps: 16-row × 8-column tiles). Products run only over
+        // the nonzero blocks of the triangular factors (TT's blocks above the diagonal are
+        // never written). Each product lands in the block of TT it becomes, its operand
+        // fragments read into registers before it is overwritten.
+        if (warp < 4) {
+            const int I = 2 * (warp >> 1) + 1, J = I - 1, n0 = J * 16 + (warp & 1) * 8;
+            float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
-                const int e = tid + it * 256;
-                if (e >= nb * 256) break;
-                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
-                float p = 0.f;
-                for (int m = J * 16; m < I * 16; ++m) p += A[row * LT + m] * TT[m * LT + col];
-                val[it] = p;
+            for (int k0 = 0; k0 < 16; k0 += 8) {
+                unsigned af[4], bf[2];
+                frag_a_tf32(af, A, LT, I * 16, J * 16 + k0);
+                frag_b_tf32(bf, TT, LT, J * 16 + k0, n0);
+                mma_tf32(x, af, bf);
             }
+            store_c(TT, LT, I * 16, n0, x, 1.f);  // M_IJ T_JJ, in block (I, J)
+            __syncwarp();
+            unsigned bx[2][2];
 #pragma unroll
-            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
-                const int e = tid + it * 256;
-                if (e >= nb * 256) break;
-                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
-                TT[row * LT + col] = val[it];  // P_IJ, block (I, J) is not read above
-            }
-            __syncthreads();
+            for (int ks = 0; ks < 2; ++ks) frag_b_tf32(bx[ks], TT, LT, I * 16 + ks * 8, n0);
+            __syncwarp();
+            float t[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
-                const int e = tid + it * 256;
-                if (e >= nb * 256) break;
-                int J = e >> 8, I = J + d, r = (e & 255) >> 4, row = I * 16 + r, col = J * 16 + (e & 15);
-                float acc = 0.f;
-                for (int m = 0; m <= r; ++m) acc += TT[row * LT + I * 16 + m] * TT[(I * 16 + m) * LT + col];
-                val[it] = -acc;
+            for (int ks = 0; ks < 2; ++ks) {
+                unsigned af[4];
+                frag_a_tf32(af, TT, LT, I * 16, I * 16 + ks * 8);
+                mma_tf32(t, af, bx[ks]);
             }
-            __syncthreads();
-#pragma unroll
-            for (int it = 0; it < 3; ++it) {  // 256 threads: at most 3 blocks of 256 a distance
-                const int e = tid + it * 256;
-                if (e >= nb * 256) break;
-                int J = e >> 8, I = J + d, row = I * 16 + ((e & 255) >> 4), col = J * 16 + (e & 15);
-                TT[row * LT + col] = val[it];
-            }
-            __syncthreads();
+            store_c(TT, LT, I * 16, n0, t, -1.f);
         }
+        __syncthreads();
+        {
+            const int rt = warp >> 2, n0 = (warp & 3) * 8, r0 = 32 + 16 * rt;
+            // Y = M_BA T_AA into TT's block (B, A): T_AA's column tile n0 is zero above row
+            // 16·(n0 / 16).
+            float y[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int k0 = (n0 / 16) * 16; k0 < 32; k0 += 8) {
+                unsigned af[4], bf[2];
+                frag_a_tf32(af, A, LT, r0, k0);
+                frag_b_tf32(bf, TT, LT, k0, n0);
+                mma_tf32(y, af, bf);
+            }
+            store_c(TT, LT, r0, n0, y, 1.f);
+            __syncthreads();
+            // T_BA = −T_BB Y: T_BB's row tile rt is zero right of column 32 + 16(rt + 1).
+            unsigned by[4][2];
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks)
+                if (ks < 2 * (rt + 1)) frag_b_tf32(by[ks], TT, LT, 32 + ks * 8, n0);
+            __syncthreads();
+            float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                if (ks >= 2 * (rt + 1)) break;
+                unsigned af[4];
+                frag_a_tf32(af, TT, LT, r0, 32 + ks * 8);
+                mma_tf32(t, af, by[ks]);
+            }
+            store_c(TT, LT, r0, n0, t, -1.f);
+        }
+        __syncthreads();
     }
     // T in bf16, eight columns per 16-byte store.
     for (int it = tid; it < CH * CH / 8; it += blockDim.x) {
