@@ -233,17 +233,25 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     // Load q, k (zero past kd and past the sequence end; 16-byte loads when rows allow), β,
     // and the log decays; then cum by a prefix sum down each channel.
     if (kd == KP) {
-        constexpr int RK = KP / 8;
-        for (int i = tid; i < CH * RK; i += blockDim.x) {
-            int r = i / RK, p = (i % RK) * 8;
-            uint4 qv = make_uint4(0, 0, 0, 0), kv = qv;
+        // Every load issued before the first store (the launch has 256 threads): one round
+        // trip to memory instead of one per piece.
+        constexpr int RK = KP / 8, NP = CH * RK / 256;
+        uint4 qv[NP], kv[NP];
+#pragma unroll
+        for (int u = 0; u < NP; ++u) {
+            const int i = tid + u * 256, r = i / RK, p = (i % RK) * 8;
+            qv[u] = kv[u] = make_uint4(0, 0, 0, 0);
             if (r < n) {
                 long off = (((long)b * T + t0 + r) * H + hq) * kd + p;
-                qv = *(const uint4*)(q + off);
-                kv = *(const uint4*)(k + off);
+                qv[u] = *(const uint4*)(q + off);
+                kv[u] = *(const uint4*)(k + off);
             }
-            *(uint4*)(qb + r * LDK + p) = qv;
-            *(uint4*)(kb + r * LDK + p) = kv;
+        }
+#pragma unroll
+        for (int u = 0; u < NP; ++u) {
+            const int i = tid + u * 256, r = i / RK, p = (i % RK) * 8;
+            *(uint4*)(qb + r * LDK + p) = qv[u];
+            *(uint4*)(kb + r * LDK + p) = kv[u];
         }
     } else {
         for (int i = tid; i < CH * KP; i += blockDim.x) {
@@ -290,11 +298,18 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             rowf[CH + 2 * lane + 1] = fast_exp(last - c1);
         }
     } else if (kd == KP) {
-        for (int i = tid; i < CH * KP / 4; i += blockDim.x) {
-            int r = i / (KP / 4), p = (i % (KP / 4)) * 4;
-            float4 gv = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (r < n) gv = *(const float4*)(g + (((long)b * T + t0 + r) * HV + hv) * kd + p);
-            *(float4*)(cum + r * KP + p) = gv;
+        constexpr int NG = CH * KP / 4 / 256;  // all loads first, as for q and k
+        float4 gv[NG];
+#pragma unroll
+        for (int u = 0; u < NG; ++u) {
+            const int i = tid + u * 256, r = i / (KP / 4), p = (i % (KP / 4)) * 4;
+            gv[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (r < n) gv[u] = *(const float4*)(g + (((long)b * T + t0 + r) * HV + hv) * kd + p);
+        }
+#pragma unroll
+        for (int u = 0; u < NG; ++u) {
+            const int i = tid + u * 256, r = i / (KP / 4), p = (i % (KP / 4)) * 4;
+            *(float4*)(cum + r * KP + p) = gv[u];
         }
     } else {
         for (int i = tid; i < CH * KP; i += blockDim.x) {
