@@ -482,10 +482,19 @@ __device__ __forceinline__ void flash_bwd(const bf16_t* __restrict__ q, const bf
             float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
             float w0 = odd ? rx : qacc[nd][0], w1 = odd ? ry : qacc[nd][1];
             float w2 = odd ? qacc[nd][2] : rx, w3 = odd ? qacc[nd][3] : ry;
-            if (i < t)
+            if (i < t) {
+#if __CUDA_ARCH__ >= 900
                 asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + nd * 8), "f"(w0),
                              "f"(w1), "f"(w2), "f"(w3)
                              : "memory");
+#else
+                // Vector reductions are sm_90+; older GPUs (the mma.sync path's) add one by one.
+                atomicAdd(dst + nd * 8, w0);
+                atomicAdd(dst + nd * 8 + 1, w1);
+                atomicAdd(dst + nd * 8 + 2, w2);
+                atomicAdd(dst + nd * 8 + 3, w3);
+#endif
+            }
         }
     }
     fa_wait<0>();
