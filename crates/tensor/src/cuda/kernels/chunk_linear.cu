@@ -13,14 +13,16 @@
 // 2. chunk_state: sequential over chunks, parallel over (sequence, value head, 16 value
 //    columns); the state tile S [KP, 16] lives in f32 mma accumulators for the whole pass:
 //      v' = U − W S;  o = QG S + AQK v';  S ← EL ⊙ S + KT v'
-//    The next chunk's operands stream in by cp.async while this one computes.
+//    The next chunks' operands stream in while this one computes (TMA bulk copies on sm_90,
+//    cp.async before).
 //
-// Matmuls are mma.sync m16n8k16 (bf16 in, f32 accumulate); S, cum, β and the decays stay f32.
+// Matmuls are mma.sync m16n8k16 (bf16 in, f32 accumulate; T's off-diagonal blocks tf32); S,
+// cum, β and the decays stay f32.
 // Key dims up to KP (64 or 128; smaller ones are zero-padded on load), value dims any multiple
 // of 2 (the value tile is zero-padded to 16). Scalar decays (GDN: g [B,T,HV]) or per channel
 // (KDA, GLA: g [B,T,HV,K]).
 #define CH 64   // tokens per chunk
-#define NSTAGE 3  // chunk_state's cp.async pipeline depth (cp_async_wait_2 matches it)
+#define NSTAGE 3  // chunk_state's pipeline depth: chunks c+1, c+2 land while c computes
 #define PAD 8   // bf16 row padding: rows of 2(n+8) bytes put the 8 rows of a fragment load in distinct banks
 
 __device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const unsigned b[2]) {
@@ -116,17 +118,7 @@ __device__ __forceinline__ float fast_exp(float x) {
     return y;
 }
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_2() { asm volatile("cp.async.wait_group 2;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 // A 64x64 tile of V (tokens t0.., value columns v0..) as 16-byte pieces, two per thread of 256;
