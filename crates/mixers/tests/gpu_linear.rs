@@ -214,6 +214,15 @@ fn gla_chunked_matches_reference() {
     check(Kind::Gla, dims(2, 65, 2, 2, 64, 64), 7);
 }
 
+/// Many value heads: the launcher gives each sequential block 32 value columns (B·HV·V/32 ≥ 96),
+/// the kernels' other instantiation (the shapes above all take 16).
+#[test]
+#[ignore]
+fn wide_batches_take_32_value_columns_a_block() {
+    check(Kind::Gdn, dims(2, 130, 2, 48, 64, 32), 9);
+    check(Kind::Kda, dims(1, 100, 1, 96, 128, 32), 10);
+}
+
 /// Two calls carrying the state equal one call over the whole sequence (prefill in pieces).
 #[test]
 #[ignore]
