@@ -25,14 +25,6 @@
 #define NSTAGE 3  // chunk_state's pipeline depth: chunks c+1, c+2 land while c computes
 #define PAD 8   // bf16 row padding: rows of 2(n+8) bytes put the 8 rows of a fragment load in distinct banks
 
-__device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const unsigned b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // tf32 products of f32 matrices in shared memory (m16n8k8, operands rounded to nearest):
 // A fragment of the 16x8 tile at (r0, k0) of a row-major matrix, B fragment of the 8x8 tile at
 // (k0, n0) of a row-major [k][n] matrix, and the accumulator stored back scaled by `sign`.
@@ -97,11 +89,6 @@ __device__ __forceinline__ void frag_b(unsigned b[2], const bf16_t* s, int ld, i
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-__device__ __forceinline__ bf16_t to_bf16(float f) {
-    unsigned short r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
 }
 
@@ -831,15 +818,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
     // S tile in the state warps' accumulators: s[mt][nt][e] is row srow0 + 16mt + gq (+8 for
     // e ≥ 2), column v0 + 8nt + 2tq + (e & 1).
     float s[MT][NB][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                s[mt][nt][e] = (state_warp && r < kd && col < vd) ? sp[(long)r * vd + col] : 0.f;
-            }
+    acc_tile_load<MT, NB>(s, sp, vd, srow0, v0, kd, vd, state_warp);
 
     // Three stages: chunks c+1 and c+2 stream in while chunk c computes.
     if (!state_warp) {
@@ -852,29 +831,9 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
         const unsigned st = sbase + (c % NSTAGE) * L::BYTES;
         const unsigned char* stp = smem_raw + (c % NSTAGE) * L::BYTES;
         if (state_warp) {
-            if (save) {
-                // The state entering chunk c, [B, HV, n_chunks, K, V] f32, for the backward pass.
-                float* cs = CS + ((long)bh * nc + c) * kd * vd;
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                            if (r < kd && col < vd) cs[(long)r * vd + col] = s[mt][nt][e];
-                        }
-            }
-            // Sᵀ (bf16) for this chunk's W S and QG S.
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                        sT[col * LDS + r] = to_bf16(s[mt][nt][e]);
-                    }
+            // The state entering chunk c, [B, HV, n_chunks, K, V] f32, for the backward pass.
+            if (save) acc_tile_store<MT, NB>(s, CS + ((long)bh * nc + c) * kd * vd, vd, srow0, v0, kd, vd);
+            acc_tile_store_bf16_t<MT, NB>(s, sT, LDS, srow0);  // Sᵀ for this chunk's W S and QG S
         } else {
             cp_async_wait_1();  // this thread's copies of chunk c have landed
         }
@@ -986,17 +945,7 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
         }
     }
     if (!state_warp) cp_async_wait_0();
-    if (state_warp) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                    if (r < kd && col < vd) sp[(long)r * vd + col] = s[mt][nt][e];
-                }
-    }
+    if (state_warp) acc_tile_store<MT, NB>(s, sp, vd, srow0, v0, kd, vd);
 }
 
 #define PREP(KP)                                                                                    \

@@ -124,13 +124,6 @@ __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __res
 // the next chunk's operands stream in by cp.async while this one computes.
 #define BST 128
 
-__device__ __forceinline__ void bmma(float c[4], const unsigned a[4], const unsigned b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 __device__ __forceinline__ unsigned bpack16(bf16_t lo, bf16_t hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
@@ -165,11 +158,6 @@ __device__ __forceinline__ void bfrag_b(unsigned b[2], const bf16_t* s, int ld, 
     const bf16_t* p = s + (n0 + g) * ld + k0 + 2 * t;
     b[0] = *(const unsigned*)p;
     b[1] = *(const unsigned*)(p + 8);
-}
-__device__ __forceinline__ bf16_t bto_bf16(float f) {
-    unsigned short r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
-    return r;
 }
 __device__ __forceinline__ void bcp_async16(void* dst, const void* src) {
     unsigned a;
@@ -235,15 +223,7 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
     const int srow0 = warp * (KP / 4), r0 = warp * 16;
 
     float s[MT][NB][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                s[mt][nt][e] = (has_dht && r < kd) ? dht[((long)bh * kd + r) * vd + col] : 0.f;
-            }
+    acc_tile_load<MT, NB>(s, dht + (long)bh * kd * vd, vd, srow0, v0, kd, vd, has_dht);
     bstage_load<KP, NB>(&stages[0], W, QG, KT, AQK, EL, dO, (long)bh * nc + nc - 1, b, hv, HV, T,
                         nc - 1, vd, v0, delta);
     bcp_commit();
@@ -252,17 +232,8 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
         const long blk = (long)bh * nc + c;
         BStage<KP, NB>* st = &stages[it & 1];
         // The exit-state gradient of chunk c, then dSᵀ in bf16.
-        float* ds = DS + blk * kd * vd;
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                    if (r < kd) ds[(long)r * vd + v0 + col] = s[mt][nt][e];
-                    sT[col * LDS + r] = bto_bf16(s[mt][nt][e]);
-                }
+        acc_tile_store<MT, NB>(s, DS + blk * kd * vd, vd, srow0, v0, kd, vd);
+        acc_tile_store_bf16_t<MT, NB>(s, sT, LDS, srow0);
         __syncthreads();  // every warp is done with the other stage and with vT
         if (it + 1 < nc)
             bstage_load<KP, NB>(&stages[(it + 1) & 1], W, QG, KT, AQK, EL, dO, blk - 1, b, hv, HV,
@@ -285,7 +256,7 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
 #pragma unroll
             for (int nt = 0; nt < NB; ++nt) {
                 bfrag_b_t(bb, &st->dO[0][0], LDO, nt * 8, ks * 16);
-                bmma(vacc[nt], a, bb);
+                mma_bf16(vacc[nt], a, bb);
             }
         }
 #pragma unroll
@@ -295,7 +266,7 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
 #pragma unroll
             for (int nt = 0; nt < NB; ++nt) {
                 bfrag_b(bb, sT, LDS, nt * 8, ks * 16);
-                bmma(vacc[nt], a, bb);
+                mma_bf16(vacc[nt], a, bb);
             }
         }
         const int t0 = c * BCH;
@@ -304,7 +275,7 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = r0 + gq + (e >> 1) * 8, col = nt * 8 + 2 * tq + (e & 1);
-                vT[col * LDC + r] = bto_bf16(-vacc[nt][e]);
+                vT[col * LDC + r] = to_bf16(-vacc[nt][e]);
                 if (t0 + r < T) DVP[(((long)b * T + t0 + r) * HV + hv) * vd + v0 + col] = vacc[nt][e];
             }
         __syncthreads();
@@ -328,29 +299,21 @@ __device__ void lbwd_state(const bf16_t* __restrict__ W, const bf16_t* __restric
 #pragma unroll
                 for (int nt = 0; nt < NB; ++nt) {
                     bfrag_b_t(bb, &st->dO[0][0], LDO, nt * 8, ks * 16);
-                    bmma(s[mt][nt], a, bb);
+                    mma_bf16(s[mt][nt], a, bb);
                 }
                 if (delta) {
                     bfrag_a_t(a, &st->w[0][0], LDS, c0, ks * 16);
 #pragma unroll
                     for (int nt = 0; nt < NB; ++nt) {
                         bfrag_b(bb, vT, LDC, nt * 8, ks * 16);
-                        bmma(s[mt][nt], a, bb);
+                        mma_bf16(s[mt][nt], a, bb);
                     }
                 }
             }
         }
     }
     bcp_wait_0();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int r = srow0 + mt * 16 + gq + (e >> 1) * 8, col = v0 + nt * 8 + 2 * tq + (e & 1);
-                if (r < kd) dh0[((long)bh * kd + r) * vd + col] = s[mt][nt][e];
-            }
+    acc_tile_store<MT, NB>(s, dh0 + (long)bh * kd * vd, vd, srow0, v0, kd, vd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,10 +389,10 @@ __device__ __forceinline__ void tile_f32_bf16(bf16_t* dst, const float* src, lon
         int i = threadIdx.x + u * NT;
         if (i < P) {
             bf16_t* d = dst + (i / PR) * LDD + (i % PR) * 4;
-            d[0] = bto_bf16(r[u].x);
-            d[1] = bto_bf16(r[u].y);
-            d[2] = bto_bf16(r[u].z);
-            d[3] = bto_bf16(r[u].w);
+            d[0] = to_bf16(r[u].x);
+            d[1] = to_bf16(r[u].y);
+            d[2] = to_bf16(r[u].z);
+            d[3] = to_bf16(r[u].w);
         }
     }
 }
@@ -457,10 +420,10 @@ __device__ __forceinline__ void tile_state(bf16_t* sSb, bf16_t* sSt, bf16_t* sdS
             float dot = 0.f;
 #pragma unroll
             for (int x = 0; x < 4; ++x) {
-                bf16_t h = bto_bf16(sv[x]);
+                bf16_t h = to_bf16(sv[x]);
                 sSb[r * LT + p + x] = h;
                 sSt[(p + x) * LST + r] = h;
-                sdSb[r * LT + p + x] = bto_bf16(dv[x]);
+                sdSb[r * LT + p + x] = to_bf16(dv[x]);
                 dot += sv[x] * dv[x];
             }
             atomicAdd(&sdEL[r], dot);
@@ -579,7 +542,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
     for (int i = tid; i < BCH * KP; i += NT) {
         int r = i / KP, ch = i % KP;
         float val = sbeta[r] * __expf(cum0[r * LP + ch]) * kf[r * LP + ch];
-        if (use_mma) bkb[r * LB + ch] = bto_bf16(val);
+        if (use_mma) bkb[r * LB + ch] = to_bf16(val);
         else bk[i] = val;
     }
     __syncthreads();
@@ -607,7 +570,7 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
 #pragma unroll
         for (int u = 0; u < BCH * BCH / NT; ++u) {
             int i = tid + u * NT;
-            Tb[(i / BCH) * LTB + i % BCH] = bto_bf16(tv[u]);
+            Tb[(i / BCH) * LTB + i % BCH] = to_bf16(tv[u]);
         }
     }
     for (int i = tid; i < 3 * BCH * KP + 2 * BCH * LC; i += NT) dQG[i] = 0.f;  // through dM
@@ -647,12 +610,12 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                     unsigned a[4], bb[2];
                     bfrag_a(a, bkb, LB, rt * 16, ks * 16);
                     bfrag_b(bb, sSt, LST, n0, ks * 16);
-                    bmma(acc, a, bb);
+                    mma_bf16(acc, a, bb);
                 }
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     int i = rt * 16 + gq + (e >> 1) * 8, col = n0 + 2 * tq + (e & 1);
-                    sRb[i * LT + col] = bto_bf16(sbeta[i] * bf16_to_f32(svb[i * LT + col]) - acc[e]);
+                    sRb[i * LT + col] = to_bf16(sbeta[i] * bf16_to_f32(svb[i * LT + col]) - acc[e]);
                 }
                 __syncthreads();
                 // V' = T R (j ≤ i) and Z = Tᵀ dV' (j ≥ i).
@@ -663,20 +626,20 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                     if (ks <= rt) {
                         bfrag_a(a, Tb, LTB, rt * 16, ks * 16);
                         bfrag_b_t(bb, sRb, LT, n0, ks * 16);
-                        bmma(va, a, bb);
+                        mma_bf16(va, a, bb);
                     }
                     if (ks >= rt) {
                         bfrag_a_t(a, Tb, LTB, rt * 16, ks * 16);
                         bfrag_b_t(bb, sdVb, LT, n0, ks * 16);
-                        bmma(za, a, bb);
+                        mma_bf16(za, a, bb);
                     }
                 }
                 float db[2] = {0.f, 0.f};
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     int i = rt * 16 + gq + (e >> 1) * 8, col = n0 + 2 * tq + (e & 1);
-                    sVpb[i * LT + col] = bto_bf16(va[e]);
-                    sZb[i * LT + col] = bto_bf16(za[e]);
+                    sVpb[i * LT + col] = to_bf16(va[e]);
+                    sZb[i * LT + col] = to_bf16(za[e]);
                     db[e >> 1] += za[e] * bf16_to_f32(svb[i * LT + col]);
                     if (i < n) DV[(((long)b * T + t0 + i) * HV + hv) * vd + v0 + col] = sbeta[i] * za[e];
                 }
@@ -706,9 +669,9 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                     bfrag_b(bs, sSb, LT, n0, 0);
                     bfrag_b(bd, sdSb, LT, n0, 0);
                     float c1[4] = {0.f, 0.f, 0.f, 0.f}, c2[4] = {0.f, 0.f, 0.f, 0.f}, c3[4] = {0.f, 0.f, 0.f, 0.f};
-                    bmma(c1, ao, bs);
-                    bmma(c2, av, bd);
-                    if (delta) bmma(c3, az, bs);
+                    mma_bf16(c1, ao, bs);
+                    mma_bf16(c2, av, bd);
+                    if (delta) mma_bf16(c3, az, bs);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         int idx = (i0 + (e >> 1) * 8) * KP + col + (e & 1);
@@ -724,8 +687,8 @@ __device__ void lbwd_chunk(const bf16_t* __restrict__ q, const bf16_t* __restric
                     unsigned bv[2];
                     bfrag_b(bv, Vp, LT, n0, 0);
                     float c1[4] = {0.f, 0.f, 0.f, 0.f}, c2[4] = {0.f, 0.f, 0.f, 0.f};
-                    bmma(c1, ao, bv);
-                    if (delta) bmma(c2, az, bv);
+                    mma_bf16(c1, ao, bv);
+                    if (delta) mma_bf16(c2, az, bv);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         int idx = (i0 + (e >> 1) * 8) * LC + col + (e & 1);

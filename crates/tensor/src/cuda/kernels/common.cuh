@@ -35,3 +35,56 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     return partial[0];
 }
+
+#if __CUDA_ARCH__ >= 800
+// Tensor-core pieces shared by the chunked linear-mixer kernels (forward and backward).
+__device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// Round to nearest even in one instruction (f32_to_bf16 above is the portable bit arithmetic).
+__device__ __forceinline__ bf16_t to_bf16(float f) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+// An f32 tile a warp holds in m16n8 mma accumulators, MT 16-row tiles by NB 8-column tiles:
+// s[mt][nt][e] is row r0 + 16mt + gq (+8 for e >= 2), column c0 + 8nt + 2tq + (e & 1) (gq =
+// lane / 4, tq = lane % 4). `f(value, row, column)` visits every element.
+template <int MT, int NB, class F>
+__device__ __forceinline__ void acc_tile_each(float (&s)[MT][NB][4], int r0, int c0, F f) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                f(s[mt][nt][e], r0 + mt * 16 + gq + (e >> 1) * 8, c0 + nt * 8 + 2 * tq + (e & 1));
+}
+// Loads from / stores to a row-major f32 matrix with rows ld apart; rows >= nrows and columns
+// >= ncols are skipped (read as zero), and !on loads zeros.
+template <int MT, int NB>
+__device__ __forceinline__ void acc_tile_load(float (&s)[MT][NB][4], const float* m, long ld, int r0,
+                                              int c0, int nrows, int ncols, bool on) {
+    acc_tile_each<MT, NB>(s, r0, c0, [&](float& x, int r, int c) {
+        x = (on && r < nrows && c < ncols) ? m[(long)r * ld + c] : 0.f;
+    });
+}
+template <int MT, int NB>
+__device__ __forceinline__ void acc_tile_store(float (&s)[MT][NB][4], float* m, long ld, int r0, int c0,
+                                               int nrows, int ncols) {
+    acc_tile_each<MT, NB>(s, r0, c0, [&](float& x, int r, int c) {
+        if (r < nrows && c < ncols) m[(long)r * ld + c] = x;
+    });
+}
+// The tile transposed into bf16 shared memory: t[c·ld + r] (the B operand of products with it).
+template <int MT, int NB>
+__device__ __forceinline__ void acc_tile_store_bf16_t(float (&s)[MT][NB][4], bf16_t* t, int ld, int r0) {
+    acc_tile_each<MT, NB>(s, r0, 0, [&](float& x, int r, int c) { t[c * ld + r] = to_bf16(x); });
+}
+#endif
