@@ -64,14 +64,18 @@ __device__ __forceinline__ void store_c(float* m, int ld, int r0, int n0, const 
 // loads; the values are the same). Tiles live in shared memory with 16-byte-aligned rows.
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
+// Four 8x8 bf16 matrices from shared memory (32-bit address), one per group of 8 lanes.
+__device__ __forceinline__ void ldsm_x4(unsigned r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
 // A fragment: the 16x16 tile at (r0, k0) of a row-major bf16 matrix (k contiguous).
 __device__ __forceinline__ void frag_a(unsigned a[4], const bf16_t* s, int ld, int r0, int k0) {
     int lane = threadIdx.x & 31;
-    unsigned addr = smem_u32(s + (r0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                 : "r"(addr)
-                 : "memory");
+    ldsm_x4(a, smem_u32(s + (r0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8));
 }
 
 // B fragment: the 16(k) x 8(n) tile at (k0, n0) of a matrix stored [n][k] (k contiguous).
@@ -130,15 +134,9 @@ __device__ __forceinline__ void store_v_tile(bf16_t* bvT, int ldc, const uint4 r
     }
 }
 
-// Sizes of the per-chunk scratch blocks (elements), shared with the launcher.
-// The per-chunk blocks of W, QG, KT and AQK keep the shared-memory row padding in global
-// memory, so that the sequential pass (and the backward's) copies each block whole: one bulk
-// copy where a row at a time left the copy engine idle between 256-byte requests.
-template <int KP>
-struct Blocks {
-    static constexpr int LDK = KP + PAD, LDC = CH + PAD;
-    static constexpr int W = CH * LDK, QG = CH * LDK, KT = KP * LDC, AQK = CH * LDC, EL = KP;
-};
+// The per-chunk scratch blocks are PrepBlocks (common.cuh), read by the backward too and sized
+// the same way by the launchers.
+static_assert(PrepBlocks<64>::CHUNK == CH && PrepBlocks<64>::ROW_PAD == PAD, "prep block layout");
 
 // ---------------------------------------------------------------------------------------------
 // Kernel 1. Grid (n_chunks, B*HV), 256 threads (8 warps).
@@ -207,7 +205,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
     const int t0 = c * CH, n = min(CH, T - t0);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
     const long blk = (long)bh * gridDim.x + c;
-    bf16_t* aqk_out = AQK + blk * Blocks<KP>::AQK;  // rows LDC apart
+    bf16_t* aqk_out = AQK + blk * PrepBlocks<KP>::AQK;  // rows LDC apart
 
     // Load q, k (zero past kd and past the sequence end; 16-byte loads when rows allow), β,
     // and the log decays; then cum by a prefix sum down each channel.
@@ -467,8 +465,8 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
         for (int ch = tid; ch < KP; ch += blockDim.x) EL[blk * KP + ch] = fast_exp(cum[last * KP + ch]);
     }
     __syncthreads();
-    copy_out<KP>(QG + blk * Blocks<KP>::QG, qb, CH, KP, LDK, LDK, KP);
-    copy_out<KP>(KT + blk * Blocks<KP>::KT, X, KP, CH, LDC, LDC, CH);
+    copy_out<KP>(QG + blk * PrepBlocks<KP>::QG, qb, CH, KP, LDK, LDK, KP);
+    copy_out<KP>(KT + blk * PrepBlocks<KP>::KT, X, KP, CH, LDC, LDC, CH);
 
     // T = (I + M)⁻¹, blockwise over 16-blocks, into TT (f32, over cum once nothing reads it):
     // diagonal blocks by forward substitution (one warp each), then the blocks below by
@@ -627,7 +625,7 @@ __device__ void chunk_prep(const bf16_t* __restrict__ q, const bf16_t* __restric
             *(unsigned*)(X + (r0 + gq + 8) * LDK + col) = pack_bf16(acc[j][2], acc[j][3]);
         }
         __syncthreads();
-        copy_out<KP>(W + blk * Blocks<KP>::W, X, CH, KP, LDK, LDK, KP);
+        copy_out<KP>(W + blk * PrepBlocks<KP>::W, X, CH, KP, LDK, LDK, KP);
     }
     // U = T (β V), 64 value columns at a time: β V transposed into bvT (over kb), the product
     // staged in X as [CH][LDC].
@@ -698,12 +696,6 @@ struct StageLayout {
                          U = AQK + 2 * CH * LDC, EL = U + 2 * CH * LDU, BYTES = EL + 4 * KP;
 };
 
-__device__ __forceinline__ void ldsm_x4(unsigned r[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
 __device__ __forceinline__ void cp_async16_to(unsigned dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
@@ -723,10 +715,10 @@ __device__ __forceinline__ void copy_tile(unsigned dst, const bf16_t* src, int l
     for (int u = 0; u < ROWS / RP; ++u) cp_async16_to(dst + u * RP * LDD * 2, src + (long)u * RP * ld_src);
 }
 
-// On sm_90 the operands arrive by bulk copies (the TMA unit: one instruction a row, no
-// per-16-byte address arithmetic), which one warp issues and an mbarrier per stage counts in
-// bytes; ncu showed the cp.async issue (~16 copies and their 64-bit addresses per thread a
-// chunk) made the output warps the last at every barrier. Older GPUs keep cp.async.
+// On sm_90 the operands arrive by bulk copies (the TMA unit: one instruction a contiguous
+// block, no per-16-byte address arithmetic), which one thread issues and an mbarrier per stage
+// counts in bytes; ncu showed the cp.async issue (~16 copies and their 64-bit addresses per
+// thread a chunk) made the output warps the last at every barrier. Older GPUs keep cp.async.
 #if __CUDA_ARCH__ >= 900
 #define CHUNK_TMA 1
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
@@ -778,9 +770,8 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
     const unsigned b_lds = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ((lane >> 3) & 1) * 8) * 2;
     const unsigned b_ldc = (((lane & 7) + ((lane >> 4) & 1) * 8) * LDC + ((lane >> 3) & 1) * 8) * 2;
 
-    // One mbarrier per stage (after vT), for the bulk copies.
-    const unsigned bar_u = vT_u + 2 * BVT * LDC;
 #if CHUNK_TMA
+    const unsigned bar_u = vT_u + 2 * BVT * LDC;  // one mbarrier per stage (after vT)
     if (tid == 0) {
         for (int i = 0; i < NSTAGE; ++i) mbar_init(bar_u + 8 * i, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -788,11 +779,12 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
     __syncthreads();
 #endif
     auto load = [&](int c) {  // chunk c's operands into its stage (output warps)
+        using B = PrepBlocks<KP>;
         const unsigned st = sbase + (c % NSTAGE) * L::BYTES;
         const long blk = (long)bh * nc + c;
+        const int ct = tid - (STATE_THREADS - COPIERS);
 #if CHUNK_TMA
         const unsigned bar = bar_u + 8 * (c % NSTAGE);
-        using B = Blocks<KP>;
         if (tid == STATE_THREADS - COPIERS) {  // one thread of the output warps
             mbar_expect_tx(bar, 2 * ((delta ? B::W : 0) + B::QG + B::KT + B::AQK) + 4 * KP);
             if (delta) bulk_copy(st + L::W, W + blk * B::W, 2 * B::W, bar);
@@ -802,10 +794,8 @@ __device__ void chunk_state(const bf16_t* W, const bf16_t* U, const bf16_t* QG, 
             bulk_copy(st + L::EL, EL + blk * KP, KP * 4, bar);
         }
         // U's 16 or 32 columns of each row are not contiguous: cp.async, one piece a thread.
-        copy_tile<CH, BVT, LDU>(st + L::U, U + blk * CH * vp + v0, vp, tid - (STATE_THREADS - COPIERS));
+        copy_tile<CH, BVT, LDU>(st + L::U, U + blk * CH * vp + v0, vp, ct);
 #else
-        const int ct = tid - (STATE_THREADS - COPIERS);
-        using B = Blocks<KP>;
         if (delta) copy_tile<CH, KP, LDS>(st + L::W, W + blk * B::W, LDS, ct);
         copy_tile<CH, KP, LDS>(st + L::QG, QG + blk * B::QG, LDS, ct);
         copy_tile<KP, CH, LDC>(st + L::KT, KT + blk * B::KT, LDC, ct);

@@ -23,7 +23,7 @@
 // Padded tokens (past T) have q = k = v = 0 and g = 0, so γ_63 = γ_last of a ragged chunk.
 // lbwd_state_f32 is the plain-FMA form of lbwd_state, kept as a cross-check.
 #define BCH 64   // tokens per chunk (CH of the forward)
-#define BPAD 8  // = the forward's PAD: its W, QG, KT, AQK blocks keep these padded rows in global memory
+#define BPAD 8  // shared-memory row padding (as PrepBlocks' global-memory rows)
 #define BVT 16   // value columns per tile
 #define LV 17    // padded row length of value tiles
 
@@ -37,6 +37,7 @@ __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __res
                            int T, int HV, int kd, int vd, int delta, int has_dht) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     constexpr int LQ = KP + 1, LC = BCH + 1;
+    using PB = PrepBlocks<KP>;  // the prep's block layout
     float* aqk = (float*)smem_raw;   // [64][65]
     float* kt = aqk + BCH * LC;      // [KP][65]
     float* qg = kt + KP * LC;        // [64][KP+1]
@@ -64,16 +65,16 @@ __device__ void lbwd_state_f32(const bf16_t* __restrict__ W, const bf16_t* __res
         }
         for (int i = tid; i < BCH * BCH; i += blockDim.x) {
             int r = i / BCH, cc = i % BCH;
-            aqk[r * LC + cc] = (cc <= r) ? bf16_to_f32(AQK[blk * BCH * (BCH + BPAD) + r * (BCH + BPAD) + cc]) : 0.f;
+            aqk[r * LC + cc] = (cc <= r) ? bf16_to_f32(AQK[blk * PB::AQK + r * PB::LDC + cc]) : 0.f;
         }
         for (int i = tid; i < KP * BCH; i += blockDim.x) {
             int r = i / BCH, cc = i % BCH;
-            kt[r * LC + cc] = bf16_to_f32(KT[blk * KP * (BCH + BPAD) + r * (BCH + BPAD) + cc]);
+            kt[r * LC + cc] = bf16_to_f32(KT[blk * PB::KT + r * PB::LDC + cc]);
         }
         for (int i = tid; i < BCH * KP; i += blockDim.x) {
             int r = i / KP, cc = i % KP;
-            qg[r * LQ + cc] = bf16_to_f32(QG[blk * BCH * (KP + BPAD) + r * (KP + BPAD) + cc]);
-            w[r * LQ + cc] = delta ? bf16_to_f32(W[blk * BCH * (KP + BPAD) + r * (KP + BPAD) + cc]) : 0.f;
+            qg[r * LQ + cc] = bf16_to_f32(QG[blk * PB::QG + r * PB::LDK + cc]);
+            w[r * LQ + cc] = delta ? bf16_to_f32(W[blk * PB::W + r * PB::LDK + cc]) : 0.f;
         }
         for (int i = tid; i < KP; i += blockDim.x) el[i] = EL[blk * KP + i];
         for (int i = tid; i < BCH * BVT; i += blockDim.x) {
@@ -191,10 +192,11 @@ __device__ __forceinline__ void bstage_load(BStage<KP, NB>* st, const bf16_t* W,
                                             const bf16_t* KT, const bf16_t* AQK, const float* EL,
                                             const bf16_t* dO, long blk, int b, int hv, int HV,
                                             int T, int c, int vd, int v0, int delta) {
-    if (delta) bcopy_rows<BCH, KP, KP + BPAD>(&st->w[0][0], W + blk * BCH * (KP + BPAD), KP + BPAD);
-    bcopy_rows<BCH, KP, KP + BPAD>(&st->qg[0][0], QG + blk * BCH * (KP + BPAD), KP + BPAD);
-    bcopy_rows<KP, BCH, BCH + BPAD>(&st->kt[0][0], KT + blk * KP * (BCH + BPAD), BCH + BPAD);
-    bcopy_rows<BCH, BCH, BCH + BPAD>(&st->aqk[0][0], AQK + blk * BCH * (BCH + BPAD), BCH + BPAD);
+    using PB = PrepBlocks<KP>;
+    if (delta) bcopy_rows<BCH, KP, KP + BPAD>(&st->w[0][0], W + blk * PB::W, PB::LDK);
+    bcopy_rows<BCH, KP, KP + BPAD>(&st->qg[0][0], QG + blk * PB::QG, PB::LDK);
+    bcopy_rows<KP, BCH, BCH + BPAD>(&st->kt[0][0], KT + blk * PB::KT, PB::LDC);
+    bcopy_rows<BCH, BCH, BCH + BPAD>(&st->aqk[0][0], AQK + blk * PB::AQK, PB::LDC);
     if (threadIdx.x < KP / 4) bcp_async16(&st->el[threadIdx.x * 4], EL + blk * KP + threadIdx.x * 4);
     const int t0 = c * BCH, n = min(BCH, T - t0);
     for (int i = threadIdx.x; i < BCH * NB; i += BST) {

@@ -36,6 +36,16 @@ __device__ __forceinline__ float block_sum(float v) {
     return partial[0];
 }
 
+// The chunked prep's per-chunk output blocks (elements), as chunk_prep writes them and both
+// sequential passes (forward chunk_state, backward lbwd_state*) read them: 64-token chunks, bf16
+// rows padded by 8 in global memory too, so that each block is contiguous and copies whole
+// (one bulk copy a block, where a row at a time left the copy engine idle between requests).
+template <int KP>
+struct PrepBlocks {
+    static constexpr int CHUNK = 64, ROW_PAD = 8, LDK = KP + ROW_PAD, LDC = CHUNK + ROW_PAD;
+    static constexpr int W = CHUNK * LDK, QG = CHUNK * LDK, KT = KP * LDC, AQK = CHUNK * LDC, EL = KP;
+};
+
 #if __CUDA_ARCH__ >= 800
 // Tensor-core pieces shared by the chunked linear-mixer kernels (forward and backward).
 __device__ __forceinline__ void mma_bf16(float c[4], const unsigned a[4], const unsigned b[2]) {
