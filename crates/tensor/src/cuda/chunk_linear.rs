@@ -27,19 +27,33 @@ pub struct ChunkDims {
 }
 
 impl ChunkDims {
-    fn chunks(&self) -> usize {
+    pub(super) fn chunks(&self) -> usize {
         self.t.div_ceil(CHUNK)
     }
     /// Key dims padded to the kernel's instantiation (64 or 128).
-    fn kp(&self) -> usize {
+    pub(super) fn kp(&self) -> usize {
         if self.k <= 64 {
             64
         } else {
             128
         }
     }
-    fn vp(&self) -> usize {
+    pub(super) fn vp(&self) -> usize {
         self.v.div_ceil(BV) * BV
+    }
+    /// Dynamic shared memory of chunk_prep (its regions, in the .cu's order); the backward
+    /// runs the same kernel.
+    pub(super) fn prep_smem(&self) -> usize {
+        let kp = self.kp();
+        let (ldk, ldc) = (kp + PAD, CHUNK + PAD);
+        let region = (CHUNK * ldk).max(kp * ldc);
+        2 * CHUNK * ldk   // kb
+            + 2 * region  // qb
+            + 4 * (CHUNK * kp).max(CHUNK * (CHUNK + 1)) // cum, later T
+            + 4 * CHUNK   // β
+            + 4 * CHUNK * (CHUNK + 1) // A
+            + 2 * CHUNK * ldc // Tb
+            + 2 * region // X
     }
     fn check(&self) -> Result<()> {
         if self.k == 0 || self.k > 128 || self.v == 0 || !self.v.is_multiple_of(2) {
@@ -57,15 +71,43 @@ impl ChunkDims {
     }
 }
 
+/// The first kernel's per-chunk outputs, read by the forward's sequential kernel and by the
+/// backward's (which runs the first kernel again into its own): W, QG, KT and AQK in the
+/// padded blocks of kernels/common.cuh `PrepBlocks` (whole-block copies), U over the value
+/// dims padded to 16, EL.
+pub(super) struct PrepBuffers {
+    pub(super) w: CudaSlice<bf16>,
+    pub(super) u: CudaSlice<bf16>,
+    pub(super) qg: CudaSlice<bf16>,
+    pub(super) kt: CudaSlice<bf16>,
+    pub(super) aqk: CudaSlice<bf16>,
+    pub(super) el: CudaSlice<f32>,
+}
+
+impl PrepBuffers {
+    pub(super) fn new(gpu: &Gpu, d: &ChunkDims) -> Result<Self> {
+        let blocks = d.b * d.hv * d.chunks();
+        let (kp, vp) = (d.kp(), d.vp());
+        Ok(Self {
+            w: gpu.zeros(blocks * CHUNK * (kp + PAD))?,
+            u: gpu.zeros(blocks * CHUNK * vp)?,
+            qg: gpu.zeros(blocks * CHUNK * (kp + PAD))?,
+            kt: gpu.zeros(blocks * kp * (CHUNK + PAD))?,
+            aqk: gpu.zeros(blocks * CHUNK * (CHUNK + PAD))?,
+            el: gpu.zeros(blocks * kp)?,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        2 * (self.w.len() + self.u.len() + self.qg.len() + self.kt.len() + self.aqk.len())
+            + 4 * self.el.len()
+    }
+}
+
 /// Per-chunk operands written by the first kernel and streamed by the second (see the .cu).
 pub struct ChunkScratch {
     dims: ChunkDims,
-    w: CudaSlice<bf16>,
-    u: CudaSlice<bf16>,
-    qg: CudaSlice<bf16>,
-    kt: CudaSlice<bf16>,
-    aqk: CudaSlice<bf16>,
-    el: CudaSlice<f32>,
+    prep: PrepBuffers,
     /// With `keep_states`, the forward writes the state entering every chunk here
     /// ([B, HV, n_chunks, K, V] f32): the saved activation of the backward pass.
     pub chunk_states: Option<CudaSlice<f32>>,
@@ -96,8 +138,7 @@ impl ChunkScratch {
 
     /// Bytes held (≈ 5 bf16 values per token, head and channel).
     pub fn bytes(&self) -> usize {
-        2 * (self.w.len() + self.u.len() + self.qg.len() + self.kt.len() + self.aqk.len())
-            + 4 * self.el.len()
+        self.prep.bytes()
     }
 }
 
@@ -105,17 +146,9 @@ impl Gpu {
     /// Scratch for [`Gpu::chunk_linear_fwd`] at these shapes; reusable across calls.
     pub fn chunk_linear_scratch(&self, d: ChunkDims) -> Result<ChunkScratch> {
         d.check()?;
-        let blocks = d.b * d.hv * d.chunks();
-        let (kp, vp) = (d.kp(), d.vp());
         Ok(ChunkScratch {
             dims: d,
-            // W, QG, KT and AQK keep the kernels' padded rows (whole-block copies, see the .cu).
-            w: self.zeros(blocks * CHUNK * (kp + PAD))?,
-            u: self.zeros(blocks * CHUNK * vp)?,
-            qg: self.zeros(blocks * CHUNK * (kp + PAD))?,
-            kt: self.zeros(blocks * kp * (CHUNK + PAD))?,
-            aqk: self.zeros(blocks * CHUNK * (CHUNK + PAD))?,
-            el: self.zeros(blocks * kp)?,
+            prep: PrepBuffers::new(self, &d)?,
             chunk_states: None,
             timings: None,
         })
@@ -169,16 +202,9 @@ impl Gpu {
         }
         let (kp, vp, nc) = (d.kp(), d.vp(), d.chunks());
         let (ldk, ldc) = (kp + PAD, CHUNK + PAD);
-        let region = (CHUNK * ldk).max(kp * ldc);
-        let prep_smem = 2 * CHUNK * ldk   // kb
-            + 2 * region                  // qb
-            + 4 * (CHUNK * kp).max(CHUNK * (CHUNK + 1)) // cum, later T
-            + 4 * CHUNK                   // β
-            + 4 * CHUNK * (CHUNK + 1)     // A
-            + 2 * CHUNK * ldc             // Tb
-            + 2 * region; // X
-                          // Value columns per sequential block: 32 halves the re-reads of each chunk's operands
-                          // (one per block) when that still leaves a block for most SMs; else 16.
+        let prep_smem = d.prep_smem();
+        // Value columns per sequential block: 32 halves the re-reads of each chunk's operands
+        // (one per block) when that still leaves a block for most SMs; else 16.
         let bvt = match std::env::var("HYBRID_CHUNK_BV").ok().as_deref() {
             Some("16") => 16,
             Some("32") => 32,
@@ -260,12 +286,12 @@ impl Gpu {
             .arg(v)
             .arg(g)
             .arg(beta_arg)
-            .arg(&mut s.w)
-            .arg(&mut s.u)
-            .arg(&mut s.qg)
-            .arg(&mut s.kt)
-            .arg(&mut s.aqk)
-            .arg(&mut s.el)
+            .arg(&mut s.prep.w)
+            .arg(&mut s.prep.u)
+            .arg(&mut s.prep.qg)
+            .arg(&mut s.prep.kt)
+            .arg(&mut s.prep.aqk)
+            .arg(&mut s.prep.el)
             .arg(&t)
             .arg(&h)
             .arg(&hv)
@@ -285,18 +311,18 @@ impl Gpu {
         s.lap(self, "chunk_prep_ms", t0)?;
         let t1 = std::time::Instant::now();
         let mut b = self.stream.launch_builder(&run);
-        b.arg(&s.w)
-            .arg(&s.u)
-            .arg(&s.qg)
-            .arg(&s.kt)
-            .arg(&s.aqk)
-            .arg(&s.el)
+        b.arg(&s.prep.w)
+            .arg(&s.prep.u)
+            .arg(&s.prep.qg)
+            .arg(&s.prep.kt)
+            .arg(&s.prep.aqk)
+            .arg(&s.prep.el)
             .arg(state)
             .arg(o);
         let save = s.chunk_states.is_some() as i32;
         match s.chunk_states.as_mut() {
             Some(cs) => b.arg(cs),
-            None => b.arg(&s.el), // never written when save == 0
+            None => b.arg(&s.prep.el), // never written when save == 0
         };
         b.arg(&t)
             .arg(&hv)

@@ -6,6 +6,7 @@
 //! EL, into buffers of [`ChunkGrads`]: `ChunkScratch`'s own are private to its module), the
 //! reverse sequential pass `lbwd_state` (dV' and the exit-state gradient of every chunk, dh0),
 //! and the per-chunk `lbwd_chunk` (dq, dk, dv, dg, dβ), which recomputes T, V' in f32.
+use super::chunk_linear::PrepBuffers;
 use super::{cuda_err, ChunkDims, ChunkScratch, Gpu, CHUNK_LINEAR, CHUNK_LINEAR_BWD};
 use crate::{Error, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -16,18 +17,6 @@ const CHUNK: usize = 64;
 const PAD: usize = 8;
 const BVT: usize = 16;
 const LV: usize = 17;
-
-fn kp(d: &ChunkDims) -> usize {
-    if d.k <= 64 {
-        64
-    } else {
-        128
-    }
-}
-
-fn chunks(d: &ChunkDims) -> usize {
-    d.t.div_ceil(CHUNK)
-}
 
 /// Gradients of one backward call (all f32) and the backward's own scratch. dq, dk
 /// [B, T, H, K]; dv [B, T, HV, V]; dg [B, T, HV] (scalar decays, GDN) or [B, T, HV, K];
@@ -41,12 +30,8 @@ pub struct ChunkGrads {
     pub dg: CudaSlice<f32>,
     pub dbeta: CudaSlice<f32>,
     pub dh0: CudaSlice<f32>,
-    w: CudaSlice<bf16>,
-    u: CudaSlice<bf16>,
-    qg: CudaSlice<bf16>,
-    kt: CudaSlice<bf16>,
-    aqk: CudaSlice<bf16>,
-    el: CudaSlice<f32>,
+    /// The first kernel's outputs, recomputed by the backward.
+    prep: PrepBuffers,
     /// Exit-state gradient of every chunk [B, HV, NC, K, V] and dV' [B, T, HV, V].
     ds: CudaSlice<f32>,
     dvp: CudaSlice<f32>,
@@ -96,8 +81,7 @@ impl Gpu {
     /// Gradient buffers (and backward scratch) for [`Gpu::chunk_linear_bwd`] at these shapes.
     pub fn chunk_linear_grads(&self, d: ChunkDims, g_per_head: bool) -> Result<ChunkGrads> {
         check(&d)?;
-        let (kp, nc) = (kp(&d), chunks(&d));
-        let blocks = d.b * d.hv * nc;
+        let blocks = d.b * d.hv * d.chunks();
         let g_len = d.b * d.t * d.hv * if g_per_head { 1 } else { d.k };
         Ok(ChunkGrads {
             dims: d,
@@ -108,13 +92,7 @@ impl Gpu {
             dg: self.zeros(g_len)?,
             dbeta: self.zeros(d.b * d.t * d.hv)?,
             dh0: self.zeros(d.b * d.hv * d.k * d.v)?,
-            // The forward prep's layouts: padded rows, U over the value dims padded to 16.
-            w: self.zeros(blocks * CHUNK * (kp + PAD))?,
-            u: self.zeros(blocks * CHUNK * d.v.div_ceil(16) * 16)?,
-            qg: self.zeros(blocks * CHUNK * (kp + PAD))?,
-            kt: self.zeros(blocks * kp * (CHUNK + PAD))?,
-            aqk: self.zeros(blocks * CHUNK * (CHUNK + PAD))?,
-            el: self.zeros(blocks * kp)?,
+            prep: PrepBuffers::new(self, &d)?,
             ds: self.zeros(blocks * d.k * d.v)?,
             dvp: self.zeros(d.b * d.t * d.hv * d.v)?,
             timings: None,
@@ -178,20 +156,11 @@ impl Gpu {
                 "chunk_linear_bwd: {name} holds {got} values, the shapes {d:?} need {want}"
             )));
         }
-        let (kp, nc) = (kp(&d), chunks(&d));
+        let (kp, nc) = (d.kp(), d.chunks());
         let vp = d.v; // a multiple of 16 (checked)
-                      // The forward's prep, with its launcher's shared-memory size.
-        let (ldk, ldc) = (kp + PAD, CHUNK + PAD);
-        let region = (CHUNK * ldk).max(kp * ldc);
-        let prep_smem = 2 * CHUNK * ldk
-            + 2 * region
-            + 4 * (CHUNK * kp).max(CHUNK * (CHUNK + 1))
-            + 4 * CHUNK
-            + 4 * CHUNK * (CHUNK + 1)
-            + 2 * CHUNK * ldc
-            + 2 * region;
-        // The reverse pass on tensor cores (default) or in plain f32 (HYBRID_LBWD_STATE=f32, a
-        // cross-check): two cp.async stages of W, QG, KT, AQK, dO, EL, plus dSᵀ and dV'ᵀ.
+        let prep_smem = d.prep_smem(); // the forward's prep, sized as its launcher sizes it
+                                       // The reverse pass on tensor cores (default) or in plain f32 (HYBRID_LBWD_STATE=f32, a
+                                       // cross-check): two cp.async stages of W, QG, KT, AQK, dO, EL, plus dSᵀ and dV'ᵀ.
         let f32_state = std::env::var("HYBRID_LBWD_STATE").is_ok_and(|x| x == "f32");
         let state_smem = if f32_state {
             4 * (CHUNK * (CHUNK + 1)
@@ -253,12 +222,12 @@ impl Gpu {
             .arg(v)
             .arg(g)
             .arg(beta_arg)
-            .arg(&mut gr.w)
-            .arg(&mut gr.u)
-            .arg(&mut gr.qg)
-            .arg(&mut gr.kt)
-            .arg(&mut gr.aqk)
-            .arg(&mut gr.el)
+            .arg(&mut gr.prep.w)
+            .arg(&mut gr.prep.u)
+            .arg(&mut gr.prep.qg)
+            .arg(&mut gr.prep.kt)
+            .arg(&mut gr.prep.aqk)
+            .arg(&mut gr.prep.el)
             .arg(&t)
             .arg(&h)
             .arg(&hv)
@@ -279,13 +248,13 @@ impl Gpu {
 
         let t1 = std::time::Instant::now();
         let has_dht = dht.is_some() as i32;
-        let dht_arg = dht.unwrap_or(&gr.el); // never read without has_dht
+        let dht_arg = dht.unwrap_or(&gr.prep.el); // never read without has_dht
         let mut b = self.stream.launch_builder(&state);
-        b.arg(&gr.w)
-            .arg(&gr.qg)
-            .arg(&gr.kt)
-            .arg(&gr.aqk)
-            .arg(&gr.el)
+        b.arg(&gr.prep.w)
+            .arg(&gr.prep.qg)
+            .arg(&gr.prep.kt)
+            .arg(&gr.prep.aqk)
+            .arg(&gr.prep.el)
             .arg(do_)
             .arg(dht_arg)
             .arg(&mut gr.ds)
