@@ -3,8 +3,8 @@
 //! optional sliding window). Layouts: q, o [B, T, H, D]; k, v [B, S, Hk, D]; lse [B, H, T] f32.
 use super::{cuda_err, kernel_cache_dir, Gpu, COMMON, FLASH_ATTN};
 use crate::{Error, Result};
-use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{self, CUfunction_attribute_enum};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::bf16;
 use sha2::{Digest, Sha256};
@@ -168,38 +168,70 @@ fn window_arg(window: Option<usize>) -> i32 {
     window.map_or(0, |w| w.clamp(1, i32::MAX as usize) as i32)
 }
 
-/// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forward: between
+/// The Hopper forwards (kernels/flash_fwd_sm90.cu, wgmma, sm_90a only).
+const FLASH_FWD_SM90: &str = include_str!("kernels/flash_fwd_sm90.cu");
+
+/// Which wgmma forward kernel runs (both are kept so one bench call can compare them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgmmaForward {
+    /// `flash_fwd_wgmma_d128`: one warpgroup per 64 rows, all threads load (cp.async), the two
+    /// products and the softmax in lockstep.
+    Lockstep,
+    /// `flash_fwd_ws_d128`: FlashAttention-3's schedule — a TMA producer, two consumer
+    /// warpgroups sharing each K/V tile, the softmax overlapped with P V inside a warpgroup.
+    WarpSpecialized,
+}
+
+impl WgmmaForward {
+    fn function(self) -> &'static str {
+        match self {
+            WgmmaForward::Lockstep => "flash_fwd_wgmma_d128",
+            WgmmaForward::WarpSpecialized => "flash_fwd_ws_d128",
+        }
+    }
+    fn smem(self) -> usize {
+        match self {
+            WgmmaForward::Lockstep => 64 * 128 * 2 + 2 * 128 * 128 * 2 + 1024,
+            // Q, two stages of K and V (32 KB tiles), 1 KB of alignment, 9 mbarriers.
+            WgmmaForward::WarpSpecialized => 1024 + 5 * 128 * 128 * 2 + 8 * 9,
+        }
+    }
+}
+
+/// Whether [`Gpu::flash_attn_fwd_bf16`] runs a wgmma forward at head dim 128 on sm_90 (else,
+/// and wherever sm_90a does not compile, the mma.sync forward), and which.
+pub const WGMMA_DEFAULT: Option<WgmmaForward> = Some(WgmmaForward::WarpSpecialized);
+
+/// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forwards: between
 /// the two 64-column halves of the V tile and between its 8-key row groups.
 pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
 
-/// Whether [`Gpu::flash_attn_fwd_bf16`] runs the wgmma forward at head dim 128 on sm_90 (else,
-/// and wherever sm_90a does not compile, the mma.sync forward).
-pub const WGMMA_DEFAULT: bool = true;
+/// The wgmma forwards' module, compiled for sm_90a (the rest of flash_attn.cu is built for the
+/// device's plain arch by [`Gpu::function`]), one per context; `None` once loading failed (not
+/// retried). Functions are cached by (context, name).
+type WgmmaCache = HashMap<(usize, &'static str), Option<CudaFunction>>;
+static WGMMA_FWD: OnceLock<Mutex<WgmmaCache>> = OnceLock::new();
 
-/// The wgmma forward, compiled for sm_90a (the rest of the file is built for the device's plain
-/// arch by [`Gpu::function`]), one per context; `None` once loading it failed (not retried).
-static WGMMA_FWD: OnceLock<Mutex<HashMap<usize, Option<CudaFunction>>>> = OnceLock::new();
-const WGMMA_SMEM: usize = 64 * 128 * 2 + 2 * 128 * 128 * 2 + 1024;
-
-/// PTX of kernels/flash_attn.cu for sm_90a, from the disk cache or NVRTC (as `Gpu::ptx`).
+/// PTX of kernels/flash_attn.cu + flash_fwd_sm90.cu for sm_90a, from the disk cache or NVRTC
+/// (as `Gpu::ptx`).
 fn wgmma_ptx() -> Result<Ptx> {
-    let full = format!("{COMMON}\n{}", FLASH_ATTN.1);
+    let full = format!("{COMMON}\n{}\n{FLASH_FWD_SM90}", FLASH_ATTN.1);
     let mut h = Sha256::new();
     h.update(full.as_bytes());
     h.update(b"sm_90a --std=c++17");
-    let path = kernel_cache_dir().join(format!("flash_attn-sm_90a-{:x}.ptx", h.finalize()));
+    let path = kernel_cache_dir().join(format!("flash_fwd_sm90-sm_90a-{:x}.ptx", h.finalize()));
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(Ptx::from_src(text));
     }
     let opts = CompileOptions {
         arch: Some("sm_90a"),
         options: vec!["--std=c++17".into()],
-        name: Some("flash_attn.cu".into()),
+        name: Some("flash_fwd_sm90.cu".into()),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts).map_err(|e| {
         Error::Msg(format!(
-            "NVRTC could not compile kernels/flash_attn.cu for sm_90a: {e:?}"
+            "NVRTC could not compile kernels/flash_fwd_sm90.cu for sm_90a: {e:?}"
         ))
     })?;
     if std::fs::create_dir_all(kernel_cache_dir()).is_ok() {
@@ -211,19 +243,66 @@ fn wgmma_ptx() -> Result<Ptx> {
     Ok(ptx)
 }
 
+/// A TMA tensor map (the driver's 128-byte descriptor), passed to a kernel by value as a
+/// `const __grid_constant__ TmaMap`.
+#[repr(C, align(128))]
+#[derive(Clone, Copy)]
+struct TmaMap(sys::CUtensorMap);
+// SAFETY: plain bytes the kernel reads as its 128-byte, 64-aligned TmaMap parameter.
+unsafe impl DeviceRepr for TmaMap {}
+
+impl TmaMap {
+    /// A [B, rows, heads, 128] bf16 tensor at `ptr`, read as boxes of 128 rows x 64 columns of
+    /// one (batch, head), with the 128-byte swizzle the wgmma descriptors expect; rows past
+    /// `rows` read as zeros.
+    fn rows_of_heads(ptr: u64, b: usize, rows: usize, heads: usize) -> Result<TmaMap> {
+        const D: u64 = 128;
+        let dims = [D, heads as u64, rows as u64, b as u64];
+        let strides = [D * 2, heads as u64 * D * 2, rows as u64 * heads as u64 * D * 2];
+        let boxes = [64u32, 1, 128, 1];
+        let unit = [1u32; 4];
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        // SAFETY: every pointer names an array of the rank's length (strides one less), alive
+        // for the call; the driver only writes `map`.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                map.as_mut_ptr(),
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                4,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                unit.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(Error::Msg(format!(
+                "cuTensorMapEncodeTiled refused a [{b}, {rows}, {heads}, 128] bf16 tensor: {r:?}"
+            )));
+        }
+        // SAFETY: initialised by the successful call above.
+        Ok(TmaMap(unsafe { map.assume_init() }))
+    }
+}
+
 impl Gpu {
-    fn wgmma_fwd_function(&self) -> Result<CudaFunction> {
+    fn wgmma_fwd_function(&self, kind: WgmmaForward) -> Result<CudaFunction> {
         if self.compute_capability != (9, 0) {
             return Err(Error::Msg(format!(
                 "the wgmma flash forward needs a Hopper GPU (sm_90), this is sm_{}{}",
                 self.compute_capability.0, self.compute_capability.1
             )));
         }
-        let key = Arc::as_ptr(&self.ctx) as usize;
+        let key = (Arc::as_ptr(&self.ctx) as usize, kind.function());
         let cache = WGMMA_FWD.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap().get(&key) {
             return f.clone().ok_or_else(|| {
-                Error::Msg("the wgmma flash forward failed to load earlier".into())
+                Error::Msg(format!("{} failed to load earlier", kind.function()))
             });
         }
         let loaded = (|| {
@@ -232,11 +311,11 @@ impl Gpu {
                 .load_module(wgmma_ptx()?)
                 .map_err(|e| cuda_err("module load", e))?;
             let f = module
-                .load_function("flash_fwd_wgmma_d128")
-                .map_err(|e| cuda_err("loading flash_fwd_wgmma_d128", e))?;
+                .load_function(kind.function())
+                .map_err(|e| cuda_err(&format!("loading {}", kind.function()), e))?;
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                WGMMA_SMEM as i32,
+                kind.smem() as i32,
             )
             .map_err(|e| cuda_err("setting shared memory size", e))?;
             Ok(f)
@@ -250,15 +329,16 @@ impl Gpu {
         loaded
     }
 
-    /// Whether [`Gpu::flash_attn_fwd_bf16`] takes the wgmma forward for head dim `d` here:
-    /// head dim 128 on an sm_90 GPU where the sm_90a build compiles and loads.
+    /// Whether [`Gpu::flash_attn_fwd_bf16`] takes a wgmma forward for head dim `d` here: head
+    /// dim 128 on an sm_90 GPU where the sm_90a build compiles and loads.
     pub fn flash_fwd_uses_wgmma(&self, d: usize) -> bool {
-        WGMMA_DEFAULT && d == 128 && self.wgmma_fwd_function().is_ok()
+        WGMMA_DEFAULT.is_some_and(|k| d == 128 && self.wgmma_fwd_function(k).is_ok())
     }
 
-    /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only), with the V
-    /// descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]); the default forward
-    /// there (see [`Gpu::flash_fwd_uses_wgmma`]). Tested by `flash_forward_wgmma_matches_reference`.
+    /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only) by the `kind` kernel,
+    /// with the V descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]); the default
+    /// forward there (see [`Gpu::flash_fwd_uses_wgmma`]). Tested by
+    /// `flash_forward_wgmma_matches_reference`.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_attn_fwd_bf16_wgmma(
         &self,
@@ -271,6 +351,7 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
         v_strides: (u32, u32),
+        kind: WgmmaForward,
     ) -> Result<()> {
         dims.check()?;
         if dims.d != 128 {
@@ -284,11 +365,15 @@ impl Gpu {
         check_len("k", k.len(), dims.kv_len())?;
         check_len("v", v.len(), dims.kv_len())?;
         check_len("lse", lse.len(), dims.rows())?;
-        let f = self.wgmma_fwd_function()?;
+        let f = self.wgmma_fwd_function(kind)?;
+        let rows = match kind {
+            WgmmaForward::Lockstep => 64,
+            WgmmaForward::WarpSpecialized => 128,
+        };
         let cfg = LaunchConfig {
-            grid_dim: ((dims.b * dims.h) as u32, dims.t.div_ceil(64) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: WGMMA_SMEM as u32,
+            grid_dim: ((dims.b * dims.h) as u32, dims.t.div_ceil(rows) as u32, 1),
+            block_dim: (if rows == 64 { 128 } else { 384 }, 1, 1),
+            shared_mem_bytes: kind.smem() as u32,
         };
         let (t, s, h, hk, w) = (
             dims.t as i32,
@@ -300,10 +385,24 @@ impl Gpu {
         let (lbo, sbo) = (v_strides.0 as i32, v_strides.1 as i32);
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(o)
+        let maps;
+        match kind {
+            WgmmaForward::Lockstep => {
+                b.arg(q).arg(k).arg(v);
+            }
+            WgmmaForward::WarpSpecialized => {
+                let (qp, _rq) = q.device_ptr(&self.stream);
+                let (kp, _rk) = k.device_ptr(&self.stream);
+                let (vp, _rv) = v.device_ptr(&self.stream);
+                maps = [
+                    TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h)?,
+                    TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk)?,
+                    TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk)?,
+                ];
+                b.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
+            }
+        }
+        b.arg(o)
             .arg(lse)
             .arg(&t)
             .arg(&s)
@@ -313,9 +412,10 @@ impl Gpu {
             .arg(&scale_log2)
             .arg(&lbo)
             .arg(&sbo);
-        // SAFETY: the argument list matches flash_fwd_wgmma_d128; the buffers were checked
-        // against `dims` above; its shared memory (Q, K, V tiles and 1 KB of alignment) is
-        // WGMMA_SMEM, allowed when the function was loaded.
+        // SAFETY: the argument list matches the kind's kernel (tensor maps of q, k, v for the
+        // warp-specialized one, built over the buffers checked against `dims` above, which
+        // outlive the launch's stream order as the slices do); its shared memory is
+        // `kind.smem()`, allowed when the function was loaded.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash wgmma forward launch", e))?;
         Ok(())
     }
@@ -346,7 +446,7 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
-        if self.flash_fwd_uses_wgmma(dims.d) {
+        if let Some(kind) = WGMMA_DEFAULT.filter(|_| self.flash_fwd_uses_wgmma(dims.d)) {
             return self.flash_attn_fwd_bf16_wgmma(
                 q,
                 k,
@@ -357,6 +457,7 @@ impl Gpu {
                 scale,
                 window,
                 WGMMA_V_STRIDES,
+                kind,
             );
         }
         let tiling = *FwdTiling::available(dims.d).first().ok_or_else(|| {

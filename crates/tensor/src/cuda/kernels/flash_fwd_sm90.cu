@@ -1,0 +1,408 @@
+// ---------------------------------------------------------------------------------------
+// Forward on Hopper's warpgroup MMA (wgmma). This file is compiled for sm_90a only, after
+// common.cuh and flash_attn.cu (whose fa_* helpers it uses), by flash.rs.
+//
+// flash_fwd_wgmma_d128: the first version, kept to compare against the second in one call. One CTA = one warpgroup (4 warps, 128 threads) per 64 query
+// rows; key tiles of 128. S = Q K^T with both operands in shared memory, O += P V with P from
+// registers (the accumulator layout of S is the A-fragment layout, as with mma.sync). Two CTAs
+// fit an SM (80 KB of shared memory each), so one's softmax overlaps the other's MMAs.
+// Shared tiles are [D / 64][rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r
+// at chunk c ^ (r % 8)), 1024-byte aligned: K-major for Q and K, MN-major (transposed) for V.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// d[64] (+)= A B for m64n128k16: A and B in shared memory (descriptors), scale_d = 0 zeroes d first.
+__device__ __forceinline__ void wg_ss(float* d, unsigned long long da, unsigned long long db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+// d[64] += A B for m64n128k16: A (16 rows a warp, mma.m16n8k16 fragment layout) in registers,
+// B in shared memory MN-major (transposed).
+__device__ __forceinline__ void wg_rs(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db));
+}
+// Keeps the compiler from moving accesses of d across the wgmma wait.
+__device__ __forceinline__ void wg_fence_regs(float* d) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+// Rows [row0, row0 + R) of a [*, ld] bf16 matrix with 128 columns into a swizzled tile at
+// shared address dst (rows >= nrows zero-filled), by 128 threads.
+template <int R>
+__device__ __forceinline__ void wg_load_tile(unsigned dst, const bf16_t* g, long ld, int row0, int nrows, int tid) {
+#pragma unroll
+    for (int c = tid; c < R * 16; c += 128) {
+        int r = c >> 4, ch = c & 15;
+        bool ok = row0 + r < nrows;
+        const bf16_t* src = ok ? g + (long)(row0 + r) * ld + ch * 8 : g;
+        unsigned off = (ch >> 3) * (R * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
+        fa_cp16(dst + off, src, ok);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_wgmma_d128(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+    bf16_t* __restrict__ o, float* __restrict__ lse, int t, int s, int h, int hk, int window, float scale_log2,
+    int v_lbo, int v_sbo) {
+    constexpr int D = 128, BM = 64, BN = 128, NN = BN / 8, ND = D / 8;
+    extern __shared__ __align__(16) unsigned char fa_sm[];
+    const unsigned base = (fa_smem(fa_sm) + 1023u) & ~1023u;
+    const unsigned sQ = base, sK = base + BM * D * 2, sV = sK + BN * D * 2;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mb = gridDim.y - 1 - blockIdx.y;
+    const int hh = blockIdx.x % h, b = blockIdx.x / h, kh = hh / (h / hk);
+    const int m0 = mb * BM, past = s - t;
+    const long qld = (long)h * D, kld = (long)hk * D;
+    const bf16_t* qb = q + ((long)b * t * h + hh) * D;
+    const bf16_t* kb = k + ((long)b * s * hk + kh) * D;
+    const bf16_t* vb = v + ((long)b * s * hk + kh) * D;
+
+    const int last = min(s - 1, past + m0 + BM - 1);
+    const int first = window > 0 ? max(0, past + m0 + 1 - window) : 0;
+    const int nb_first = first / BN, nb_last = last / BN;
+
+    wg_load_tile<BM>(sQ, qb, qld, m0, t, tid);
+    wg_load_tile<BN>(sK, kb, kld, nb_first * BN, s, tid);
+    fa_commit();
+
+    float oacc[ND * 4], sacc[NN * 4];
+#pragma unroll
+    for (int i = 0; i < ND * 4; ++i) oacc[i] = 0.0f;
+    float mrow[2] = {FA_NEG_INF, FA_NEG_INF}, lrow[2] = {0.0f, 0.0f};
+    const int wrow = warp * 16;
+
+    for (int nb = nb_first; nb <= nb_last; ++nb) {
+        const int n0 = nb * BN;
+        __syncthreads();  // the previous P V has finished reading sV
+        wg_load_tile<BN>(sV, vb, kld, n0, s, tid);
+        fa_commit();
+        fa_wait<1>();  // Q and K(nb)
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned off = (kk & 3) * 32;
+            unsigned long long da = wg_desc(sQ + (kk >> 2) * (BM * 128) + off, 16, 1024);
+            unsigned long long db = wg_desc(sK + (kk >> 2) * (BN * 128) + off, 16, 1024);
+            wg_ss(sacc, da, db, kk > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs(sacc);
+
+        const bool full = n0 + BN - 1 <= past + m0 && n0 + BN <= s &&
+                          (window <= 0 || n0 >= past + m0 + BM - window);
+        if (!full) {
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int i = m0 + wrow + (lane >> 2) + (e >> 1) * 8;
+                    int j = n0 + nn * 8 + (lane & 3) * 2 + (e & 1);
+                    bool vis = j < s && j <= past + i && (window <= 0 || j > past + i - window);
+                    if (!vis) sacc[nn * 4 + e] = FA_NEG_INF;
+                }
+        }
+        __syncthreads();  // the S MMAs are done with sK
+        if (nb < nb_last) wg_load_tile<BN>(sK, kb, kld, n0 + BN, s, tid);
+        fa_commit();
+
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = FA_NEG_INF;
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn) mx = fmaxf(mx, fmaxf(sacc[nn * 4 + 2 * r], sacc[nn * 4 + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[r], mx * scale_log2);
+            float muse = mnew == FA_NEG_INF ? 0.0f : mnew;
+            float corr = fa_exp2(mrow[r] - muse);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                    float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - muse);
+                    sacc[nn * 4 + e] = p;
+                    sum += p;
+                }
+            lrow[r] = lrow[r] * corr + sum;
+            mrow[r] = mnew;
+#pragma unroll
+            for (int nd = 0; nd < ND; ++nd) {
+                oacc[nd * 4 + 2 * r] *= corr;
+                oacc[nd * 4 + 2 * r + 1] *= corr;
+            }
+        }
+        unsigned pa[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = fa_pack(sacc[(2 * kk) * 4 + 0], sacc[(2 * kk) * 4 + 1]);
+            pa[kk][1] = fa_pack(sacc[(2 * kk) * 4 + 2], sacc[(2 * kk) * 4 + 3]);
+            pa[kk][2] = fa_pack(sacc[(2 * kk + 1) * 4 + 0], sacc[(2 * kk + 1) * 4 + 1]);
+            pa[kk][3] = fa_pack(sacc[(2 * kk + 1) * 4 + 2], sacc[(2 * kk + 1) * 4 + 3]);
+        }
+
+        fa_wait<1>();  // V(nb)
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        wg_fence_regs(oacc);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            wg_rs(oacc, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3],
+                  wg_desc(sV + kk * 16 * 128, (unsigned)v_lbo, (unsigned)v_sbo));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs(oacc);
+    }
+    fa_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = lrow[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        int i = m0 + wrow + (lane >> 2) + r * 8;
+        if (i < t) {
+            bf16_t* orow = o + (((long)b * t + i) * h + hh) * D + (lane & 3) * 2;
+#pragma unroll
+            for (int nd = 0; nd < ND; ++nd)
+                *(unsigned*)(orow + nd * 8) = fa_pack(oacc[nd * 4 + 2 * r] * inv, oacc[nd * 4 + 2 * r + 1] * inv);
+            if ((lane & 3) == 0)
+                lse[((long)b * h + hh) * t + i] = l > 0.0f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_NEG_INF;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// flash_fwd_ws_d128: FlashAttention-3's warp-specialized schedule. One CTA per 128 query rows
+// of one (batch, head), three warpgroups: 0 and 1 consumers of 64 rows each, one thread of
+// warpgroup 2 the producer (setmaxnreg moves registers from it to the consumers: 24 / 240). It brings Q, then each key tile's K and V (128 keys) by TMA
+// (tensor maps with the 128-byte swizzle the wgmma descriptors read) into a ring of FW_NS
+// stages; "full" mbarriers count the bytes in, "empty" ones the eight consumer warps out. The
+// consumers share every K/V tile (two warpgroups: half the L2 traffic per FLOP of one) and
+// overlap inside a warpgroup: S(j) = Q K(j)^T and O += P(j-1) V(j-1) are issued together, the
+// softmax of S(j) runs while the second product is on the tensor cores, and only the rescale of
+// O waits for it (registers: O 64 + S 64 + P 32 a thread).
+struct __align__(64) TmaMap {
+    unsigned long long v[16];
+};
+constexpr int FW_NS = 2;
+constexpr unsigned FW_TILE = 128 * 128 * 2;  // bytes of one 128 x 128 bf16 tile
+
+// Rows [row, row + 128) x columns [col, col + 64) of one (batch, head) of a [B, rows, heads, 128]
+// tensor, as 128 swizzled rows of 128 bytes at dst (rows past the end read as zero).
+__device__ __forceinline__ void fw_tma(unsigned dst, const TmaMap* map, int col, int head, int row, int b, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
+        "l"((unsigned long long)map), "r"(bar), "r"(col), "r"(head), "r"(row), "r"(b)
+        : "memory");
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_ws_d128(
+    const __grid_constant__ TmaMap tq, const __grid_constant__ TmaMap tk, const __grid_constant__ TmaMap tv,
+    bf16_t* __restrict__ o, float* __restrict__ lse, int t, int s, int h, int hk, int window, float scale_log2,
+    int v_lbo, int v_sbo) {
+    constexpr int D = 128, BN = 128, NN = BN / 8, ND = D / 8, NS = FW_NS;
+    extern __shared__ __align__(16) unsigned char fa_sm[];
+    const unsigned base = (fa_smem(fa_sm) + 1023u) & ~1023u;
+    // Tiles: Q, then K and V of each stage; each [2 column halves][128 rows][128 bytes].
+    const unsigned sQ = base;
+    const unsigned bars = base + FW_TILE * (1 + 2 * NS);
+    // mbarriers: Q full; K full, V full, K empty, V empty (one a stage).
+    const unsigned bar_q = bars, bar_kf = bars + 8, bar_vf = bar_kf + 8 * NS, bar_ke = bar_vf + 8 * NS,
+                   bar_ve = bar_ke + 8 * NS;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mb = gridDim.y - 1 - blockIdx.y;  // the longest rows (most key tiles) first
+    const int hh = blockIdx.x % h, b = blockIdx.x / h, kh = hh / (h / hk);
+    const int m0 = mb * 128, past = s - t;
+    const int last = min(s - 1, past + min(t, m0 + 128) - 1);
+    const int first = window > 0 ? max(0, past + m0 + 1 - window) : 0;
+    const int nb_first = first / BN, n = last / BN - nb_first + 1;
+
+    if (tid == 0) {
+        mbar_init(bar_q, 1);
+        for (int i = 0; i < NS; ++i) {
+            mbar_init(bar_kf + 8 * i, 1);
+            mbar_init(bar_vf + 8 * i, 1);
+            mbar_init(bar_ke + 8 * i, 8);
+            mbar_init(bar_ve + 8 * i, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp >= 8) {  // producer
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+        if (warp == 8 && lane == 0) {
+            mbar_expect_tx(bar_q, FW_TILE);
+            fw_tma(sQ, &tq, 0, hh, m0, b, bar_q);
+            fw_tma(sQ + FW_TILE / 2, &tq, 64, hh, m0, b, bar_q);
+            for (int j = 0; j < n; ++j) {
+                const int st = j % NS, n0 = (nb_first + j) * BN;
+                const unsigned use = j / NS, sK = base + FW_TILE * (1 + 2 * st), sV = sK + FW_TILE;
+                if (j >= NS) mbar_wait(bar_ke + 8 * st, (use - 1) & 1);
+                mbar_expect_tx(bar_kf + 8 * st, FW_TILE);
+                fw_tma(sK, &tk, 0, kh, n0, b, bar_kf + 8 * st);
+                fw_tma(sK + FW_TILE / 2, &tk, 64, kh, n0, b, bar_kf + 8 * st);
+                if (j >= NS) mbar_wait(bar_ve + 8 * st, (use - 1) & 1);
+                mbar_expect_tx(bar_vf + 8 * st, FW_TILE);
+                fw_tma(sV, &tv, 0, kh, n0, b, bar_vf + 8 * st);
+                fw_tma(sV + FW_TILE / 2, &tv, 64, kh, n0, b, bar_vf + 8 * st);
+            }
+        }
+        return;
+    }
+
+    // Consumers: warpgroup wg owns rows m0 + 64 wg .. + 63, warp w of it 16 of those.
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    const int wg = warp >> 2, wrow = 64 * wg + 16 * (warp & 3);
+    const int r_lo = m0 + 64 * wg, r_hi = r_lo + 63;
+    const unsigned sQw = sQ + wg * 64 * 128;
+    float oacc[ND * 4], sacc[NN * 4];
+#pragma unroll
+    for (int i = 0; i < ND * 4; ++i) oacc[i] = 0.0f;
+    float mrow[2] = {FA_NEG_INF, FA_NEG_INF}, lrow[2] = {0.0f, 0.0f}, corr[2];
+    unsigned pa[BN / 16][4];
+
+    auto s_gemm = [&](int st) {  // sacc = Q K(stage st)^T, issued (not waited for)
+        const unsigned sK = base + FW_TILE * (1 + 2 * st);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const unsigned off = (kk >> 2) * (FW_TILE / 2) + (kk & 3) * 32;
+            wg_ss(sacc, wg_desc(sQw + off, 16, 1024), wg_desc(sK + off, 16, 1024), kk > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    };
+    auto pv_gemm = [&](int st) {  // oacc += P V(stage st), issued
+        const unsigned sV = base + FW_TILE * (2 + 2 * st);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            wg_rs(oacc, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3],
+                  wg_desc(sV + kk * 16 * 128, (unsigned)v_lbo, (unsigned)v_sbo));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    };
+    // Masks sacc for key tile n0 (only tiles that cross the diagonal, the window's edge or s),
+    // then turns it into P = exp2(S scale - m) with the running max m and sum l updated; corr
+    // is what O must be multiplied by.
+    auto softmax = [&](int n0) {
+        const bool full = n0 + BN - 1 <= past + r_lo && n0 + BN <= s &&
+                          (window <= 0 || n0 >= past + r_hi + 1 - window);
+        if (!full) {
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int i = m0 + wrow + (lane >> 2) + (e >> 1) * 8;
+                    int j = n0 + nn * 8 + (lane & 3) * 2 + (e & 1);
+                    bool vis = j < s && j <= past + i && (window <= 0 || j > past + i - window);
+                    if (!vis) sacc[nn * 4 + e] = FA_NEG_INF;
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = FA_NEG_INF;
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn) mx = fmaxf(mx, fmaxf(sacc[nn * 4 + 2 * r], sacc[nn * 4 + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(mrow[r], mx * scale_log2);
+            float muse = mnew == FA_NEG_INF ? 0.0f : mnew;
+            corr[r] = fa_exp2(mrow[r] - muse);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nn = 0; nn < NN; ++nn)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                    float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - muse);
+                    sacc[nn * 4 + e] = p;
+                    sum += p;
+                }
+            lrow[r] = lrow[r] * corr[r] + sum;
+            mrow[r] = mnew;
+        }
+    };
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = fa_pack(sacc[(2 * kk) * 4 + 0], sacc[(2 * kk) * 4 + 1]);
+            pa[kk][1] = fa_pack(sacc[(2 * kk) * 4 + 2], sacc[(2 * kk) * 4 + 3]);
+            pa[kk][2] = fa_pack(sacc[(2 * kk + 1) * 4 + 0], sacc[(2 * kk + 1) * 4 + 1]);
+            pa[kk][3] = fa_pack(sacc[(2 * kk + 1) * 4 + 2], sacc[(2 * kk + 1) * 4 + 3]);
+        }
+    };
+
+    mbar_wait(bar_q, 0);
+    mbar_wait(bar_kf, 0);
+    s_gemm(0);
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wg_fence_regs(sacc);
+    if (lane == 0) mbar_arrive(bar_ke);
+    softmax(nb_first * BN);
+    pack_p();
+    for (int j = 1; j < n; ++j) {
+        const int st = j % NS, ps = (j - 1) % NS;
+        mbar_wait(bar_kf + 8 * st, (j / NS) & 1);
+        s_gemm(st);
+        mbar_wait(bar_vf + 8 * ps, ((j - 1) / NS) & 1);
+        pv_gemm(ps);
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // S(j) is done
+        wg_fence_regs(sacc);
+        if (lane == 0) mbar_arrive(bar_ke + 8 * st);
+        softmax((nb_first + j) * BN);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // P(j-1) V(j-1) is done
+        wg_fence_regs(oacc);
+        if (lane == 0) mbar_arrive(bar_ve + 8 * ps);
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd) {
+            oacc[nd * 4 + 0] *= corr[0];
+            oacc[nd * 4 + 1] *= corr[0];
+            oacc[nd * 4 + 2] *= corr[1];
+            oacc[nd * 4 + 3] *= corr[1];
+        }
+        pack_p();
+    }
+    {
+        const int ps = (n - 1) % NS;
+        mbar_wait(bar_vf + 8 * ps, ((n - 1) / NS) & 1);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        pv_gemm(ps);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs(oacc);
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = lrow[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        int i = m0 + wrow + (lane >> 2) + r * 8;
+        if (i < t) {
+            bf16_t* orow = o + (((long)b * t + i) * h + hh) * D + (lane & 3) * 2;
+#pragma unroll
+            for (int nd = 0; nd < ND; ++nd)
+                *(unsigned*)(orow + nd * 8) = fa_pack(oacc[nd * 4 + 2 * r] * inv, oacc[nd * 4 + 2 * r + 1] * inv);
+            if ((lane & 3) == 0)
+                lse[((long)b * h + hh) * t + i] = l > 0.0f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_NEG_INF;
+        }
+    }
+}
+#endif
