@@ -223,7 +223,10 @@ fn flash_forward_wgmma_matches_reference() {
                 c.window
             );
             if strides == WGMMA_V_STRIDES {
-                assert!(eo < 2e-2 && el < 1e-3, "wgmma {kind:?} o {eo} lse {el} for {d:?}");
+                assert!(
+                    eo < 2e-2 && el < 1e-3,
+                    "wgmma {kind:?} o {eo} lse {el} for {d:?}"
+                );
             }
         }
         // The default forward (wgmma here unless sm_90a failed to build).

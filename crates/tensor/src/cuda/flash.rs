@@ -4,7 +4,7 @@
 use super::{cuda_err, kernel_cache_dir, Gpu, COMMON, FLASH_ATTN};
 use crate::{Error, Result};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
-use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::bf16;
 use sha2::{Digest, Sha256};
@@ -258,7 +258,11 @@ impl TmaMap {
     fn rows_of_heads(ptr: u64, b: usize, rows: usize, heads: usize) -> Result<TmaMap> {
         const D: u64 = 128;
         let dims = [D, heads as u64, rows as u64, b as u64];
-        let strides = [D * 2, heads as u64 * D * 2, rows as u64 * heads as u64 * D * 2];
+        let strides = [
+            D * 2,
+            heads as u64 * D * 2,
+            rows as u64 * heads as u64 * D * 2,
+        ];
         let boxes = [64u32, 1, 128, 1];
         let unit = [1u32; 4];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
@@ -301,9 +305,9 @@ impl Gpu {
         let key = (Arc::as_ptr(&self.ctx) as usize, kind.function());
         let cache = WGMMA_FWD.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap().get(&key) {
-            return f.clone().ok_or_else(|| {
-                Error::Msg(format!("{} failed to load earlier", kind.function()))
-            });
+            return f
+                .clone()
+                .ok_or_else(|| Error::Msg(format!("{} failed to load earlier", kind.function())));
         }
         let loaded = (|| {
             let module = self
