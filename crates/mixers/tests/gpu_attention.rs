@@ -96,6 +96,17 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Head-dim-128 cases of several key tiles each: they wrap the Hopper kernels' 2-stage rings
+/// several times, with batches (their TMA reads each batch's rows apart), keys before the
+/// queries, GQA and windows.
+fn long_cases() -> Vec<Case> {
+    vec![
+        case(1, 600, 600, 4, 1, 128, None),
+        case(2, 1000, 1000, 2, 1, 128, Some(300)),
+        case(2, 700, 900, 4, 2, 128, None),
+    ]
+}
+
 const NAN_BF16: bf16 = bf16::from_bits(0x7fc0);
 
 #[test]
@@ -161,8 +172,6 @@ fn flash_forward_matches_reference() {
 /// Both wgmma forwards (Hopper, head dim 128; the warp-specialized one is the default forward
 /// there) and the dispatching `flash_attn_fwd_bf16`. Also prints the errors with the V
 /// descriptor strides swapped, which must fail: a check that the test can see a wrong layout.
-/// The longer cases wrap the warp-specialized kernel's 2-stage ring several times, with batches
-/// (its TMA reads each batch's rows apart), keys before the queries and windows.
 #[test]
 #[ignore]
 fn flash_forward_wgmma_matches_reference() {
@@ -172,9 +181,7 @@ fn flash_forward_wgmma_matches_reference() {
     }
     let (lbo, sbo) = WGMMA_V_STRIDES;
     let mut all = cases();
-    all.push(case(1, 600, 600, 4, 1, 128, None));
-    all.push(case(2, 1000, 1000, 2, 1, 128, Some(300)));
-    all.push(case(2, 700, 900, 4, 2, 128, None));
+    all.extend(long_cases());
     for (ci, c) in all.iter().enumerate().filter(|(_, c)| c.d.d == 128) {
         let d = c.d;
         let scale = (d.d as f32).powf(-0.5);
@@ -259,7 +266,9 @@ fn flash_forward_wgmma_matches_reference() {
 #[ignore]
 fn flash_backward_matches_attention_core() {
     let gpu = Gpu::open(0).unwrap();
-    for (ci, c) in cases().iter().enumerate() {
+    let mut all = cases();
+    all.extend(long_cases());
+    for (ci, c) in all.iter().enumerate() {
         let d = c.d;
         let scale = (d.d as f32).powf(-0.5);
         let seed = 100 * ci as u64 + 7;
@@ -290,25 +299,50 @@ fn flash_backward_matches_attention_core() {
             c.window,
         )
         .unwrap();
-        for &tiling in BwdTiling::available(d.d) {
+        // The mma.sync tilings, then (None) the wgmma backward where this GPU has it.
+        let mut kernels: Vec<Option<BwdTiling>> = BwdTiling::available(d.d)
+            .iter()
+            .copied()
+            .map(Some)
+            .collect();
+        if gpu.flash_bwd_uses_wgmma(d.d) {
+            kernels.push(None);
+        }
+        for tiling in kernels {
             let mut dqd = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
             let mut dkd = gpu.upload(&vec![NAN_BF16; k.len()]).unwrap();
             let mut dvd = gpu.upload(&vec![NAN_BF16; v.len()]).unwrap();
-            gpu.flash_attn_bwd_bf16_tiled(
-                &qd,
-                &kd,
-                &vd,
-                &od,
-                &dod,
-                &ld,
-                &mut dqd,
-                &mut dkd,
-                &mut dvd,
-                flash_dims(d),
-                scale,
-                c.window,
-                tiling,
-            )
+            match tiling {
+                Some(tiling) => gpu.flash_attn_bwd_bf16_tiled(
+                    &qd,
+                    &kd,
+                    &vd,
+                    &od,
+                    &dod,
+                    &ld,
+                    &mut dqd,
+                    &mut dkd,
+                    &mut dvd,
+                    flash_dims(d),
+                    scale,
+                    c.window,
+                    tiling,
+                ),
+                None => gpu.flash_attn_bwd_bf16_wgmma(
+                    &qd,
+                    &kd,
+                    &vd,
+                    &od,
+                    &dod,
+                    &ld,
+                    &mut dqd,
+                    &mut dkd,
+                    &mut dvd,
+                    flash_dims(d),
+                    scale,
+                    c.window,
+                ),
+            }
             .unwrap();
             let eq = rel_err(&want_dq, &from_bf(&gpu.download(&dqd).unwrap()));
             let ek = rel_err(&want_dk, &from_bf(&gpu.download(&dkd).unwrap()));

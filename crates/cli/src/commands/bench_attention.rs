@@ -157,7 +157,7 @@ pub fn run(a: AttentionArgs) -> Result<()> {
             let btilings: Vec<BwdTiling> = if a.tilings {
                 BwdTiling::available(d).to_vec()
             } else {
-                vec![bdefault]
+                vec![]
             };
             let mut per_tiling = vec![];
             for tiling in btilings {
@@ -169,15 +169,37 @@ pub fn run(a: AttentionArgs) -> Result<()> {
                     )?)
                 })?;
                 let bwd_tflops = 2.5 * flops / (s - fwd_s) / 1e12;
-                if tiling == bdefault {
-                    row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
-                    row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
-                    row["bwd_tflops"] = serde_json::json!(bwd_tflops);
-                }
                 per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwdbwd_ms": s * 1e3, "bwd_tflops": bwd_tflops}));
             }
+            // The default backward (wgmma on Hopper at head dim 128, else the first tiling).
+            let s = time(&gpu, || {
+                gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
+                Ok(gpu.flash_attn_bwd_bf16(
+                    &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
+                )?)
+            })?;
+            row["bwd_kernel"] = serde_json::json!(if gpu.flash_bwd_uses_wgmma(d) {
+                "wgmma"
+            } else {
+                "mma.sync"
+            });
+            row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
+            row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
+            row["bwd_tflops"] = serde_json::json!(2.5 * flops / (s - fwd_s) / 1e12);
             if a.tilings {
                 row["bwd_tilings"] = serde_json::json!(per_tiling);
+            }
+            if a.wgmma && gpu.flash_bwd_uses_wgmma(d) {
+                // The default backward is the wgmma one here: time the mma.sync one beside it.
+                let s = time(&gpu, || {
+                    gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
+                    Ok(gpu.flash_attn_bwd_bf16_tiled(
+                        &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
+                        bdefault,
+                    )?)
+                })?;
+                row["mma_sync_fwdbwd_ms"] = serde_json::json!(s * 1e3);
+                row["mma_sync_bwd_tflops"] = serde_json::json!(2.5 * flops / (s - fwd_s) / 1e12);
             }
         }
         rows.push(row);

@@ -168,8 +168,8 @@ fn window_arg(window: Option<usize>) -> i32 {
     window.map_or(0, |w| w.clamp(1, i32::MAX as usize) as i32)
 }
 
-/// The Hopper forwards (kernels/flash_fwd_sm90.cu, wgmma, sm_90a only).
-const FLASH_FWD_SM90: &str = include_str!("kernels/flash_fwd_sm90.cu");
+/// The Hopper kernels (kernels/flash_sm90.cu: wgmma forwards and backward, sm_90a only).
+const FLASH_SM90: &str = include_str!("kernels/flash_sm90.cu");
 
 /// Which wgmma forward kernel runs (both are kept so one bench call can compare them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +202,13 @@ impl WgmmaForward {
 /// and wherever sm_90a does not compile, the mma.sync forward), and which.
 pub const WGMMA_DEFAULT: Option<WgmmaForward> = Some(WgmmaForward::WarpSpecialized);
 
+/// Whether [`Gpu::flash_attn_bwd_bf16`] runs the wgmma backward at head dim 128 on sm_90.
+pub const WGMMA_BWD_DEFAULT: bool = true;
+const BWD_WS: &str = "flash_bwd_ws_d128";
+/// K and V (32 KB each), two stages of Q, dO (16 KB each) and lse/delta (512 B), two dS^T
+/// buffers (16 KB each), 1 KB of alignment, 5 mbarriers.
+const BWD_WS_SMEM: usize = 1024 + 2 * 32768 + 2 * (2 * 16384 + 512) + 2 * 16384 + 8 * 5;
+
 /// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forwards: between
 /// the two 64-column halves of the V tile and between its 8-key row groups.
 pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
@@ -212,26 +219,26 @@ pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
 type WgmmaCache = HashMap<(usize, &'static str), Option<CudaFunction>>;
 static WGMMA_FWD: OnceLock<Mutex<WgmmaCache>> = OnceLock::new();
 
-/// PTX of kernels/flash_attn.cu + flash_fwd_sm90.cu for sm_90a, from the disk cache or NVRTC
+/// PTX of kernels/flash_attn.cu + flash_sm90.cu for sm_90a, from the disk cache or NVRTC
 /// (as `Gpu::ptx`).
 fn wgmma_ptx() -> Result<Ptx> {
-    let full = format!("{COMMON}\n{}\n{FLASH_FWD_SM90}", FLASH_ATTN.1);
+    let full = format!("{COMMON}\n{}\n{FLASH_SM90}", FLASH_ATTN.1);
     let mut h = Sha256::new();
     h.update(full.as_bytes());
     h.update(b"sm_90a --std=c++17");
-    let path = kernel_cache_dir().join(format!("flash_fwd_sm90-sm_90a-{:x}.ptx", h.finalize()));
+    let path = kernel_cache_dir().join(format!("flash_sm90-sm_90a-{:x}.ptx", h.finalize()));
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(Ptx::from_src(text));
     }
     let opts = CompileOptions {
         arch: Some("sm_90a"),
         options: vec!["--std=c++17".into()],
-        name: Some("flash_fwd_sm90.cu".into()),
+        name: Some("flash_sm90.cu".into()),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts).map_err(|e| {
         Error::Msg(format!(
-            "NVRTC could not compile kernels/flash_fwd_sm90.cu for sm_90a: {e:?}"
+            "NVRTC could not compile kernels/flash_sm90.cu for sm_90a: {e:?}"
         ))
     })?;
     if std::fs::create_dir_all(kernel_cache_dir()).is_ok() {
@@ -252,10 +259,16 @@ struct TmaMap(sys::CUtensorMap);
 unsafe impl DeviceRepr for TmaMap {}
 
 impl TmaMap {
-    /// A [B, rows, heads, 128] bf16 tensor at `ptr`, read as boxes of 128 rows x 64 columns of
+    /// A [B, rows, heads, 128] bf16 tensor at `ptr`, read as boxes of `box_rows` x 64 columns of
     /// one (batch, head), with the 128-byte swizzle the wgmma descriptors expect; rows past
     /// `rows` read as zeros.
-    fn rows_of_heads(ptr: u64, b: usize, rows: usize, heads: usize) -> Result<TmaMap> {
+    fn rows_of_heads(
+        ptr: u64,
+        b: usize,
+        rows: usize,
+        heads: usize,
+        box_rows: u32,
+    ) -> Result<TmaMap> {
         const D: u64 = 128;
         let dims = [D, heads as u64, rows as u64, b as u64];
         let strides = [
@@ -263,7 +276,7 @@ impl TmaMap {
             heads as u64 * D * 2,
             rows as u64 * heads as u64 * D * 2,
         ];
-        let boxes = [64u32, 1, 128, 1];
+        let boxes = [64u32, 1, box_rows, 1];
         let unit = [1u32; 4];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         // SAFETY: every pointer names an array of the rank's length (strides one less), alive
@@ -296,18 +309,24 @@ impl TmaMap {
 
 impl Gpu {
     fn wgmma_fwd_function(&self, kind: WgmmaForward) -> Result<CudaFunction> {
+        self.sm90_function(kind.function(), kind.smem())
+    }
+
+    /// `name` from kernels/flash_sm90.cu (built for sm_90a), allowed `smem` bytes of dynamic
+    /// shared memory.
+    fn sm90_function(&self, name: &'static str, smem: usize) -> Result<CudaFunction> {
         if self.compute_capability != (9, 0) {
             return Err(Error::Msg(format!(
-                "the wgmma flash forward needs a Hopper GPU (sm_90), this is sm_{}{}",
+                "the wgmma flash kernels need a Hopper GPU (sm_90), this is sm_{}{}",
                 self.compute_capability.0, self.compute_capability.1
             )));
         }
-        let key = (Arc::as_ptr(&self.ctx) as usize, kind.function());
+        let key = (Arc::as_ptr(&self.ctx) as usize, name);
         let cache = WGMMA_FWD.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap().get(&key) {
             return f
                 .clone()
-                .ok_or_else(|| Error::Msg(format!("{} failed to load earlier", kind.function())));
+                .ok_or_else(|| Error::Msg(format!("{name} failed to load earlier")));
         }
         let loaded = (|| {
             let module = self
@@ -315,11 +334,11 @@ impl Gpu {
                 .load_module(wgmma_ptx()?)
                 .map_err(|e| cuda_err("module load", e))?;
             let f = module
-                .load_function(kind.function())
-                .map_err(|e| cuda_err(&format!("loading {}", kind.function()), e))?;
+                .load_function(name)
+                .map_err(|e| cuda_err(&format!("loading {name}"), e))?;
             f.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                kind.smem() as i32,
+                smem as i32,
             )
             .map_err(|e| cuda_err("setting shared memory size", e))?;
             Ok(f)
@@ -399,9 +418,9 @@ impl Gpu {
                 let (kp, _rk) = k.device_ptr(&self.stream);
                 let (vp, _rv) = v.device_ptr(&self.stream);
                 maps = [
-                    TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h)?,
-                    TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk)?,
-                    TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk)?,
+                    TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h, 128)?,
+                    TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk, 128)?,
+                    TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk, 128)?,
                 ];
                 b.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
             }
@@ -555,6 +574,10 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
+        if self.flash_bwd_uses_wgmma(dims.d) {
+            return self
+                .flash_attn_bwd_bf16_wgmma(q, k, v, o, d_o, lse, dq, dk, dv, dims, scale, window);
+        }
         let tiling = *BwdTiling::available(dims.d).first().ok_or_else(|| {
             Error::Msg(format!(
                 "flash attention needs head dim 64 or 128, got {}",
@@ -663,6 +686,134 @@ impl Gpu {
         // `dims` above (dq_acc and delta allocated here); the tiling names a compiled kernel
         // and `smem` is its layout in flash_bwd.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward launch", e))?;
+
+        let conv = self.function(FLASH_ATTN, "flash_bwd_dq")?;
+        let n = dims.q_len();
+        let ni = n as i64;
+        let mut b = self.stream.launch_builder(&conv);
+        b.arg(&dq_acc).arg(dq).arg(&scale).arg(&ni);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: dq_acc and dq hold n elements.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward dq launch", e))?;
+        Ok(())
+    }
+
+    /// Whether [`Gpu::flash_attn_bwd_bf16`] takes the wgmma backward for head dim `d` here (as
+    /// [`Gpu::flash_fwd_uses_wgmma`]).
+    pub fn flash_bwd_uses_wgmma(&self, d: usize) -> bool {
+        WGMMA_BWD_DEFAULT && d == 128 && self.sm90_function(BWD_WS, BWD_WS_SMEM).is_ok()
+    }
+
+    /// [`Gpu::flash_attn_bwd_bf16`] on Hopper's wgmma (head dim 128 only): `flash_bwd_ws_d128`
+    /// after a pre-pass that packs lse (log2 units) and delta per 64-row tile; the default
+    /// backward there. Tested by `flash_backward_matches_attention_core`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attn_bwd_bf16_wgmma(
+        &self,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        o: &CudaSlice<bf16>,
+        d_o: &CudaSlice<bf16>,
+        lse: &CudaSlice<f32>,
+        dq: &mut CudaSlice<bf16>,
+        dk: &mut CudaSlice<bf16>,
+        dv: &mut CudaSlice<bf16>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Result<()> {
+        dims.check()?;
+        if dims.d != 128 {
+            return Err(Error::Msg(format!(
+                "the wgmma flash backward is built for head dim 128, got {}",
+                dims.d
+            )));
+        }
+        for (what, len) in [("q", q.len()), ("o", o.len()), ("d_o", d_o.len())] {
+            check_len(what, len, dims.q_len())?;
+        }
+        check_len("dq", dq.len(), dims.q_len())?;
+        check_len("k", k.len(), dims.kv_len())?;
+        check_len("v", v.len(), dims.kv_len())?;
+        check_len("dk", dk.len(), dims.kv_len())?;
+        check_len("dv", dv.len(), dims.kv_len())?;
+        check_len("lse", lse.len(), dims.rows())?;
+        let main = self.sm90_function(BWD_WS, BWD_WS_SMEM)?;
+        let pre = self.sm90_function("flash_bwd_pre_sm90", 0)?;
+        let rows = dims.rows();
+        let tpad = dims.t.div_ceil(64) * 64;
+        // Zeros past t: a padded row's P and dS come out zero.
+        let mut ld = self.zeros::<f32>(dims.b * dims.h * tpad * 2)?;
+        let mut dq_acc = self.zeros::<f32>(dims.q_len())?;
+        let (t, s, h, hk, w, tp) = (
+            dims.t as i32,
+            dims.s as i32,
+            dims.h as i32,
+            dims.hk as i32,
+            window_arg(window),
+            tpad as i32,
+        );
+        let rows_i = rows as i64;
+        let mut b = self.stream.launch_builder(&pre);
+        b.arg(o)
+            .arg(d_o)
+            .arg(lse)
+            .arg(&mut ld)
+            .arg(&t)
+            .arg(&h)
+            .arg(&tp)
+            .arg(&rows_i);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: o, d_o hold `rows` rows of 128 and lse `rows` values (checked); ld was
+        // allocated for B·H·tpad pairs.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward pre-pass launch", e))?;
+
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let (qp, _rq) = q.device_ptr(&self.stream);
+        let (kp, _rk) = k.device_ptr(&self.stream);
+        let (vp, _rv) = v.device_ptr(&self.stream);
+        let (dop, _rdo) = d_o.device_ptr(&self.stream);
+        let maps = [
+            TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk, 128)?,
+            TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk, 128)?,
+            TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h, 64)?,
+            TmaMap::rows_of_heads(dop, dims.b, dims.t, dims.h, 64)?,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: ((dims.b * dims.hk) as u32, dims.s.div_ceil(128) as u32, 1),
+            block_dim: (384, 1, 1),
+            shared_mem_bytes: BWD_WS_SMEM as u32,
+        };
+        let mut b = self.stream.launch_builder(&main);
+        b.arg(&maps[0])
+            .arg(&maps[1])
+            .arg(&maps[2])
+            .arg(&maps[3])
+            .arg(&ld)
+            .arg(&mut dq_acc)
+            .arg(dk)
+            .arg(dv)
+            .arg(&t)
+            .arg(&s)
+            .arg(&h)
+            .arg(&hk)
+            .arg(&w)
+            .arg(&tp)
+            .arg(&scale)
+            .arg(&scale_log2);
+        // SAFETY: the argument list matches flash_bwd_ws_d128; the tensor maps cover k, v, q,
+        // d_o as checked against `dims`; ld and dq_acc were allocated here for those shapes;
+        // its shared memory is BWD_WS_SMEM, allowed when the function was loaded.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash wgmma backward launch", e))?;
 
         let conv = self.function(FLASH_ATTN, "flash_bwd_dq")?;
         let n = dims.q_len();

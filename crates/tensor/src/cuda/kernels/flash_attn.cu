@@ -271,20 +271,23 @@ FA_FWD(flash_fwd_d128_m128n32w4, 128, 128, 32, 4)
 // Backward, FlashAttention-2 style.
 //
 // Pre-pass: delta[b, h, i] = rowsum(dO ∘ O); one warp per row.
-extern "C" __global__ void flash_bwd_pre(const bf16_t* o, const bf16_t* d_o, float* delta, int t, int h, int d,
-                                         long rows) {
-    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    const bf16_t* op = o + row * d;
-    const bf16_t* dp = d_o + row * d;
+// rowsum(dO ∘ O) of one row of d elements, by one warp (every lane gets it).
+__device__ __forceinline__ float fa_row_dot(const bf16_t* op, const bf16_t* dp, int d, int lane) {
     float acc = 0.0f;
     for (int c = lane * 2; c < d; c += 64) {
         unsigned a = *(const unsigned*)(op + c), g = *(const unsigned*)(dp + c);
         acc += __uint_as_float(a << 16) * __uint_as_float(g << 16) +
                __uint_as_float(a & 0xffff0000u) * __uint_as_float(g & 0xffff0000u);
     }
-    acc = warp_sum(acc);
+    return warp_sum(acc);
+}
+
+extern "C" __global__ void flash_bwd_pre(const bf16_t* o, const bf16_t* d_o, float* delta, int t, int h, int d,
+                                         long rows) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    float acc = fa_row_dot(o + row * d, d_o + row * d, d, lane);
     if (lane == 0) {
         int hh = row % h, i = (row / h) % t;
         long b = row / ((long)h * t);

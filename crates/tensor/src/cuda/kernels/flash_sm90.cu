@@ -1,5 +1,5 @@
 // ---------------------------------------------------------------------------------------
-// Forward on Hopper's warpgroup MMA (wgmma). This file is compiled for sm_90a only, after
+// Flash attention on Hopper's warpgroup MMA (wgmma), forward and backward. This file is compiled for sm_90a only, after
 // common.cuh and flash_attn.cu (whose fa_* helpers it uses), by flash.rs.
 //
 // flash_fwd_wgmma_d128: the first version, kept to compare against the second in one call. One CTA = one warpgroup (4 warps, 128 threads) per 64 query
@@ -402,6 +402,244 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_ws_d128(
                 *(unsigned*)(orow + nd * 8) = fa_pack(oacc[nd * 4 + 2 * r] * inv, oacc[nd * 4 + 2 * r + 1] * inv);
             if ((lane & 3) == 0)
                 lse[((long)b * h + hh) * t + i] = l > 0.0f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_NEG_INF;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward (FlashAttention-3's layout on wgmma).
+//
+// flash_bwd_pre_sm90: per query row, lse in log2 units and delta = rowsum(dO ∘ O), interleaved
+// into ld[B, H, tpad][2] (rows padded to whole 64-row tiles and left zero, so a tile's 512 bytes
+// arrive by one bulk copy); one warp a row.
+extern "C" __global__ void flash_bwd_pre_sm90(const bf16_t* o, const bf16_t* d_o, const float* lse, float* ld, int t,
+                                              int h, int tpad, long rows) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    float acc = fa_row_dot(o + row * 128, d_o + row * 128, 128, lane);
+    if (lane == 0) {
+        int hh = row % h, i = (row / h) % t;
+        long b = row / ((long)h * t), at = ((b * h + hh) * tpad + i) * 2;
+        ld[at] = lse[(b * h + hh) * t + i] * FA_LOG2E;
+        ld[at + 1] = acc;
+    }
+}
+
+// d[32] (+)= A B for m64n64k16, A and B from shared memory; TA / TB: the operand is MN-major
+// (transposed) rather than K-major.
+template <int TA, int TB>
+__device__ __forceinline__ void wg_ss64(float* d, unsigned long long da, unsigned long long db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));
+}
+__device__ __forceinline__ unsigned fa_lds32(unsigned addr) {
+    unsigned v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ void wg_fence_regs32(float* d) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// flash_bwd_ws_d128: one CTA per 128 keys of one (batch, kv head), three warpgroups: one thread
+// of warpgroup 2 brings K and V once, then, for every (query head of the group, 64-row query
+// tile) that sees these keys, Q, dO and the tile's lse/delta by TMA into a 2-stage ring.
+// Consumer warpgroup w owns keys 64w .. +63 and keeps their dK, dV (f32, 128 registers) while
+// it walks the steps:
+//   S^T = K_w Q^T and dP^T = V_w dO^T (issued together), P^T = exp2(S^T scale - lse),
+//   dV += P^T dO (issued, P from registers) while dS^T = P^T ∘ (dP^T - delta) is formed,
+//   dK += dS^T Q (dS from registers), dS^T to shared memory (bf16, both warpgroups'),
+//   dQ[:, 64w .. +63] = dS K[:, 64w ..] over all 128 keys, added to the f32 dQ accumulator.
+// dQ = scale · dq_acc (flash_bwd_dq), dK = scale · Σ dS^T Q.
+constexpr unsigned FB_KV = 128 * 128 * 2, FB_QT = 64 * 128 * 2, FB_LD = 64 * 8, FB_DS = 128 * 64 * 2;
+constexpr unsigned FB_STAGE = 2 * FB_QT + FB_LD;
+
+extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
+    const __grid_constant__ TmaMap tk, const __grid_constant__ TmaMap tv, const __grid_constant__ TmaMap tq,
+    const __grid_constant__ TmaMap tdo, const float* __restrict__ ld, float* __restrict__ dq_acc,
+    bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, int t, int s, int h, int hk, int window, int tpad, float scale,
+    float scale_log2) {
+    constexpr int D = 128, BM = 64, BN = 128, NS = 2;
+    extern __shared__ __align__(16) unsigned char fa_sm[];
+    const unsigned base = (fa_smem(fa_sm) + 1023u) & ~1023u;
+    // K, V [2 halves][128 keys][128 B]; stages of Q, dO [2 halves][64 rows][128 B] and ld
+    // [64][2] f32; dS^T [2 buffers][128 keys][64 queries] bf16 (one 128-byte swizzled row a key).
+    const unsigned sK = base, sV = base + FB_KV, sSt = base + 2 * FB_KV;
+    const unsigned sDS = sSt + NS * FB_STAGE;
+    const unsigned bars = sDS + 2 * FB_DS;  // K/V full; stage full; stage empty
+    const unsigned bar_kv = bars, bar_f = bars + 8, bar_e = bar_f + 8 * NS;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nb = blockIdx.y;  // key tile 0 (seen by the most queries) first
+    const int kh = blockIdx.x % hk, b = blockIdx.x / hk, rep = h / hk;
+    const int n0 = nb * BN, past = s - t;
+    const int i_first = max(0, n0 - past);
+    const int i_last = window > 0 ? min(t - 1, n0 + BN - 1 + window - 1 - past) : t - 1;
+    const int mb_first = i_first / BM;
+    const int nmb = i_first <= i_last ? i_last / BM - mb_first + 1 : 0;
+    const int steps = rep * nmb;
+
+    if (tid == 0) {
+        mbar_init(bar_kv, 1);
+        for (int i = 0; i < NS; ++i) {
+            mbar_init(bar_f + 8 * i, 1);
+            mbar_init(bar_e + 8 * i, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp >= 8) {  // producer
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+        if (warp == 8 && lane == 0 && steps > 0) {
+            mbar_expect_tx(bar_kv, 2 * FB_KV);
+            fw_tma(sK, &tk, 0, kh, n0, b, bar_kv);
+            fw_tma(sK + FB_KV / 2, &tk, 64, kh, n0, b, bar_kv);
+            fw_tma(sV, &tv, 0, kh, n0, b, bar_kv);
+            fw_tma(sV + FB_KV / 2, &tv, 64, kh, n0, b, bar_kv);
+            for (int j = 0; j < steps; ++j) {
+                const int st = j % NS, hq = kh * rep + j / nmb, m0 = (mb_first + j % nmb) * BM;
+                const unsigned use = j / NS, sQ = sSt + st * FB_STAGE, sdO = sQ + FB_QT, sLD = sdO + FB_QT;
+                if (j >= NS) mbar_wait(bar_e + 8 * st, (use - 1) & 1);
+                mbar_expect_tx(bar_f + 8 * st, FB_STAGE);
+                fw_tma(sQ, &tq, 0, hq, m0, b, bar_f + 8 * st);
+                fw_tma(sQ + FB_QT / 2, &tq, 64, hq, m0, b, bar_f + 8 * st);
+                fw_tma(sdO, &tdo, 0, hq, m0, b, bar_f + 8 * st);
+                fw_tma(sdO + FB_QT / 2, &tdo, 64, hq, m0, b, bar_f + 8 * st);
+                bulk_copy(sLD, ld + (((long)b * h + hq) * tpad + m0) * 2, FB_LD, bar_f + 8 * st);
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    const int wg = warp >> 2, wi = warp & 3, g = lane >> 2, tq4 = lane & 3;
+    const int kw0 = n0 + 64 * wg;  // this warpgroup's first key
+    const unsigned sKw = sK + wg * 64 * 128, sVw = sV + wg * 64 * 128;
+    float dkacc[64], dvacc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) dkacc[i] = dvacc[i] = 0.0f;
+
+    if (steps > 0) mbar_wait(bar_kv, 0);
+    for (int j = 0; j < steps; ++j) {
+        const int st = j % NS, hq = kh * rep + j / nmb, m0 = (mb_first + j % nmb) * BM;
+        const unsigned sQ = sSt + st * FB_STAGE, sdO = sQ + FB_QT, sLD = sdO + FB_QT;
+        const unsigned sdS = sDS + (j & 1) * FB_DS;
+        float sacc[32], pacc[32];
+        mbar_wait(bar_f + 8 * st, (j / NS) & 1);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const unsigned ok = (kk >> 2) * (FB_KV / 2) + (kk & 3) * 32, oq = (kk >> 2) * (FB_QT / 2) + (kk & 3) * 32;
+            wg_ss64<0, 0>(sacc, wg_desc(sKw + ok, 16, 1024), wg_desc(sQ + oq, 16, 1024), kk > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const unsigned ok = (kk >> 2) * (FB_KV / 2) + (kk & 3) * 32, oq = (kk >> 2) * (FB_QT / 2) + (kk & 3) * 32;
+            wg_ss64<0, 0>(pacc, wg_desc(sVw + ok, 16, 1024), wg_desc(sdO + oq, 16, 1024), kk > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // S^T
+        wg_fence_regs32(sacc);
+
+        // P^T: rows are keys kw0 + 16 wi + g (+8), columns queries m0 + 8 nn + 2 tq4 (+1).
+        const bool full = m0 + BM <= t && kw0 + 64 <= s && kw0 + 63 <= past + m0 &&
+                          (window <= 0 || kw0 >= past + m0 + BM - window);
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nn * 8 + 2 * tq4 + (e & 1);
+                const float l2 = __uint_as_float(fa_lds32(sLD + c * 8));
+                float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - l2);
+                if (!full && !fa_visible(m0 + c, kw0 + 16 * wi + g + (e >> 1) * 8, t, s, past, window)) p = 0.0f;
+                sacc[nn * 4 + e] = p;
+            }
+        unsigned pp[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            pp[kk][0] = fa_pack(sacc[(2 * kk) * 4 + 0], sacc[(2 * kk) * 4 + 1]);
+            pp[kk][1] = fa_pack(sacc[(2 * kk) * 4 + 2], sacc[(2 * kk) * 4 + 3]);
+            pp[kk][2] = fa_pack(sacc[(2 * kk + 1) * 4 + 0], sacc[(2 * kk + 1) * 4 + 1]);
+            pp[kk][3] = fa_pack(sacc[(2 * kk + 1) * 4 + 2], sacc[(2 * kk + 1) * 4 + 3]);
+        }
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)  // dV += P^T dO: dO MN-major, 16 query rows a step
+            wg_rs(dvacc, pp[kk][0], pp[kk][1], pp[kk][2], pp[kk][3], wg_desc(sdO + kk * 2048, FB_QT / 2, 1024));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // dP^T
+        wg_fence_regs32(pacc);
+
+        // dS^T = P^T ∘ (dP^T - delta), to registers (dK's A) and to shared memory (dQ's A).
+        unsigned ps[4][4];
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int c = nn * 8 + 2 * tq4;
+                const float d0 = __uint_as_float(fa_lds32(sLD + c * 8 + 4));
+                const float d1 = __uint_as_float(fa_lds32(sLD + c * 8 + 12));
+                const unsigned v = fa_pack(sacc[nn * 4 + e] * (pacc[nn * 4 + e] - d0),
+                                           sacc[nn * 4 + e + 1] * (pacc[nn * 4 + e + 1] - d1));
+                ps[nn >> 1][(nn & 1) * 2 + (e >> 1)] = v;
+                const int key = 64 * wg + 16 * wi + g + (e >> 1) * 8;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + key * 128 + ((nn ^ (key & 7)) << 4) + tq4 * 4),
+                             "r"(v)
+                             : "memory");
+            }
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)  // dK += dS^T Q
+            wg_rs(dkacc, ps[kk][0], ps[kk][1], ps[kk][2], ps[kk][3], wg_desc(sQ + kk * 2048, FB_QT / 2, 1024));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+
+        // Both warpgroups' dS^T are in shared memory: dQ[:, 64 wg ..] = dS K[:, 64 wg ..].
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        float qacc[32];
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            wg_ss64<1, 1>(qacc, wg_desc(sdS + kk * 2048, FB_DS, 1024), wg_desc(sK + wg * (FB_KV / 2) + kk * 2048, FB_KV / 2, 1024),
+                          kk > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs32(qacc);
+        wg_fence_regs(dvacc);
+        wg_fence_regs(dkacc);
+        if (lane == 0) mbar_arrive(bar_e + 8 * st);
+        // Rows m0 + 16 wi + g (+8), columns 64 wg + 8 nn + 2 tq4.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int i = m0 + 16 * wi + g + 8 * r;
+            if (i < t) {
+                float* dst = dq_acc + (((long)b * t + i) * h + hq) * D + 64 * wg + 2 * tq4;
+#pragma unroll
+                for (int nn = 0; nn < 8; ++nn)
+                    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + nn * 8), "f"(qacc[nn * 4 + 2 * r]),
+                                 "f"(qacc[nn * 4 + 2 * r + 1])
+                                 : "memory");
+            }
+        }
+    }
+
+    // dK = scale · Σ dS^T Q, dV = Σ P^T dO for keys < s (zeros where no query sees them).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = kw0 + 16 * wi + g + 8 * r;
+        if (key < s) {
+            const long at = (((long)b * s + key) * hk + kh) * D + 2 * tq4;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                *(unsigned*)(dk + at + nd * 8) = fa_pack(dkacc[nd * 4 + 2 * r] * scale, dkacc[nd * 4 + 2 * r + 1] * scale);
+                *(unsigned*)(dv + at + nd * 8) = fa_pack(dvacc[nd * 4 + 2 * r], dvacc[nd * 4 + 2 * r + 1]);
+            }
         }
     }
 }
