@@ -206,8 +206,8 @@ pub const WGMMA_DEFAULT: Option<WgmmaForward> = Some(WgmmaForward::WarpSpecializ
 pub const WGMMA_BWD_DEFAULT: bool = true;
 const BWD_WS: &str = "flash_bwd_ws_d128";
 /// K and V (32 KB each), two stages of Q, dO (16 KB each) and lse/delta (512 B), two dS^T
-/// buffers (16 KB each), 1 KB of alignment, 5 mbarriers.
-const BWD_WS_SMEM: usize = 1024 + 2 * 32768 + 2 * (2 * 16384 + 512) + 2 * 16384 + 8 * 5;
+/// buffers (16 KB each), four dQ blocks (16 KB each), 1 KB of alignment, 5 mbarriers.
+const BWD_WS_SMEM: usize = 1024 + 2 * 32768 + 2 * (2 * 16384 + 512) + 2 * 16384 + 4 * 16384 + 8 * 5;
 
 /// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forwards: between
 /// the two 64-column halves of the V tile and between its 8-key row groups.
@@ -749,7 +749,8 @@ impl Gpu {
         let tpad = dims.t.div_ceil(64) * 64;
         // Zeros past t: a padded row's P and dS come out zero.
         let mut ld = self.zeros::<f32>(dims.b * dims.h * tpad * 2)?;
-        let mut dq_acc = self.zeros::<f32>(dims.q_len())?;
+        // 64 x 64 blocks per (batch, head, 64-row tile, column half): B·H·tpad·128 f32.
+        let mut dq_acc = self.zeros::<f32>(dims.b * dims.h * tpad * 128)?;
         let (t, s, h, hk, w, tp) = (
             dims.t as i32,
             dims.s as i32,
@@ -815,17 +816,24 @@ impl Gpu {
         // its shared memory is BWD_WS_SMEM, allowed when the function was loaded.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash wgmma backward launch", e))?;
 
-        let conv = self.function(FLASH_ATTN, "flash_bwd_dq")?;
-        let n = dims.q_len();
-        let ni = n as i64;
+        let conv = self.sm90_function("flash_bwd_dq_sm90", 0)?;
+        let pairs = dims.q_len() / 2;
+        let (pairs_i, tiles) = (pairs as i64, (tpad / 64) as i32);
         let mut b = self.stream.launch_builder(&conv);
-        b.arg(&dq_acc).arg(dq).arg(&scale).arg(&ni);
+        b.arg(&dq_acc)
+            .arg(dq)
+            .arg(&scale)
+            .arg(&t)
+            .arg(&h)
+            .arg(&tiles)
+            .arg(&pairs_i);
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256) as u32, 1, 1),
+            grid_dim: (pairs.div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: dq_acc and dq hold n elements.
+        // SAFETY: dq holds 2·pairs elements (checked); dq_acc was allocated above with the
+        // block layout flash_bwd_dq_sm90 reads, B·H·tpad·128 f32.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash backward dq launch", e))?;
         Ok(())
     }

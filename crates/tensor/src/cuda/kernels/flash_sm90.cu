@@ -426,6 +426,21 @@ extern "C" __global__ void flash_bwd_pre_sm90(const bf16_t* o, const bf16_t* d_o
     }
 }
 
+// dq [B, T, H, 128] bf16 = scale · dq_acc, whose 64 x 64 blocks are in flash_bwd_ws_d128's
+// fragment order; one thread per pair of columns.
+extern "C" __global__ void flash_bwd_dq_sm90(const float* acc, bf16_t* dq, float scale, int t, int h, int tiles, long pairs) {
+    long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= pairs) return;
+    const int c = (int)(p % 64) * 2, hq = (int)((p / 64) % h);
+    const long bi = p / (64 * h);
+    const int i = (int)(bi % t), b = (int)(bi / t);
+    const int row = i % 64, col = c % 64, half = c / 64;
+    const int tw = (row >> 4) * 32 + (row & 7) * 4 + ((col >> 1) & 3);
+    const long blk = (((long)b * h + hq) * tiles + i / 64) * 2 + half;
+    const float* src = acc + blk * 4096 + (((col >> 3) * 2 + ((row >> 3) & 1)) * 128 + tw) * 2;
+    *(unsigned*)(dq + p * 2) = fa_pack(src[0] * scale, src[1] * scale);
+}
+
 // d[32] (+)= A B for m64n64k16, A and B from shared memory; TA / TB: the operand is MN-major
 // (transposed) rather than K-major.
 template <int TA, int TB>
@@ -455,8 +470,10 @@ __device__ __forceinline__ void wg_fence_regs32(float* d) {
 //   dV += P^T dO (issued, P from registers) while dS^T = P^T ∘ (dP^T - delta) is formed,
 //   dK += dS^T Q (dS from registers), dS^T to shared memory (bf16, both warpgroups'),
 //   dQ[:, 64w .. +63] = dS K[:, 64w ..] over all 128 keys, added to the f32 dQ accumulator.
-// dQ = scale · dq_acc (flash_bwd_dq), dK = scale · Σ dS^T Q.
-constexpr unsigned FB_KV = 128 * 128 * 2, FB_QT = 64 * 128 * 2, FB_LD = 64 * 8, FB_DS = 128 * 64 * 2;
+// dQ = scale · dq_acc (flash_bwd_dq_sm90), dK = scale · Σ dS^T Q. dq_acc holds, per (batch,
+// head, 64-row tile, 64-column half), one 64 x 64 block in the consumers' fragment order.
+constexpr unsigned FB_KV = 128 * 128 * 2, FB_QT = 64 * 128 * 2, FB_LD = 64 * 8, FB_DS = 128 * 64 * 2,
+                   FB_DQ = 64 * 64 * 4;
 constexpr unsigned FB_STAGE = 2 * FB_QT + FB_LD;
 
 extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
@@ -468,10 +485,12 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
     extern __shared__ __align__(16) unsigned char fa_sm[];
     const unsigned base = (fa_smem(fa_sm) + 1023u) & ~1023u;
     // K, V [2 halves][128 keys][128 B]; stages of Q, dO [2 halves][64 rows][128 B] and ld
-    // [64][2] f32; dS^T [2 buffers][128 keys][64 queries] bf16 (one 128-byte swizzled row a key).
+    // [64][2] f32; dS^T [2 buffers][128 keys][64 queries] bf16 (one 128-byte swizzled row a key);
+    // dQ blocks.
     const unsigned sK = base, sV = base + FB_KV, sSt = base + 2 * FB_KV;
     const unsigned sDS = sSt + NS * FB_STAGE;
-    const unsigned bars = sDS + 2 * FB_DS;  // K/V full; stage full; stage empty
+    const unsigned sDQ = sDS + 2 * FB_DS;   // dQ blocks [2 buffers][2 warpgroups][64 x 64] f32
+    const unsigned bars = sDQ + 4 * FB_DQ;  // K/V full; stage full; stage empty
     const unsigned bar_kv = bars, bar_f = bars + 8, bar_e = bar_f + 8 * NS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int nb = blockIdx.y;  // key tile 0 (seen by the most queries) first
@@ -614,20 +633,32 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
         wg_fence_regs(dvacc);
         wg_fence_regs(dkacc);
         if (lane == 0) mbar_arrive(bar_e + 8 * st);
-        // Rows m0 + 16 wi + g (+8), columns 64 wg + 8 nn + 2 tq4.
+        // dQ's 64 x 64 block goes to shared memory in fragment order (float2 (nn, r) of thread
+        // tw at ((nn·2 + r)·128 + tw)·8 bytes: conflict-free), then one bulk reduction adds it
+        // to its contiguous block of dq_acc (per-thread red.global stalled the warps on their
+        // address registers: ~25% of ncu's samples). Two buffers: the reduction issued at step
+        // j − 1 finished reading (its thread waited before the dS barrier) before this write.
+        const unsigned sDQw = sDQ + ((j & 1) * 2 + wg) * FB_DQ;
+        const int tw = tid & 127;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int i = m0 + 16 * wi + g + 8 * r;
-            if (i < t) {
-                float* dst = dq_acc + (((long)b * t + i) * h + hq) * D + 64 * wg + 2 * tq4;
+        for (int nn = 0; nn < 8; ++nn)
 #pragma unroll
-                for (int nn = 0; nn < 8; ++nn)
-                    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + nn * 8), "f"(qacc[nn * 4 + 2 * r]),
-                                 "f"(qacc[nn * 4 + 2 * r + 1])
-                                 : "memory");
-            }
+            for (int r = 0; r < 2; ++r)
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sDQw + ((nn * 2 + r) * 128 + tw) * 8),
+                             "f"(qacc[nn * 4 + 2 * r]), "f"(qacc[nn * 4 + 2 * r + 1])
+                             : "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+        if (tw == 0) {
+            float* dst = dq_acc + ((((long)b * h + hq) * (tpad / 64) + m0 / 64) * 2 + wg) * 4096;
+            asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                         "r"(sDQw), "n"(FB_DQ)
+                         : "memory");
+            asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+            asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");  // step j − 1's is read
         }
     }
+    if ((tid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 
     // dK = scale · Σ dS^T Q, dV = Σ P^T dO for keys < s (zeros where no query sees them).
 #pragma unroll
