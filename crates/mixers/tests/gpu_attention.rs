@@ -4,7 +4,7 @@
 //! scripts/gpu-check runs them on the device machine with `--ignored`.
 use half::bf16;
 use mixers::attention_core::{self, Dims};
-use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WgmmaForward, WGMMA_V_STRIDES};
+use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
 use tensor::cuda::Gpu;
 
 /// Normal values of standard deviation `std`, rounded to bf16 (the kernels' input precision).
@@ -169,8 +169,7 @@ fn flash_forward_matches_reference() {
     }
 }
 
-/// Both wgmma forwards (Hopper, head dim 128; the warp-specialized one is the default forward
-/// there) and the dispatching `flash_attn_fwd_bf16`. Also prints the errors with the V
+/// The wgmma forward (Hopper, head dim 128; the default forward there) and the dispatching `flash_attn_fwd_bf16`. Also prints the errors with the V
 /// descriptor strides swapped, which must fail: a check that the test can see a wrong layout.
 #[test]
 #[ignore]
@@ -203,10 +202,7 @@ fn flash_forward_wgmma_matches_reference() {
             gpu.upload(&to_bf(&v)).unwrap(),
         );
         // The default strides must pass; the swapped pair is printed as a check of the test.
-        for (kind, strides) in [WgmmaForward::Lockstep, WgmmaForward::WarpSpecialized]
-            .into_iter()
-            .flat_map(|kind| [(kind, (lbo, sbo)), (kind, (sbo, lbo))])
-        {
+        for strides in [(lbo, sbo), (sbo, lbo)] {
             let mut od = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
             let mut ld = gpu.upload(&vec![f32::NAN; d.b * d.t * d.h]).unwrap();
             gpu.flash_attn_fwd_bf16_wgmma(
@@ -219,21 +215,17 @@ fn flash_forward_wgmma_matches_reference() {
                 scale,
                 c.window,
                 strides,
-                kind,
             )
             .unwrap();
             let got = from_bf(&gpu.download(&od).unwrap());
             let got_lse = gpu.download(&ld).unwrap();
             let (eo, el) = (rel_err(&want, &got), rel_err(&want_lse, &got_lse));
             println!(
-                "wgmma {kind:?} {d:?} window {:?} V strides {strides:?}: o {eo:.2e} lse {el:.2e}",
+                "wgmma {d:?} window {:?} V strides {strides:?}: o {eo:.2e} lse {el:.2e}",
                 c.window
             );
             if strides == WGMMA_V_STRIDES {
-                assert!(
-                    eo < 2e-2 && el < 1e-3,
-                    "wgmma {kind:?} o {eo} lse {el} for {d:?}"
-                );
+                assert!(eo < 2e-2 && el < 1e-3, "wgmma o {eo} lse {el} for {d:?}");
             }
         }
         // The default forward (wgmma here unless sm_90a failed to build).

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
 use std::time::Instant;
-use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WgmmaForward, WGMMA_V_STRIDES};
+use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
 use tensor::cuda::Gpu;
 
 #[derive(Args, Clone, Debug)]
@@ -25,9 +25,8 @@ pub struct AttentionArgs {
     /// Time every compiled forward tiling, not only the default.
     #[arg(long)]
     pub tilings: bool,
-    /// Also time the forward kernels apart: mma.sync (default tiling) and both wgmma kernels
-    /// (Hopper, head dim 128: lockstep and warp-specialized), whichever `fwd_ms` (the default
-    /// forward) is.
+    /// Also time the kernels apart: mma.sync (default tilings, forward and backward) and wgmma
+    /// (Hopper, head dim 128), whichever `fwd_ms` / `fwdbwd_ms` (the defaults) are.
     #[arg(long)]
     pub wgmma: bool,
 }
@@ -127,27 +126,21 @@ pub fn run(a: AttentionArgs) -> Result<()> {
         if a.wgmma {
             row["mma_sync_fwd_ms"] = serde_json::json!(mma_s * 1e3);
             row["mma_sync_fwd_tflops"] = serde_json::json!(flops / mma_s / 1e12);
-            for (key, kind) in [
-                ("wgmma_lockstep", WgmmaForward::Lockstep),
-                ("wgmma_ws", WgmmaForward::WarpSpecialized),
-            ] {
-                let s = time(&gpu, || {
-                    Ok(gpu.flash_attn_fwd_bf16_wgmma(
-                        &q,
-                        &k,
-                        &v,
-                        &mut o,
-                        &mut lse,
-                        dims,
-                        scale,
-                        None,
-                        WGMMA_V_STRIDES,
-                        kind,
-                    )?)
-                })?;
-                row[format!("{key}_fwd_ms")] = serde_json::json!(s * 1e3);
-                row[format!("{key}_fwd_tflops")] = serde_json::json!(flops / s / 1e12);
-            }
+            let s = time(&gpu, || {
+                Ok(gpu.flash_attn_fwd_bf16_wgmma(
+                    &q,
+                    &k,
+                    &v,
+                    &mut o,
+                    &mut lse,
+                    dims,
+                    scale,
+                    None,
+                    WGMMA_V_STRIDES,
+                )?)
+            })?;
+            row["wgmma_fwd_ms"] = serde_json::json!(s * 1e3);
+            row["wgmma_fwd_tflops"] = serde_json::json!(flops / s / 1e12);
         }
         if a.backward {
             let mut dq = gpu.zeros::<bf16>(n)?;

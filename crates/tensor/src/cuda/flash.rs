@@ -171,36 +171,15 @@ fn window_arg(window: Option<usize>) -> i32 {
 /// The Hopper kernels (kernels/flash_sm90.cu: wgmma forwards and backward, sm_90a only).
 const FLASH_SM90: &str = include_str!("kernels/flash_sm90.cu");
 
-/// Which wgmma forward kernel runs (both are kept so one bench call can compare them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WgmmaForward {
-    /// `flash_fwd_wgmma_d128`: one warpgroup per 64 rows, all threads load (cp.async), the two
-    /// products and the softmax in lockstep.
-    Lockstep,
-    /// `flash_fwd_ws_d128`: FlashAttention-3's schedule — a TMA producer, two consumer
-    /// warpgroups sharing each K/V tile, the softmax overlapped with P V inside a warpgroup.
-    WarpSpecialized,
-}
+/// The wgmma forward (FlashAttention-3's schedule — a TMA producer, two consumer warpgroups
+/// sharing each K/V tile, the softmax overlapped with P V inside a warpgroup).
+const FWD_WS: &str = "flash_fwd_ws_d128";
+/// Q, two stages of K and V (32 KB tiles), 1 KB of alignment, 9 mbarriers.
+const FWD_WS_SMEM: usize = 1024 + 5 * 128 * 128 * 2 + 8 * 9;
 
-impl WgmmaForward {
-    fn function(self) -> &'static str {
-        match self {
-            WgmmaForward::Lockstep => "flash_fwd_wgmma_d128",
-            WgmmaForward::WarpSpecialized => "flash_fwd_ws_d128",
-        }
-    }
-    fn smem(self) -> usize {
-        match self {
-            WgmmaForward::Lockstep => 64 * 128 * 2 + 2 * 128 * 128 * 2 + 1024,
-            // Q, two stages of K and V (32 KB tiles), 1 KB of alignment, 9 mbarriers.
-            WgmmaForward::WarpSpecialized => 1024 + 5 * 128 * 128 * 2 + 8 * 9,
-        }
-    }
-}
-
-/// Whether [`Gpu::flash_attn_fwd_bf16`] runs a wgmma forward at head dim 128 on sm_90 (else,
-/// and wherever sm_90a does not compile, the mma.sync forward), and which.
-pub const WGMMA_DEFAULT: Option<WgmmaForward> = Some(WgmmaForward::WarpSpecialized);
+/// Whether [`Gpu::flash_attn_fwd_bf16`] runs the wgmma forward at head dim 128 on sm_90 (else,
+/// and wherever sm_90a does not compile, the mma.sync forward).
+pub const WGMMA_DEFAULT: bool = true;
 
 /// Whether [`Gpu::flash_attn_bwd_bf16`] runs the wgmma backward at head dim 128 on sm_90.
 pub const WGMMA_BWD_DEFAULT: bool = true;
@@ -308,10 +287,6 @@ impl TmaMap {
 }
 
 impl Gpu {
-    fn wgmma_fwd_function(&self, kind: WgmmaForward) -> Result<CudaFunction> {
-        self.sm90_function(kind.function(), kind.smem())
-    }
-
     /// `name` from kernels/flash_sm90.cu (built for sm_90a), allowed `smem` bytes of dynamic
     /// shared memory.
     fn sm90_function(&self, name: &'static str, smem: usize) -> Result<CudaFunction> {
@@ -352,13 +327,13 @@ impl Gpu {
         loaded
     }
 
-    /// Whether [`Gpu::flash_attn_fwd_bf16`] takes a wgmma forward for head dim `d` here: head
+    /// Whether [`Gpu::flash_attn_fwd_bf16`] takes the wgmma forward for head dim `d` here: head
     /// dim 128 on an sm_90 GPU where the sm_90a build compiles and loads.
     pub fn flash_fwd_uses_wgmma(&self, d: usize) -> bool {
-        WGMMA_DEFAULT.is_some_and(|k| d == 128 && self.wgmma_fwd_function(k).is_ok())
+        WGMMA_DEFAULT && d == 128 && self.sm90_function(FWD_WS, FWD_WS_SMEM).is_ok()
     }
 
-    /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only) by the `kind` kernel,
+    /// [`Gpu::flash_attn_fwd_bf16`] on Hopper's wgmma (head dim 128 only, `flash_fwd_ws_d128`),
     /// with the V descriptor's byte strides given (normally [`WGMMA_V_STRIDES`]); the default
     /// forward there (see [`Gpu::flash_fwd_uses_wgmma`]). Tested by
     /// `flash_forward_wgmma_matches_reference`.
@@ -374,7 +349,6 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
         v_strides: (u32, u32),
-        kind: WgmmaForward,
     ) -> Result<()> {
         dims.check()?;
         if dims.d != 128 {
@@ -388,15 +362,11 @@ impl Gpu {
         check_len("k", k.len(), dims.kv_len())?;
         check_len("v", v.len(), dims.kv_len())?;
         check_len("lse", lse.len(), dims.rows())?;
-        let f = self.wgmma_fwd_function(kind)?;
-        let rows = match kind {
-            WgmmaForward::Lockstep => 64,
-            WgmmaForward::WarpSpecialized => 128,
-        };
+        let f = self.sm90_function(FWD_WS, FWD_WS_SMEM)?;
         let cfg = LaunchConfig {
-            grid_dim: ((dims.b * dims.h) as u32, dims.t.div_ceil(rows) as u32, 1),
-            block_dim: (if rows == 64 { 128 } else { 384 }, 1, 1),
-            shared_mem_bytes: kind.smem() as u32,
+            grid_dim: ((dims.b * dims.h) as u32, dims.t.div_ceil(128) as u32, 1),
+            block_dim: (384, 1, 1),
+            shared_mem_bytes: FWD_WS_SMEM as u32,
         };
         let (t, s, h, hk, w) = (
             dims.t as i32,
@@ -408,24 +378,18 @@ impl Gpu {
         let (lbo, sbo) = (v_strides.0 as i32, v_strides.1 as i32);
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let mut b = self.stream.launch_builder(&f);
-        let maps;
-        match kind {
-            WgmmaForward::Lockstep => {
-                b.arg(q).arg(k).arg(v);
-            }
-            WgmmaForward::WarpSpecialized => {
-                let (qp, _rq) = q.device_ptr(&self.stream);
-                let (kp, _rk) = k.device_ptr(&self.stream);
-                let (vp, _rv) = v.device_ptr(&self.stream);
-                maps = [
-                    TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h, 128)?,
-                    TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk, 128)?,
-                    TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk, 128)?,
-                ];
-                b.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
-            }
-        }
-        b.arg(o)
+        let (qp, _rq) = q.device_ptr(&self.stream);
+        let (kp, _rk) = k.device_ptr(&self.stream);
+        let (vp, _rv) = v.device_ptr(&self.stream);
+        let maps = [
+            TmaMap::rows_of_heads(qp, dims.b, dims.t, dims.h, 128)?,
+            TmaMap::rows_of_heads(kp, dims.b, dims.s, dims.hk, 128)?,
+            TmaMap::rows_of_heads(vp, dims.b, dims.s, dims.hk, 128)?,
+        ];
+        b.arg(&maps[0])
+            .arg(&maps[1])
+            .arg(&maps[2])
+            .arg(o)
             .arg(lse)
             .arg(&t)
             .arg(&s)
@@ -435,10 +399,9 @@ impl Gpu {
             .arg(&scale_log2)
             .arg(&lbo)
             .arg(&sbo);
-        // SAFETY: the argument list matches the kind's kernel (tensor maps of q, k, v for the
-        // warp-specialized one, built over the buffers checked against `dims` above, which
-        // outlive the launch's stream order as the slices do); its shared memory is
-        // `kind.smem()`, allowed when the function was loaded.
+        // SAFETY: the argument list matches flash_fwd_ws_d128 (tensor maps of q, k, v, built
+        // over the buffers checked against `dims` above); its shared memory is FWD_WS_SMEM,
+        // allowed when the function was loaded.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("flash wgmma forward launch", e))?;
         Ok(())
     }
@@ -469,7 +432,7 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
-        if let Some(kind) = WGMMA_DEFAULT.filter(|_| self.flash_fwd_uses_wgmma(dims.d)) {
+        if self.flash_fwd_uses_wgmma(dims.d) {
             return self.flash_attn_fwd_bf16_wgmma(
                 q,
                 k,
@@ -480,7 +443,6 @@ impl Gpu {
                 scale,
                 window,
                 WGMMA_V_STRIDES,
-                kind,
             );
         }
         let tiling = *FwdTiling::available(dims.d).first().ok_or_else(|| {

@@ -1,13 +1,15 @@
 // ---------------------------------------------------------------------------------------
-// Flash attention on Hopper's warpgroup MMA (wgmma), forward and backward. This file is compiled for sm_90a only, after
-// common.cuh and flash_attn.cu (whose fa_* helpers it uses), by flash.rs.
+// Flash attention on Hopper's warpgroup MMA (wgmma), forward and backward, head dim 128. This
+// file is compiled for sm_90a only, after common.cuh and flash_attn.cu (whose fa_* helpers it
+// uses), by flash.rs.
 //
-// flash_fwd_wgmma_d128: the first version, kept to compare against the second in one call. One CTA = one warpgroup (4 warps, 128 threads) per 64 query
-// rows; key tiles of 128. S = Q K^T with both operands in shared memory, O += P V with P from
-// registers (the accumulator layout of S is the A-fragment layout, as with mma.sync). Two CTAs
-// fit an SM (80 KB of shared memory each), so one's softmax overlaps the other's MMAs.
-// Shared tiles are [D / 64][rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r
-// at chunk c ^ (r % 8)), 1024-byte aligned: K-major for Q and K, MN-major (transposed) for V.
+// Products take both operands from shared memory (descriptors), or A from registers (the
+// accumulator layout of S is the A-fragment layout, as with mma.sync). Shared tiles are
+// [D / 64][rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at chunk
+// c ^ (r % 8)), 1024-byte aligned, as TMA writes them: K-major for Q and K, MN-major
+// (transposed) for V. (A first forward, one warpgroup per 64 rows loading its own tiles by
+// cp.async and running the two products and the softmax in lockstep, reached 340 TFLOP/s:
+// bench/NOTES-gpu.md.)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // d[64] (+)= A B for m64n128k16: A and B in shared memory (descriptors), scale_d = 0 zeroes d first.
 __device__ __forceinline__ void wg_ss(float* d, unsigned long long da, unsigned long long db, int scale_d) {
@@ -36,158 +38,6 @@ __device__ __forceinline__ void wg_fence_regs(float* d) {
 __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo, unsigned sbo) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
            ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
-}
-
-// Rows [row0, row0 + R) of a [*, ld] bf16 matrix with 128 columns into a swizzled tile at
-// shared address dst (rows >= nrows zero-filled), by 128 threads.
-template <int R>
-__device__ __forceinline__ void wg_load_tile(unsigned dst, const bf16_t* g, long ld, int row0, int nrows, int tid) {
-#pragma unroll
-    for (int c = tid; c < R * 16; c += 128) {
-        int r = c >> 4, ch = c & 15;
-        bool ok = row0 + r < nrows;
-        const bf16_t* src = ok ? g + (long)(row0 + r) * ld + ch * 8 : g;
-        unsigned off = (ch >> 3) * (R * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
-        fa_cp16(dst + off, src, ok);
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_wgmma_d128(
-    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-    bf16_t* __restrict__ o, float* __restrict__ lse, int t, int s, int h, int hk, int window, float scale_log2,
-    int v_lbo, int v_sbo) {
-    constexpr int D = 128, BM = 64, BN = 128, NN = BN / 8, ND = D / 8;
-    extern __shared__ __align__(16) unsigned char fa_sm[];
-    const unsigned base = (fa_smem(fa_sm) + 1023u) & ~1023u;
-    const unsigned sQ = base, sK = base + BM * D * 2, sV = sK + BN * D * 2;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int mb = gridDim.y - 1 - blockIdx.y;
-    const int hh = blockIdx.x % h, b = blockIdx.x / h, kh = hh / (h / hk);
-    const int m0 = mb * BM, past = s - t;
-    const long qld = (long)h * D, kld = (long)hk * D;
-    const bf16_t* qb = q + ((long)b * t * h + hh) * D;
-    const bf16_t* kb = k + ((long)b * s * hk + kh) * D;
-    const bf16_t* vb = v + ((long)b * s * hk + kh) * D;
-
-    const int last = min(s - 1, past + m0 + BM - 1);
-    const int first = window > 0 ? max(0, past + m0 + 1 - window) : 0;
-    const int nb_first = first / BN, nb_last = last / BN;
-
-    wg_load_tile<BM>(sQ, qb, qld, m0, t, tid);
-    wg_load_tile<BN>(sK, kb, kld, nb_first * BN, s, tid);
-    fa_commit();
-
-    float oacc[ND * 4], sacc[NN * 4];
-#pragma unroll
-    for (int i = 0; i < ND * 4; ++i) oacc[i] = 0.0f;
-    float mrow[2] = {FA_NEG_INF, FA_NEG_INF}, lrow[2] = {0.0f, 0.0f};
-    const int wrow = warp * 16;
-
-    for (int nb = nb_first; nb <= nb_last; ++nb) {
-        const int n0 = nb * BN;
-        __syncthreads();  // the previous P V has finished reading sV
-        wg_load_tile<BN>(sV, vb, kld, n0, s, tid);
-        fa_commit();
-        fa_wait<1>();  // Q and K(nb)
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();
-
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            unsigned off = (kk & 3) * 32;
-            unsigned long long da = wg_desc(sQ + (kk >> 2) * (BM * 128) + off, 16, 1024);
-            unsigned long long db = wg_desc(sK + (kk >> 2) * (BN * 128) + off, 16, 1024);
-            wg_ss(sacc, da, db, kk > 0);
-        }
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wg_fence_regs(sacc);
-
-        const bool full = n0 + BN - 1 <= past + m0 && n0 + BN <= s &&
-                          (window <= 0 || n0 >= past + m0 + BM - window);
-        if (!full) {
-#pragma unroll
-            for (int nn = 0; nn < NN; ++nn)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int i = m0 + wrow + (lane >> 2) + (e >> 1) * 8;
-                    int j = n0 + nn * 8 + (lane & 3) * 2 + (e & 1);
-                    bool vis = j < s && j <= past + i && (window <= 0 || j > past + i - window);
-                    if (!vis) sacc[nn * 4 + e] = FA_NEG_INF;
-                }
-        }
-        __syncthreads();  // the S MMAs are done with sK
-        if (nb < nb_last) wg_load_tile<BN>(sK, kb, kld, n0 + BN, s, tid);
-        fa_commit();
-
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = FA_NEG_INF;
-#pragma unroll
-            for (int nn = 0; nn < NN; ++nn) mx = fmaxf(mx, fmaxf(sacc[nn * 4 + 2 * r], sacc[nn * 4 + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(mrow[r], mx * scale_log2);
-            float muse = mnew == FA_NEG_INF ? 0.0f : mnew;
-            float corr = fa_exp2(mrow[r] - muse);
-            float sum = 0.0f;
-#pragma unroll
-            for (int nn = 0; nn < NN; ++nn)
-#pragma unroll
-                for (int e = 2 * r; e < 2 * r + 2; ++e) {
-                    float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - muse);
-                    sacc[nn * 4 + e] = p;
-                    sum += p;
-                }
-            lrow[r] = lrow[r] * corr + sum;
-            mrow[r] = mnew;
-#pragma unroll
-            for (int nd = 0; nd < ND; ++nd) {
-                oacc[nd * 4 + 2 * r] *= corr;
-                oacc[nd * 4 + 2 * r + 1] *= corr;
-            }
-        }
-        unsigned pa[BN / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = fa_pack(sacc[(2 * kk) * 4 + 0], sacc[(2 * kk) * 4 + 1]);
-            pa[kk][1] = fa_pack(sacc[(2 * kk) * 4 + 2], sacc[(2 * kk) * 4 + 3]);
-            pa[kk][2] = fa_pack(sacc[(2 * kk + 1) * 4 + 0], sacc[(2 * kk + 1) * 4 + 1]);
-            pa[kk][3] = fa_pack(sacc[(2 * kk + 1) * 4 + 2], sacc[(2 * kk + 1) * 4 + 3]);
-        }
-
-        fa_wait<1>();  // V(nb)
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();
-        wg_fence_regs(oacc);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-            wg_rs(oacc, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3],
-                  wg_desc(sV + kk * 16 * 128, (unsigned)v_lbo, (unsigned)v_sbo));
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wg_fence_regs(oacc);
-    }
-    fa_wait<0>();
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = lrow[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        int i = m0 + wrow + (lane >> 2) + r * 8;
-        if (i < t) {
-            bf16_t* orow = o + (((long)b * t + i) * h + hh) * D + (lane & 3) * 2;
-#pragma unroll
-            for (int nd = 0; nd < ND; ++nd)
-                *(unsigned*)(orow + nd * 8) = fa_pack(oacc[nd * 4 + 2 * r] * inv, oacc[nd * 4 + 2 * r + 1] * inv);
-            if ((lane & 3) == 0)
-                lse[((long)b * h + hh) * t + i] = l > 0.0f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_NEG_INF;
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
