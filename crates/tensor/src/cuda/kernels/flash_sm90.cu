@@ -217,6 +217,9 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_ws_d128(
         wg_fence_regs(sacc);
         if (lane == 0) mbar_arrive(bar_ke + 8 * st);
         softmax((nb_first + j) * BN);
+        // Pins the softmax before the wait: it is plain arithmetic, which the compiler otherwise
+        // moved below the (volatile) wait, so the softmax no longer ran under P V (ncu).
+        wg_fence_regs(sacc);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // P(j-1) V(j-1) is done
         wg_fence_regs(oacc);
         if (lane == 0) mbar_arrive(bar_ve + 8 * ps);
