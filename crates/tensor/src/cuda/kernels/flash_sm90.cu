@@ -304,11 +304,6 @@ __device__ __forceinline__ void wg_ss64(float* d, unsigned long long da, unsigne
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));
 }
-__device__ __forceinline__ unsigned fa_lds32(unsigned addr) {
-    unsigned v;
-    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-    return v;
-}
 __device__ __forceinline__ void wg_fence_regs32(float* d) {
 #pragma unroll
     for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
@@ -422,16 +417,24 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
         // P^T: rows are keys kw0 + 16 wi + g (+8), columns queries m0 + 8 nn + 2 tq4 (+1).
         const bool full = m0 + BM <= t && kw0 + 64 <= s && kw0 + 63 <= past + m0 &&
                           (window <= 0 || kw0 >= past + m0 + BM - window);
+        // The tile's (lse, delta) of columns c, c + 1 are 16 contiguous bytes: one load each nn
+        // here and again for dS (was a 4-byte load per element; keeping delta in registers
+        // spilled).
 #pragma unroll
-        for (int nn = 0; nn < 8; ++nn)
+        for (int nn = 0; nn < 8; ++nn) {
+            float l0, d0, l1, d1;
+            asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=f"(l0), "=f"(d0), "=f"(l1), "=f"(d1)
+                         : "r"(sLD + (nn * 8 + 2 * tq4) * 8)
+                         : "memory");
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = nn * 8 + 2 * tq4 + (e & 1);
-                const float l2 = __uint_as_float(fa_lds32(sLD + c * 8));
-                float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - l2);
+                float p = fa_exp2(sacc[nn * 4 + e] * scale_log2 - ((e & 1) ? l1 : l0));
                 if (!full && !fa_visible(m0 + c, kw0 + 16 * wi + g + (e >> 1) * 8, t, s, past, window)) p = 0.0f;
                 sacc[nn * 4 + e] = p;
             }
+        }
         unsigned pp[4][4];
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -451,12 +454,14 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
         // dS^T = P^T ∘ (dP^T - delta), to registers (dK's A) and to shared memory (dQ's A).
         unsigned ps[4][4];
 #pragma unroll
-        for (int nn = 0; nn < 8; ++nn)
+        for (int nn = 0; nn < 8; ++nn) {
+            float l0, d0, l1, d1;
+            asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=f"(l0), "=f"(d0), "=f"(l1), "=f"(d1)
+                         : "r"(sLD + (nn * 8 + 2 * tq4) * 8)
+                         : "memory");
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
-                const int c = nn * 8 + 2 * tq4;
-                const float d0 = __uint_as_float(fa_lds32(sLD + c * 8 + 4));
-                const float d1 = __uint_as_float(fa_lds32(sLD + c * 8 + 12));
                 const unsigned v = fa_pack(sacc[nn * 4 + e] * (pacc[nn * 4 + e] - d0),
                                            sacc[nn * 4 + e + 1] * (pacc[nn * 4 + e + 1] - d1));
                 ps[nn >> 1][(nn & 1) * 2 + (e >> 1)] = v;
@@ -465,6 +470,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_ws_d128(
                              "r"(v)
                              : "memory");
             }
+        }
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)  // dK += dS^T Q
