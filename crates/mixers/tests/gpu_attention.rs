@@ -4,7 +4,7 @@
 //! scripts/gpu-check runs them on the device machine with `--ignored`.
 use half::bf16;
 use mixers::attention_core::{self, Dims};
-use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
+use tensor::cuda::flash::{BwdKernel, BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
 use tensor::cuda::Gpu;
 
 /// Normal values of standard deviation `std`, rounded to bf16 (the kernels' input precision).
@@ -291,61 +291,44 @@ fn flash_backward_matches_attention_core() {
             c.window,
         )
         .unwrap();
-        // The mma.sync tilings, then (None) the wgmma backward where this GPU has it.
-        let mut kernels: Vec<Option<BwdTiling>> = BwdTiling::available(d.d)
+        // The mma.sync tilings, then the wgmma backward where this GPU has it.
+        let mut kernels: Vec<BwdKernel> = BwdTiling::available(d.d)
             .iter()
-            .copied()
-            .map(Some)
+            .map(|&t| BwdKernel::MmaSync(t))
             .collect();
         if gpu.flash_bwd_uses_wgmma(d.d) {
-            kernels.push(None);
+            kernels.push(BwdKernel::Wgmma);
         }
-        for tiling in kernels {
+        for kernel in kernels {
             let mut dqd = gpu.upload(&vec![NAN_BF16; q.len()]).unwrap();
             let mut dkd = gpu.upload(&vec![NAN_BF16; k.len()]).unwrap();
             let mut dvd = gpu.upload(&vec![NAN_BF16; v.len()]).unwrap();
-            match tiling {
-                Some(tiling) => gpu.flash_attn_bwd_bf16_tiled(
-                    &qd,
-                    &kd,
-                    &vd,
-                    &od,
-                    &dod,
-                    &ld,
-                    &mut dqd,
-                    &mut dkd,
-                    &mut dvd,
-                    flash_dims(d),
-                    scale,
-                    c.window,
-                    tiling,
-                ),
-                None => gpu.flash_attn_bwd_bf16_wgmma(
-                    &qd,
-                    &kd,
-                    &vd,
-                    &od,
-                    &dod,
-                    &ld,
-                    &mut dqd,
-                    &mut dkd,
-                    &mut dvd,
-                    flash_dims(d),
-                    scale,
-                    c.window,
-                ),
-            }
+            gpu.flash_attn_bwd_bf16_with(
+                &qd,
+                &kd,
+                &vd,
+                &od,
+                &dod,
+                &ld,
+                &mut dqd,
+                &mut dkd,
+                &mut dvd,
+                flash_dims(d),
+                scale,
+                c.window,
+                kernel,
+            )
             .unwrap();
             let eq = rel_err(&want_dq, &from_bf(&gpu.download(&dqd).unwrap()));
             let ek = rel_err(&want_dk, &from_bf(&gpu.download(&dkd).unwrap()));
             let ev = rel_err(&want_dv, &from_bf(&gpu.download(&dvd).unwrap()));
             println!(
-                "{d:?} window {:?} {tiling:?}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}",
+                "{d:?} window {:?} {kernel:?}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}",
                 c.window
             );
             assert!(
                 eq < 2e-2 && ek < 2e-2 && ev < 2e-2,
-                "rel errs dq {eq} dk {ek} dv {ev} for {d:?} window {:?} {tiling:?}",
+                "rel errs dq {eq} dk {ek} dv {ev} for {d:?} window {:?} {kernel:?}",
                 c.window
             );
         }

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
 use std::time::Instant;
-use tensor::cuda::flash::{BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
+use tensor::cuda::flash::{BwdKernel, BwdTiling, FlashDims, FwdTiling, WGMMA_V_STRIDES};
 use tensor::cuda::Gpu;
 
 #[derive(Args, Clone, Debug)]
@@ -146,53 +146,55 @@ pub fn run(a: AttentionArgs) -> Result<()> {
             let mut dq = gpu.zeros::<bf16>(n)?;
             let mut dk = gpu.zeros::<bf16>(n)?;
             let mut dv = gpu.zeros::<bf16>(n)?;
+            // The default backward (wgmma on Hopper at head dim 128, else the first tiling),
+            // then every tiling (--tilings) or, with --wgmma, the mma.sync one beside wgmma.
             let bdefault = BwdTiling::available(d)[0];
-            let btilings: Vec<BwdTiling> = if a.tilings {
-                BwdTiling::available(d).to_vec()
+            let uses_wgmma = gpu.flash_bwd_uses_wgmma(d);
+            let default = if uses_wgmma {
+                BwdKernel::Wgmma
             } else {
-                vec![]
+                BwdKernel::MmaSync(bdefault)
             };
+            let mut kernels = vec![default];
+            if a.tilings {
+                kernels.extend(
+                    BwdTiling::available(d)
+                        .iter()
+                        .map(|&t| BwdKernel::MmaSync(t)),
+                );
+            } else if a.wgmma && uses_wgmma {
+                kernels.push(BwdKernel::MmaSync(bdefault));
+            }
+            kernels.dedup();
             let mut per_tiling = vec![];
-            for tiling in btilings {
+            for kernel in kernels {
                 let s = time(&gpu, || {
                     gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
-                    Ok(gpu.flash_attn_bwd_bf16_tiled(
+                    Ok(gpu.flash_attn_bwd_bf16_with(
                         &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
-                        tiling,
+                        kernel,
                     )?)
                 })?;
                 let bwd_tflops = 2.5 * flops / (s - fwd_s) / 1e12;
-                per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwdbwd_ms": s * 1e3, "bwd_tflops": bwd_tflops}));
+                if kernel == default {
+                    row["bwd_kernel"] =
+                        serde_json::json!(if uses_wgmma { "wgmma" } else { "mma.sync" });
+                    row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
+                    row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
+                    row["bwd_tflops"] = serde_json::json!(bwd_tflops);
+                }
+                if let BwdKernel::MmaSync(tiling) = kernel {
+                    if a.tilings {
+                        per_tiling.push(serde_json::json!({"bm": tiling.bm, "bn": tiling.bn, "warps": tiling.warps, "fwdbwd_ms": s * 1e3, "bwd_tflops": bwd_tflops}));
+                    }
+                    if uses_wgmma && tiling == bdefault {
+                        row["mma_sync_fwdbwd_ms"] = serde_json::json!(s * 1e3);
+                        row["mma_sync_bwd_tflops"] = serde_json::json!(bwd_tflops);
+                    }
+                }
             }
-            // The default backward (wgmma on Hopper at head dim 128, else the first tiling).
-            let s = time(&gpu, || {
-                gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
-                Ok(gpu.flash_attn_bwd_bf16(
-                    &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
-                )?)
-            })?;
-            row["bwd_kernel"] = serde_json::json!(if gpu.flash_bwd_uses_wgmma(d) {
-                "wgmma"
-            } else {
-                "mma.sync"
-            });
-            row["fwdbwd_ms"] = serde_json::json!(s * 1e3);
-            row["bwd_ms"] = serde_json::json!((s - fwd_s) * 1e3);
-            row["bwd_tflops"] = serde_json::json!(2.5 * flops / (s - fwd_s) / 1e12);
             if a.tilings {
                 row["bwd_tilings"] = serde_json::json!(per_tiling);
-            }
-            if a.wgmma && gpu.flash_bwd_uses_wgmma(d) {
-                // The default backward is the wgmma one here: time the mma.sync one beside it.
-                let s = time(&gpu, || {
-                    gpu.flash_attn_fwd_bf16(&q, &k, &v, &mut o, &mut lse, dims, scale, None)?;
-                    Ok(gpu.flash_attn_bwd_bf16_tiled(
-                        &q, &k, &v, &o, &d_o, &lse, &mut dq, &mut dk, &mut dv, dims, scale, None,
-                        bdefault,
-                    )?)
-                })?;
-                row["mma_sync_fwdbwd_ms"] = serde_json::json!(s * 1e3);
-                row["mma_sync_bwd_tflops"] = serde_json::json!(2.5 * flops / (s - fwd_s) / 1e12);
             }
         }
         rows.push(row);

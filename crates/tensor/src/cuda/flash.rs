@@ -181,6 +181,28 @@ const FWD_WS_SMEM: usize = 1024 + 5 * 128 * 128 * 2 + 8 * 9;
 /// and wherever sm_90a does not compile, the mma.sync forward).
 pub const WGMMA_DEFAULT: bool = true;
 
+/// A backward kernel: mma.sync with one of [`BwdTiling::available`], or wgmma (Hopper, head dim
+/// 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BwdKernel {
+    MmaSync(BwdTiling),
+    Wgmma,
+}
+
+/// The backward's inputs and outputs, checked against the dims, as the kernels' launchers take
+/// them.
+struct BwdBuffers<'a> {
+    q: &'a CudaSlice<bf16>,
+    k: &'a CudaSlice<bf16>,
+    v: &'a CudaSlice<bf16>,
+    o: &'a CudaSlice<bf16>,
+    d_o: &'a CudaSlice<bf16>,
+    lse: &'a CudaSlice<f32>,
+    dq: &'a mut CudaSlice<bf16>,
+    dk: &'a mut CudaSlice<bf16>,
+    dv: &'a mut CudaSlice<bf16>,
+}
+
 /// Whether [`Gpu::flash_attn_bwd_bf16`] runs the wgmma backward at head dim 128 on sm_90.
 pub const WGMMA_BWD_DEFAULT: bool = true;
 const BWD_WS: &str = "flash_bwd_ws_d128";
@@ -536,24 +558,26 @@ impl Gpu {
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
-        if self.flash_bwd_uses_wgmma(dims.d) {
-            return self
-                .flash_attn_bwd_bf16_wgmma(q, k, v, o, d_o, lse, dq, dk, dv, dims, scale, window);
-        }
-        let tiling = *BwdTiling::available(dims.d).first().ok_or_else(|| {
-            Error::Msg(format!(
-                "flash attention needs head dim 64 or 128, got {}",
-                dims.d
-            ))
-        })?;
-        self.flash_attn_bwd_bf16_tiled(
-            q, k, v, o, d_o, lse, dq, dk, dv, dims, scale, window, tiling,
+        let kernel = if self.flash_bwd_uses_wgmma(dims.d) {
+            BwdKernel::Wgmma
+        } else {
+            BwdKernel::MmaSync(*BwdTiling::available(dims.d).first().ok_or_else(|| {
+                Error::Msg(format!(
+                    "flash attention needs head dim 64 or 128, got {}",
+                    dims.d
+                ))
+            })?)
+        };
+        self.flash_attn_bwd_bf16_with(
+            q, k, v, o, d_o, lse, dq, dk, dv, dims, scale, window, kernel,
         )
     }
 
-    /// [`Gpu::flash_attn_bwd_bf16`] with an explicit tiling from [`BwdTiling::available`].
+    /// [`Gpu::flash_attn_bwd_bf16`] by the given kernel: an mma.sync tiling from
+    /// [`BwdTiling::available`], or the wgmma one (Hopper, head dim 128; see
+    /// [`Gpu::flash_bwd_uses_wgmma`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn flash_attn_bwd_bf16_tiled(
+    pub fn flash_attn_bwd_bf16_with(
         &self,
         q: &CudaSlice<bf16>,
         k: &CudaSlice<bf16>,
@@ -567,15 +591,9 @@ impl Gpu {
         dims: FlashDims,
         scale: f32,
         window: Option<usize>,
-        tiling: BwdTiling,
+        kernel: BwdKernel,
     ) -> Result<()> {
         dims.check()?;
-        if !BwdTiling::available(dims.d).contains(&tiling) {
-            return Err(Error::Msg(format!(
-                "no flash backward kernel for {tiling:?} at head dim {}",
-                dims.d
-            )));
-        }
         for (what, len) in [("q", q.len()), ("o", o.len()), ("d_o", d_o.len())] {
             check_len(what, len, dims.q_len())?;
         }
@@ -585,6 +603,59 @@ impl Gpu {
         check_len("dk", dk.len(), dims.kv_len())?;
         check_len("dv", dv.len(), dims.kv_len())?;
         check_len("lse", lse.len(), dims.rows())?;
+        let x = BwdBuffers {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        };
+        match kernel {
+            BwdKernel::MmaSync(tiling) => {
+                if !BwdTiling::available(dims.d).contains(&tiling) {
+                    return Err(Error::Msg(format!(
+                        "no flash backward kernel for {tiling:?} at head dim {}",
+                        dims.d
+                    )));
+                }
+                self.bwd_mma_sync(x, dims, scale, window, tiling)
+            }
+            BwdKernel::Wgmma => {
+                if dims.d != 128 {
+                    return Err(Error::Msg(format!(
+                        "the wgmma flash backward is built for head dim 128, got {}",
+                        dims.d
+                    )));
+                }
+                self.bwd_wgmma(x, dims, scale, window)
+            }
+        }
+    }
+
+    /// The mma.sync backward (any GPU from sm_80, head dims 64 and 128); buffers checked.
+    fn bwd_mma_sync(
+        &self,
+        x: BwdBuffers<'_>,
+        dims: FlashDims,
+        scale: f32,
+        window: Option<usize>,
+        tiling: BwdTiling,
+    ) -> Result<()> {
+        let BwdBuffers {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        } = x;
         let rows = dims.rows();
         let mut delta = self.zeros::<f32>(rows)?;
         let mut dq_acc = self.zeros::<f32>(dims.q_len())?;
@@ -670,41 +741,27 @@ impl Gpu {
         WGMMA_BWD_DEFAULT && d == 128 && self.sm90_function(BWD_WS, BWD_WS_SMEM).is_ok()
     }
 
-    /// [`Gpu::flash_attn_bwd_bf16`] on Hopper's wgmma (head dim 128 only): `flash_bwd_ws_d128`
-    /// after a pre-pass that packs lse (log2 units) and delta per 64-row tile; the default
-    /// backward there. Tested by `flash_backward_matches_attention_core`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn flash_attn_bwd_bf16_wgmma(
+    /// The wgmma backward (Hopper, head dim 128; buffers checked): `flash_bwd_ws_d128` after a
+    /// pre-pass that packs lse (log2 units) and delta per 64-row tile. Tested by
+    /// `flash_backward_matches_attention_core`.
+    fn bwd_wgmma(
         &self,
-        q: &CudaSlice<bf16>,
-        k: &CudaSlice<bf16>,
-        v: &CudaSlice<bf16>,
-        o: &CudaSlice<bf16>,
-        d_o: &CudaSlice<bf16>,
-        lse: &CudaSlice<f32>,
-        dq: &mut CudaSlice<bf16>,
-        dk: &mut CudaSlice<bf16>,
-        dv: &mut CudaSlice<bf16>,
+        x: BwdBuffers<'_>,
         dims: FlashDims,
         scale: f32,
         window: Option<usize>,
     ) -> Result<()> {
-        dims.check()?;
-        if dims.d != 128 {
-            return Err(Error::Msg(format!(
-                "the wgmma flash backward is built for head dim 128, got {}",
-                dims.d
-            )));
-        }
-        for (what, len) in [("q", q.len()), ("o", o.len()), ("d_o", d_o.len())] {
-            check_len(what, len, dims.q_len())?;
-        }
-        check_len("dq", dq.len(), dims.q_len())?;
-        check_len("k", k.len(), dims.kv_len())?;
-        check_len("v", v.len(), dims.kv_len())?;
-        check_len("dk", dk.len(), dims.kv_len())?;
-        check_len("dv", dv.len(), dims.kv_len())?;
-        check_len("lse", lse.len(), dims.rows())?;
+        let BwdBuffers {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        } = x;
         let main = self.sm90_function(BWD_WS, BWD_WS_SMEM)?;
         let pre = self.sm90_function("flash_bwd_pre_sm90", 0)?;
         let rows = dims.rows();
