@@ -1,13 +1,11 @@
 //! Launchers of kernels/flash_attn.cu: FlashAttention-2 forward and backward on tensor cores,
 //! with the semantics of `mixers::attention_core` (causal with `past = s − t` earlier keys, GQA,
 //! optional sliding window). Layouts: q, o [B, T, H, D]; k, v [B, S, Hk, D]; lse [B, H, T] f32.
-use super::{cuda_err, kernel_cache_dir, Gpu, COMMON, FLASH_ATTN};
+use super::{cuda_err, Gpu, FLASH_ATTN, FLASH_SM90};
 use crate::{Error, Result};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, Ptx};
 use half::bf16;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -168,9 +166,6 @@ fn window_arg(window: Option<usize>) -> i32 {
     window.map_or(0, |w| w.clamp(1, i32::MAX as usize) as i32)
 }
 
-/// The Hopper kernels (kernels/flash_sm90.cu: wgmma forwards and backward, sm_90a only).
-const FLASH_SM90: &str = include_str!("kernels/flash_sm90.cu");
-
 /// The wgmma forward (FlashAttention-3's schedule — a TMA producer, two consumer warpgroups
 /// sharing each K/V tile, the softmax overlapped with P V inside a warpgroup).
 const FWD_WS: &str = "flash_fwd_ws_d128";
@@ -210,46 +205,14 @@ const BWD_WS: &str = "flash_bwd_ws_d128";
 /// buffers (16 KB each), four dQ blocks (16 KB each), 1 KB of alignment, 5 mbarriers.
 const BWD_WS_SMEM: usize = 1024 + 2 * 32768 + 2 * (2 * 16384 + 512) + 2 * 16384 + 4 * 16384 + 8 * 5;
 
-/// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forwards: between
+/// Byte strides (leading, stride) of the MN-major V descriptor of the wgmma forward: between
 /// the two 64-column halves of the V tile and between its 8-key row groups.
 pub const WGMMA_V_STRIDES: (u32, u32) = (16384, 1024);
 
-/// The wgmma forwards' module, compiled for sm_90a (the rest of flash_attn.cu is built for the
-/// device's plain arch by [`Gpu::function`]), one per context; `None` once loading failed (not
-/// retried). Functions are cached by (context, name).
-type WgmmaCache = HashMap<(usize, &'static str), Option<CudaFunction>>;
-static WGMMA_FWD: OnceLock<Mutex<WgmmaCache>> = OnceLock::new();
-
-/// PTX of kernels/flash_attn.cu + flash_sm90.cu for sm_90a, from the disk cache or NVRTC
-/// (as `Gpu::ptx`).
-fn wgmma_ptx() -> Result<Ptx> {
-    let full = format!("{COMMON}\n{}\n{FLASH_SM90}", FLASH_ATTN.1);
-    let mut h = Sha256::new();
-    h.update(full.as_bytes());
-    h.update(b"sm_90a --std=c++17");
-    let path = kernel_cache_dir().join(format!("flash_sm90-sm_90a-{:x}.ptx", h.finalize()));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(Ptx::from_src(text));
-    }
-    let opts = CompileOptions {
-        arch: Some("sm_90a"),
-        options: vec!["--std=c++17".into()],
-        name: Some("flash_sm90.cu".into()),
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts).map_err(|e| {
-        Error::Msg(format!(
-            "NVRTC could not compile kernels/flash_sm90.cu for sm_90a: {e:?}"
-        ))
-    })?;
-    if std::fs::create_dir_all(kernel_cache_dir()).is_ok() {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-    Ok(ptx)
-}
+/// The Hopper kernels by (context, name): `None` once loading failed (an sm_90a build that does
+/// not compile or load is not retried on every call; the mma.sync kernels serve instead).
+type Sm90Cache = HashMap<(usize, &'static str), Option<CudaFunction>>;
+static SM90_FUNCTIONS: OnceLock<Mutex<Sm90Cache>> = OnceLock::new();
 
 /// A TMA tensor map (the driver's 128-byte descriptor), passed to a kernel by value as a
 /// `const __grid_constant__ TmaMap`.
@@ -319,27 +282,23 @@ impl Gpu {
             )));
         }
         let key = (Arc::as_ptr(&self.ctx) as usize, name);
-        let cache = WGMMA_FWD.get_or_init(Default::default);
+        let cache = SM90_FUNCTIONS.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap().get(&key) {
             return f
                 .clone()
                 .ok_or_else(|| Error::Msg(format!("{name} failed to load earlier")));
         }
-        let loaded = (|| {
-            let module = self
-                .ctx
-                .load_module(wgmma_ptx()?)
-                .map_err(|e| cuda_err("module load", e))?;
-            let f = module
-                .load_function(name)
-                .map_err(|e| cuda_err(&format!("loading {name}"), e))?;
-            f.set_attribute(
-                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(|e| cuda_err("setting shared memory size", e))?;
-            Ok(f)
-        })();
+        // One module for all of them (the Gpu's module cache), built by NVRTC for sm_90a.
+        let loaded = self
+            .function_for_arch(FLASH_SM90, name, "sm_90a")
+            .and_then(|f| {
+                f.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(|e| cuda_err("setting shared memory size", e))?;
+                Ok(f)
+            });
         // The map keeps the function, and through it the module and the context, alive: a key
         // (the context's address) cannot be reused by another context.
         cache

@@ -52,7 +52,21 @@ pub const RMSNORM: (&str, &str) = ("rmsnorm", include_str!("kernels/rmsnorm.cu")
 pub const GDN_STEP: (&str, &str) = ("gdn_step", include_str!("kernels/gdn_step.cu"));
 pub const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("kernels/elementwise.cu"));
 pub const ATTENTION: (&str, &str) = ("attention", include_str!("kernels/attention.cu"));
-pub const FLASH_ATTN: (&str, &str) = ("flash_attn", include_str!("kernels/flash_attn.cu"));
+pub const FLASH_ATTN: (&str, &str) = (
+    "flash_attn",
+    concat!(
+        include_str!("kernels/flash_common.cuh"),
+        include_str!("kernels/flash_attn.cu")
+    ),
+);
+/// Flash attention's Hopper kernels (wgmma, TMA), built for sm_90a only (flash.rs).
+pub const FLASH_SM90: (&str, &str) = (
+    "flash_sm90",
+    concat!(
+        include_str!("kernels/flash_common.cuh"),
+        include_str!("kernels/flash_sm90.cu")
+    ),
+);
 pub const CHUNK_LINEAR: (&str, &str) = ("chunk_linear", include_str!("kernels/chunk_linear.cu"));
 pub const HYBRID: (&str, &str) = ("hybrid", include_str!("kernels/hybrid.cu"));
 pub const GGUF: (&str, &str) = ("gguf", include_str!("kernels/gguf.cu"));
@@ -165,7 +179,7 @@ impl Gpu {
     }
 
     /// PTX of `src` for this device, from the disk cache or compiled by NVRTC now.
-    fn ptx(&self, name: &str, src: &str) -> Result<Ptx> {
+    fn ptx(&self, name: &str, src: &str, arch: &'static str) -> Result<Ptx> {
         let full = format!("{COMMON}\n{src}");
         // Line info costs nothing at run time and lets a profiler (ncu) map stalls to .cu lines.
         let options = [
@@ -175,15 +189,15 @@ impl Gpu {
         ];
         let mut h = Sha256::new();
         h.update(full.as_bytes());
-        h.update(self.arch.as_bytes());
+        h.update(arch.as_bytes());
         h.update(options.join(" ").as_bytes());
-        let key = format!("{name}-{}-{:x}.ptx", self.arch, h.finalize());
+        let key = format!("{name}-{arch}-{:x}.ptx", h.finalize());
         let path = kernel_cache_dir().join(&key);
         if let Ok(text) = std::fs::read_to_string(&path) {
             return Ok(Ptx::from_src(text));
         }
         let opts = CompileOptions {
-            arch: Some(self.arch),
+            arch: Some(arch),
             options: vec!["--std=c++17".into(), "--generate-line-info".into()],
             name: Some(format!("{name}.cu")),
             ..Default::default()
@@ -203,8 +217,19 @@ impl Gpu {
     /// A kernel function from one of the sources above.
     pub fn function(
         &self,
+        source: (&'static str, &'static str),
+        func: &str,
+    ) -> Result<CudaFunction> {
+        self.function_for_arch(source, func, self.arch)
+    }
+
+    /// [`Gpu::function`] from a source built for `arch` rather than the device's plain arch
+    /// (Hopper's sm_90a for its wgmma kernels); a source is always built for one arch.
+    pub(crate) fn function_for_arch(
+        &self,
         (name, src): (&'static str, &'static str),
         func: &str,
+        arch: &'static str,
     ) -> Result<CudaFunction> {
         let key = (name, func.to_string());
         if let Some(f) = self.functions.lock().unwrap().get(&key) {
@@ -217,7 +242,7 @@ impl Gpu {
                 None => {
                     let module = self
                         .ctx
-                        .load_module(self.ptx(name, src)?)
+                        .load_module(self.ptx(name, src, arch)?)
                         .map_err(|e| cuda_err("module load", e))?;
                     m.insert(name, module.clone());
                     module

@@ -6,14 +6,8 @@
 // scores), saved for the backward.
 //
 // Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes), so the eight
-// row addresses of one ldmatrix fall in eight different bank groups.
-#define FA_NEG_INF __int_as_float(0xff800000)
-#define FA_LOG2E 1.4426950408889634f
-#define FA_LN2 0.6931471805599453f
-
-__device__ __forceinline__ unsigned fa_smem(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
+// row addresses of one ldmatrix fall in eight different bank groups. flash_common.cuh (in front
+// of this file) has the helpers shared with flash_sm90.cu.
 
 // 16-byte async copy global -> shared; zero-fills when !pred (src is then not read).
 __device__ __forceinline__ void fa_cp16(unsigned dst, const void* src, bool pred) {
@@ -41,19 +35,6 @@ __device__ __forceinline__ void fa_mma(float* c, unsigned a0, unsigned a1, unsig
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Two floats -> bf16x2 (lo in the low half), round to nearest even.
-__device__ __forceinline__ unsigned fa_pack(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ float fa_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // Rows [row0, row0 + R) of a [*, ld] bf16 matrix (rows >= nrows zero-filled) into a padded
 // shared tile [R][D + 8], by NT threads.
 template <int R, int D, int NT>
@@ -67,11 +48,6 @@ __device__ __forceinline__ void fa_load_tile(bf16_t* sm, const bf16_t* g, long l
         const bf16_t* src = ok ? g + (long)(row0 + r) * ld + cc * 8 : g;
         fa_cp16(fa_smem(sm + r * SD + cc * 8), src, ok);
     }
-}
-
-// Is key j visible to query i (both absolute: j in [0, s), i in [0, t))?
-__device__ __forceinline__ bool fa_visible(int i, int j, int t, int s, int past, int window) {
-    return i < t && j < s && j <= past + i && (window <= 0 || j > past + i - window);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,17 +247,6 @@ FA_FWD(flash_fwd_d128_m128n32w4, 128, 128, 32, 4)
 // Backward, FlashAttention-2 style.
 //
 // Pre-pass: delta[b, h, i] = rowsum(dO ∘ O); one warp per row.
-// rowsum(dO ∘ O) of one row of d elements, by one warp (every lane gets it).
-__device__ __forceinline__ float fa_row_dot(const bf16_t* op, const bf16_t* dp, int d, int lane) {
-    float acc = 0.0f;
-    for (int c = lane * 2; c < d; c += 64) {
-        unsigned a = *(const unsigned*)(op + c), g = *(const unsigned*)(dp + c);
-        acc += __uint_as_float(a << 16) * __uint_as_float(g << 16) +
-               __uint_as_float(a & 0xffff0000u) * __uint_as_float(g & 0xffff0000u);
-    }
-    return warp_sum(acc);
-}
-
 extern "C" __global__ void flash_bwd_pre(const bf16_t* o, const bf16_t* d_o, float* delta, int t, int h, int d,
                                          long rows) {
     long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

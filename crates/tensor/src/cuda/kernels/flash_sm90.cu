@@ -1,7 +1,7 @@
 // ---------------------------------------------------------------------------------------
 // Flash attention on Hopper's warpgroup MMA (wgmma), forward and backward, head dim 128. This
-// file is compiled for sm_90a only, after common.cuh and flash_attn.cu (whose fa_* helpers it
-// uses), by flash.rs.
+// file is compiled for sm_90a only, after common.cuh and flash_common.cuh (the fa_* helpers it
+// shares with flash_attn.cu), by flash.rs.
 //
 // Products take both operands from shared memory (descriptors), or A from registers (the
 // accumulator layout of S is the A-fragment layout, as with mma.sync). Shared tiles are
@@ -34,7 +34,6 @@ __device__ __forceinline__ void wg_fence_regs(float* d) {
     for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-
 __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo, unsigned sbo) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
            ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
@@ -43,9 +42,9 @@ __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lb
 // ---------------------------------------------------------------------------------------
 // flash_fwd_ws_d128: FlashAttention-3's warp-specialized schedule. One CTA per 128 query rows
 // of one (batch, head), three warpgroups: 0 and 1 consumers of 64 rows each, one thread of
-// warpgroup 2 the producer (setmaxnreg moves registers from it to the consumers: 24 / 240). It brings Q, then each key tile's K and V (128 keys) by TMA
-// (tensor maps with the 128-byte swizzle the wgmma descriptors read) into a ring of FW_NS
-// stages; "full" mbarriers count the bytes in, "empty" ones the eight consumer warps out. The
+// warpgroup 2 the producer (setmaxnreg moves registers from it to the consumers: 24 / 240).
+// It brings Q, then each key tile's K and V (128 keys) by TMA (tensor maps with the 128-byte
+// swizzle the wgmma descriptors read) into a ring of FW_NS stages; "full" mbarriers count the bytes in, "empty" ones the eight consumer warps out. The
 // consumers share every K/V tile (two warpgroups: half the L2 traffic per FLOP of one) and
 // overlap inside a warpgroup: S(j) = Q K(j)^T and O += P(j-1) V(j-1) are issued together, the
 // softmax of S(j) runs while the second product is on the tensor cores, and only the rescale of
@@ -56,8 +55,9 @@ struct __align__(64) TmaMap {
 constexpr int FW_NS = 2;
 constexpr unsigned FW_TILE = 128 * 128 * 2;  // bytes of one 128 x 128 bf16 tile
 
-// Rows [row, row + 128) x columns [col, col + 64) of one (batch, head) of a [B, rows, heads, 128]
-// tensor, as 128 swizzled rows of 128 bytes at dst (rows past the end read as zero).
+// Rows [row, row + box) x columns [col, col + 64) of one (batch, head) of a [B, rows, heads,
+// 128] tensor (box: the map's box rows, 128 or 64), as swizzled rows of 128 bytes at dst (rows
+// past the end read as zero).
 __device__ __forceinline__ void fw_tma(unsigned dst, const TmaMap* map, int col, int head, int row, int b, unsigned bar) {
     asm volatile(
         "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
